@@ -41,6 +41,8 @@ class DataConfig:
     """Prompts longer than this (after the chat template) are filtered or rejected, per `overlong_prompts`."""
     overlong_prompts: str = "filter"
     """`filter` drops over-long prompts and logs how many; `error` stops before training starts."""
+    max_train_questions: int = 0
+    """Train on the first N questions of the training file only; 0: all of them."""
     valid_size: int = 256
     """How many held-out questions to evaluate (the first ones of the file); 0 skips evaluation."""
 
@@ -277,6 +279,7 @@ def validate(cfg: RunConfig) -> None:
         _positive(errors, name, value)
     for name, value in [
         ("data.valid_size", cfg.data.valid_size),
+        ("data.max_train_questions", cfg.data.max_train_questions),
         ("rollout.num_cpus", cfg.rollout.num_cpus),
         ("rollout.num_gpus", cfg.rollout.num_gpus),
         ("learner.num_cpus", cfg.learner.num_cpus),

@@ -1,0 +1,177 @@
+"""Where a run's numbers go: `metrics.jsonl`, W&B (offline unless configured), Ray dashboard gauges, and the
+difficulty table at every epoch end. Used by the scheduler only, so there is one writer per run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from core.config import WandbConfig
+from core.difficulty import DifficultyTable
+
+log = logging.getLogger(__name__)
+
+GAUGES = {
+    "step": "e3_step",
+    "temperature": "e3_temperature",
+    "entropy": "e3_entropy",
+    "target_entropy": "e3_target_entropy",
+    "accuracy": "e3_accuracy",
+    "all_wrong_fraction": "e3_all_wrong_fraction",
+    "throughput/generated_tokens_per_s": "e3_generated_tokens_per_s",
+}
+
+
+def _scalar_items(metrics: dict[str, Any]) -> dict[str, float]:
+    """The metrics that are plain finite-or-not numbers (lists and None left out)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _init_wandb(config: WandbConfig, run_dir: Path, run_name: str, run_config: dict[str, Any], resume: bool) -> Any:
+    """Start a W&B run; online init that fails or hangs past `init_timeout_s` falls back to offline with a warning."""
+    if config.mode == "disabled":
+        return None
+    import wandb
+
+    def start(mode: str) -> Any:
+        return wandb.init(
+            project=config.project,
+            entity=config.entity,
+            name=run_name,
+            id=run_name if resume else None,
+            resume="allow" if resume else None,
+            dir=str(run_dir),
+            config=run_config,
+            mode=mode,
+            settings=wandb.Settings(init_timeout=config.init_timeout_s, silent=True, console="off"),
+        )
+
+    if config.mode == "online":
+        try:
+            return start("online")
+        except Exception as err:  # noqa: BLE001 - no network must not stop a training run
+            log.warning("W&B online init failed (%s); logging offline under %s instead", err, run_dir / "wandb")
+    return start("offline")
+
+
+class RunLog:
+    """Appends one JSON line per step, mirrors scalars to W&B and to Ray gauges, and saves difficulty tables.
+
+    Construction only records where things go; files, the W&B run and the gauges are opened on first use, in
+    the process that logs (the scheduler actor), so a RunLog can be built by the driver and shipped to it.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        run_name: str,
+        wandb_config: WandbConfig,
+        run_config: dict[str, Any],
+        resume: bool = False,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_name = run_name
+        self.wandb_config = wandb_config
+        self.run_config = run_config
+        self.resume = resume
+        self._opened = False
+
+    def _open(self) -> None:
+        if self._opened:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        mode = "a" if self.resume else "w"
+        self._metrics = open(self.run_dir / "metrics.jsonl", mode, encoding="utf-8")  # noqa: SIM115
+        self._lock = threading.Lock()
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self._wandb = _init_wandb(self.wandb_config, self.run_dir, self.run_name, self.run_config, self.resume)
+        self._gauges = self._make_gauges()
+        self._opened = True
+
+    @staticmethod
+    def _make_gauges() -> dict[str, Any]:
+        try:
+            import ray
+            from ray.util.metrics import Gauge
+        except ImportError:
+            return {}
+        if not ray.is_initialized():
+            return {}
+        return {key: Gauge(name, description=f"E3 run: {key}") for key, name in GAUGES.items()}
+
+    def log_step(self, metrics: dict[str, Any]) -> None:
+        """Record one step's metrics everywhere."""
+        self._open()
+        line = json.dumps(
+            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        )
+        with self._lock:
+            self._metrics.write(line + "\n")
+            self._metrics.flush()
+        scalars = _scalar_items(metrics)
+        for key, gauge in self._gauges.items():
+            if key in scalars and math.isfinite(scalars[key]):
+                gauge.set(scalars[key])
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=int(metrics["step"]))
+
+    def log_epoch(self, epoch: int, step: int, table: DifficultyTable, metrics_of_epoch: list[dict[str, Any]]) -> Path:
+        """Save the difficulty table (`difficulty.parquet`, plus a copy per epoch) and send epoch views to W&B."""
+        self._open()
+        path = self.run_dir / "difficulty.parquet"
+        table.write_parquet(path)
+        (self.run_dir / "difficulty").mkdir(exist_ok=True)
+        table.write_parquet(self.run_dir / "difficulty" / f"epoch_{epoch}.parquet")
+        if self._wandb is not None:
+            self._log_epoch_wandb(epoch, step, table, metrics_of_epoch)
+        return path
+
+    def _log_epoch_wandb(self, epoch: int, step: int, table: DifficultyTable, steps: list[dict[str, Any]]) -> None:
+        import wandb
+
+        rows = table.to_rows()
+        columns = list(rows[0]) if rows else []
+        allocation = wandb.Table(
+            columns=["rank", "rollouts"],
+            data=[[r, n] for m in steps for r, n in zip(m["question_ranks"], m["rollouts_per_question"], strict=True)],
+        )
+        self._wandb.log(
+            {
+                "epoch/difficulty_table": wandb.Table(columns=columns, data=[list(r.values()) for r in rows]),
+                "epoch/rollouts_vs_rank": wandb.plot.scatter(allocation, "rank", "rollouts", title=f"epoch {epoch}"),
+                "epoch/rollouts_hist": wandb.Histogram([n for m in steps for n in m["rollouts_per_question"]]),
+                "epoch/entropy_vs_target": wandb.plot.line_series(
+                    xs=[m["step"] for m in steps],
+                    ys=[[m["entropy"] for m in steps], [m["target_entropy"] or math.nan for m in steps]],
+                    keys=["entropy", "target"],
+                    title="entropy against target",
+                    xname="step",
+                ),
+                "epoch": epoch,
+            },
+            step=step,
+        )
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        """Write `summary.json` and put the values in W&B's run summary."""
+        self._open()
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        if self._wandb is not None:
+            self._wandb.summary.update(_scalar_items(summary))
+
+    def close(self) -> None:
+        """Flush and close every sink (nothing to do if nothing was logged)."""
+        if not self._opened:
+            return
+        self._opened = False
+        with self._lock:
+            self._metrics.close()
+        if self._wandb is not None:
+            self._wandb.finish(quiet=True)
+            self._wandb = None

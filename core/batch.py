@@ -1,0 +1,107 @@
+"""From scored rollouts to the learner's train batch: rewards, length bias, group advantages, padding.
+
+Pure: the scheduler calls `build_train_batch` once per step; everything it needs arrives as arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.grpo import group_advantages, length_bias
+from core.messages import ScoredRollouts, TrainBatch
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What the step's samples looked like, for the step's metrics."""
+
+    reward_mean: float
+    """Mean shaped reward over all samples (after the length bias)."""
+    accuracy: float
+    """Share of correct samples."""
+    all_wrong_fraction: float
+    """Share of the step's questions with no correct sample."""
+    all_correct_fraction: float
+    """Share of the step's questions whose samples are all correct."""
+    zero_advantage_fraction: float
+    """Share of samples whose advantage is exactly 0 (no learning signal)."""
+    response_length_mean: float
+    """Mean response length in tokens."""
+    truncated_fraction: float
+    """Share of samples that hit the response length limit."""
+
+
+def build_train_batch(
+    scored: list[ScoredRollouts],
+    ranks: list[float],
+    pad_token_id: int,
+    length_bias_mu: float = 0.0,
+    length_bias_threshold: float = 0.1,
+) -> tuple[TrainBatch, BatchStats]:
+    """Turn one step's scored groups into a right-padded `TrainBatch` and its statistics.
+
+    `ranks[i]` is the difficulty rank of `scored[i]`'s question (used by the length bias). Group ids are the
+    positions in `scored`, so each question's samples form one GRPO group. Samples keep the temperature stamped
+    on their rollout, and the sampler's per-token log-probs are kept for the learner's mismatch metric.
+    """
+    if len(scored) != len(ranks):
+        raise ValueError(f"build_train_batch: {len(scored)} scored groups but {len(ranks)} ranks")
+    if not scored:
+        raise ValueError("build_train_batch: no scored rollouts")
+
+    prompts, responses, sampler_logprobs = [], [], []
+    rewards, correct, lengths, sample_ranks, group_ids, temperatures, truncated = [], [], [], [], [], [], []
+    for group, (item, rank) in enumerate(zip(scored, ranks, strict=True)):
+        rollout = item.rollout
+        for completion, reward, ok in zip(rollout.completions, item.rewards, item.correct, strict=True):
+            prompts.append(rollout.prompt_token_ids)
+            responses.append(completion.token_ids)
+            sampler_logprobs.append(completion.logprobs)
+            rewards.append(reward)
+            correct.append(ok)
+            lengths.append(len(completion.token_ids))
+            sample_ranks.append(rank)
+            group_ids.append(group)
+            temperatures.append(rollout.temperature)
+            truncated.append(completion.finish_reason == "length")
+
+    shaped = length_bias(rewards, correct, lengths, sample_ranks, length_bias_mu, length_bias_threshold)
+    advantages = group_advantages(shaped, group_ids)
+
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    n = len(prompts)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    response_mask = torch.zeros((n, width), dtype=torch.float32)
+    logprobs = torch.zeros((n, width), dtype=torch.float32)
+    for i, (prompt, response, lp) in enumerate(zip(prompts, responses, sampler_logprobs, strict=True)):
+        p, r = len(prompt), len(response)
+        input_ids[i, :p] = torch.tensor(prompt, dtype=torch.long)
+        input_ids[i, p : p + r] = torch.tensor(response, dtype=torch.long)
+        attention_mask[i, : p + r] = 1
+        response_mask[i, p : p + r] = 1.0
+        logprobs[i, p : p + r] = torch.tensor(lp, dtype=torch.float32)
+
+    batch = TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        advantages=torch.as_tensor(advantages, dtype=torch.float32),
+        temperatures=torch.tensor(temperatures, dtype=torch.float32),
+        group_ids=torch.tensor(group_ids, dtype=torch.long),
+        sampler_logprobs=logprobs,
+    )
+    group_correct = [np.asarray(item.correct, dtype=bool) for item in scored]
+    stats = BatchStats(
+        reward_mean=float(np.mean(shaped)),
+        accuracy=float(np.mean(correct)),
+        all_wrong_fraction=float(np.mean([not g.any() for g in group_correct])),
+        all_correct_fraction=float(np.mean([g.all() for g in group_correct])),
+        zero_advantage_fraction=float(np.mean(advantages == 0)),
+        response_length_mean=float(np.mean(lengths)),
+        truncated_fraction=float(np.mean(truncated)),
+    )
+    return batch, stats

@@ -1,0 +1,154 @@
+"""Train a policy with GRPO + E3: Hydra composes the config, Ray starts, the cluster is built, the run goes.
+
+python launch.py                                  # the demo: E3 on the embedded arithmetic task
+python launch.py algo=grpo run_name=grpo-demo     # the GRPO baseline at the same budget
+python launch.py +experiment=smoke                # 3 steps of the whole system
+ray job submit --working-dir . -- python launch.py ray.address=auto +experiment=...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from core.config import ConfigError, RunConfig, register_configs, resolve, validate
+
+log = logging.getLogger("e3")
+register_configs()
+
+
+def to_run_config(raw: DictConfig) -> RunConfig:
+    """The composed Hydra config as a validated `RunConfig`, with what `algo` implies applied."""
+    cfg = OmegaConf.to_object(raw)
+    assert isinstance(cfg, RunConfig), f"config schema mismatch: got {type(cfg).__name__}"
+    validate(cfg)
+    return resolve(cfg)
+
+
+def load_split(path: Path, tokenizer, cfg: RunConfig, limit: int = 0):
+    """Questions of one file and their prompt token ids, over-long prompts filtered or rejected per config."""
+    from tasks.dataset import filter_by_prompt_length, load_questions
+    from tasks.prompts import encode_prompts
+
+    questions = load_questions(path, empty_answer="drop")
+    if limit:
+        questions = questions[:limit]
+    prompts = encode_prompts(tokenizer, questions)
+    kept, dropped = filter_by_prompt_length(
+        questions, [len(p) for p in prompts], cfg.data.max_prompt_tokens, cfg.data.overlong_prompts
+    )
+    if dropped:
+        log.warning(
+            "%s: %d prompts longer than data.max_prompt_tokens=%d dropped", path, dropped, cfg.data.max_prompt_tokens
+        )
+        keep = {q.id for q in kept}
+        prompts = [p for q, p in zip(questions, prompts, strict=True) if q.id in keep]
+    return kept, prompts
+
+
+def train(cfg: RunConfig) -> dict:
+    """Run training end to end and return the run's summary (also written to `<run_dir>/summary.json`)."""
+    import ray
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from actors.run_log import RunLog
+    from actors.scheduler import StepPlan
+    from cluster.build import build_cluster, required_cpus, start_ray
+    from core.sampler import EpochSampler
+    from tasks.registry import prepare_task
+
+    started = time.perf_counter()
+    files = prepare_task(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(files.model)
+    questions, prompts = load_split(files.train, tokenizer, cfg, limit=cfg.data.max_train_questions)
+    heldout = load_split(files.valid, tokenizer, cfg, limit=cfg.data.valid_size) if files.valid else None
+    steps_per_epoch = EpochSampler(len(questions), cfg.train.questions_per_step, cfg.train.seed).steps_per_epoch
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps > 0:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
+    log.info(
+        "%s: %d training questions (%d steps/epoch, %d steps), model %s, outputs in %s",
+        cfg.algo,
+        len(questions),
+        steps_per_epoch,
+        total_steps,
+        files.model,
+        run_dir,
+    )
+
+    plan = StepPlan(
+        questions_per_step=cfg.train.questions_per_step,
+        total_steps=total_steps,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        seed=cfg.train.seed,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+    )
+    run_log = RunLog(run_dir, cfg.run_name, cfg.wandb, json.loads(json.dumps(asdict(cfg), default=str)))
+    start_ray(cfg.ray, required_cpus(cfg))
+    cluster = build_cluster(
+        cfg,
+        files.model,
+        files.reward_fn,
+        dict(questions=questions, prompt_token_ids=prompts, plan=plan, heldout=heldout, run_log=run_log),
+    )
+    scheduler = cluster.scheduler
+    try:
+        before = ray.get(scheduler.evaluate.remote())
+        bar = tqdm(range(total_steps), desc=cfg.run_name, unit="step", dynamic_ncols=True)
+        last: dict = {}
+        for _ in bar:
+            last = ray.get(scheduler.step.remote())
+            bar.set_postfix(
+                epoch=last["epoch"],
+                reward=f"{last['reward_mean']:.3f}",
+                T=f"{last['temperature']:.3f}",
+                H=f"{last['entropy']:.3f}",
+                refresh=False,
+            )
+        after = ray.get(scheduler.evaluate.remote())
+        summary = {
+            "run_name": cfg.run_name,
+            "algo": cfg.algo,
+            "steps": total_steps,
+            "heldout_before": before,
+            "heldout_after": after,
+            "final_temperature": last.get("next_temperature"),
+            "wall_s": time.perf_counter() - started,
+            "run_dir": str(run_dir),
+        }
+        ray.get(scheduler.finish.remote(summary))
+    finally:
+        cluster.shutdown()
+        ray.shutdown()
+    if before:
+        print(f"held-out greedy accuracy: {before['accuracy']:.3f} before, {after['accuracy']:.3f} after training")
+    print(f"outputs: {run_dir}/ (metrics.jsonl, difficulty.parquet, summary.json, config.yaml)")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(raw: DictConfig) -> None:
+    """Entry point: validate the config before anything starts, then train."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = to_run_config(raw)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
