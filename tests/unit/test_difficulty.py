@@ -1,0 +1,175 @@
+"""Tests for core.difficulty: statistics, ranks with both tie policies, persistence (E3_SPEC section 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.difficulty import DifficultyTable
+
+IDS = ["a", "b", "c", "d", "e"]
+
+
+def observed_table(ties: str = "average") -> DifficultyTable:
+    """Accuracies a 1.0, b 0.5, c 0.5 (2/4 vs 1/2), d never sampled, e 0.0."""
+    table = DifficultyTable(IDS, ties=ties)
+    table.observe(["a", "b", "b", "c", "c", "c", "c", "e"], [1, 1, 0, True, False, True, False, 0], step=3)
+    return table
+
+
+def plain_ranks(accuracy: list[float], ties: str) -> list[float]:
+    """Ranks by a plain Python sort: highest accuracy first, position / N, ties by index or averaged."""
+    n = len(accuracy)
+    order = sorted(range(n), key=lambda i: -accuracy[i])  # sorted() is stable: ties keep table order
+    position = {i: p for p, i in enumerate(order)}
+    if ties == "index":
+        return [position[i] / n for i in range(n)]
+    return [
+        sum(position[j] for j in range(n) if accuracy[j] == accuracy[i])
+        / sum(1 for j in range(n) if accuracy[j] == accuracy[i])
+        / n
+        for i in range(n)
+    ]
+
+
+def test_default_rank_is_half_and_initial_ranks_are_used() -> None:
+    assert DifficultyTable(IDS).ranks(IDS) == [0.5] * 5
+    table = DifficultyTable(IDS, initial_ranks=[0.1, float("nan"), 0.9, 0.0, 1.0])
+    assert table.ranks(["c", "b", "a"]) == [0.9, 0.5, 0.1]
+
+
+def test_observe_accumulates_and_leaves_ranks() -> None:
+    table = observed_table()
+    rows = {row["question_id"]: row for row in table.to_rows()}
+    assert rows["b"] == {
+        "question_id": "b",
+        "attempts": 2,
+        "correct": 1,
+        "accuracy": 0.5,
+        "rank": 0.5,
+        "last_step": 3,
+    }
+    assert (rows["d"]["attempts"], rows["d"]["accuracy"], rows["d"]["last_step"]) == (0, 0.0, -1)
+    assert table.ranks(IDS) == [0.5] * 5  # ranks change only on recompute
+    table.observe(["a"], [0], step=4)
+    assert table.to_rows()[0]["last_step"] == 4
+    assert table.accuracy.tolist() == [0.5, 0.5, 0.5, 0.0, 0.0]
+
+
+def test_ties_average_and_index() -> None:
+    average = observed_table("average")
+    average.recompute_ranks()
+    # Sorted: a (pos 0), b c (pos 1, 2), d e (pos 3, 4; d never sampled counts as accuracy 0).
+    assert average.ranks(IDS) == [0.0, 0.3, 0.3, 0.7, 0.7]
+    index = observed_table("index")
+    index.recompute_ranks()
+    assert index.ranks(IDS) == [0.0, 0.2, 0.4, 0.6, 0.8]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    outcomes=st.lists(st.lists(st.integers(0, 1), max_size=5), min_size=1, max_size=30),
+    ties=st.sampled_from(["average", "index"]),
+)
+def test_ranks_match_a_plain_sort(outcomes: list[list[int]], ties: str) -> None:
+    ids = [f"q{i}" for i in range(len(outcomes))]
+    table = DifficultyTable(ids, ties=ties)
+    flat_ids = [qid for qid, results in zip(ids, outcomes, strict=True) for _ in results]
+    table.observe(flat_ids, [x for results in outcomes for x in results])
+    table.recompute_ranks()
+    accuracy = [sum(r) / len(r) if r else 0.0 for r in outcomes]
+    assert table.ranks(ids) == pytest.approx(plain_ranks(accuracy, ties), abs=1e-12)
+
+
+def test_unknown_ids_raise_key_error_naming_them() -> None:
+    table = DifficultyTable(IDS)
+    with pytest.raises(KeyError, match=r"'zz'.*'yy'"):
+        table.observe(["a", "zz", "yy"], [1, 0, 1])
+    with pytest.raises(KeyError, match=r"'zz'"):
+        table.ranks(["zz"])
+    assert table.to_rows()[0]["attempts"] == 0
+
+
+@pytest.mark.parametrize(
+    ("correct", "message"),
+    [([1, 2], r"bool or 0/1, got values \[1, 2\]"), ([1], r"one entry per question id")],
+)
+def test_bad_correctness_raises_and_changes_nothing(correct: list[int], message: str) -> None:
+    table = DifficultyTable(IDS)
+    with pytest.raises(ValueError, match=message):
+        table.observe(["a", "b"], correct)
+    assert table.state_dict() == DifficultyTable(IDS).state_dict()
+
+
+def test_construction_validation() -> None:
+    with pytest.raises(ValueError, match=r"duplicates: \['a'\]"):
+        DifficultyTable(["a", "b", "a"])
+    with pytest.raises(TypeError, match=r"must be str"):
+        DifficultyTable(["a", 2])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"\(1, 1.5\)"):
+        DifficultyTable(["a", "b"], initial_ranks=[0.1, 1.5])
+    with pytest.raises(ValueError, match=r"one rank per question \(2\)"):
+        DifficultyTable(["a", "b"], initial_ranks=[0.1])
+    with pytest.raises(ValueError, match=r"ties='random'"):
+        DifficultyTable(["a"], ties="random")  # type: ignore[arg-type]
+
+
+def test_parquet_round_trip(tmp_path: Path) -> None:
+    table = observed_table()
+    table.recompute_ranks()
+    path = tmp_path / "difficulty.parquet"
+    table.write_parquet(path)
+    on_disk = pq.read_table(path)
+    assert on_disk.column_names == ["question_id", "attempts", "correct", "accuracy", "rank", "last_step"]
+    assert on_disk.schema.metadata[b"e3.fingerprint"].decode() == table.fingerprint
+    restored = DifficultyTable(IDS)
+    restored.read_parquet(path)
+    assert restored.to_rows() == table.to_rows()
+    assert restored.state_dict() == table.state_dict()
+
+
+@pytest.mark.parametrize("other_ids", [["a", "b", "c", "d"], ["b", "a", "c", "d", "e"], ["a", "b", "c", "d", "f"]])
+def test_parquet_refuses_other_question_ids(tmp_path: Path, other_ids: list[str]) -> None:
+    path = tmp_path / "difficulty.parquet"
+    observed_table().write_parquet(path)
+    other = DifficultyTable(other_ids)
+    before = other.state_dict()
+    with pytest.raises(ValueError, match=r"built for other question ids"):
+        other.read_parquet(path)
+    assert other.state_dict() == before
+
+
+def test_state_round_trip_and_refusal() -> None:
+    table = observed_table()
+    table.recompute_ranks()
+    restored = DifficultyTable(IDS)
+    restored.load_state_dict(table.state_dict())
+    assert restored.to_rows() == table.to_rows()
+    restored.observe(["d"], [1])
+    table.observe(["d"], [1])
+    restored.recompute_ranks()
+    table.recompute_ranks()
+    assert restored.ranks(IDS) == table.ranks(IDS)
+    with pytest.raises(ValueError, match=r"other question ids"):
+        DifficultyTable(["x"]).load_state_dict(table.state_dict())
+    with pytest.raises(ValueError, match=r"0 <= correct <= attempts"):
+        DifficultyTable(IDS).load_state_dict({**table.state_dict(), "correct": [9, 0, 0, 0, 0]})
+
+
+def test_large_table_recompute() -> None:
+    ids = [str(i) for i in range(10_240)]
+    rng = np.random.default_rng(0)
+    table = DifficultyTable(ids, initial_ranks=rng.uniform(size=len(ids)))
+    picked = rng.integers(0, len(ids), size=512)
+    table.observe([ids[i] for i in picked], rng.integers(0, 2, size=512), step=1)
+    table.recompute_ranks()
+    ranks = np.asarray(table.ranks(ids))
+    assert ranks.min() >= 0.0 and ranks.max() < 1.0
+    # Everything never sampled or always wrong shares one (averaged) rank, the hardest.
+    zero = table.accuracy == 0
+    assert np.unique(ranks[zero]).size == 1 and ranks[zero][0] == ranks.max()
