@@ -1,0 +1,61 @@
+"""The train batch builder: padding, response masks, group advantages, temperatures and statistics."""
+
+import numpy as np
+import pytest
+import torch
+
+from core.batch import build_train_batch
+from core.messages import Completion, Rollout, ScoredRollouts
+
+
+def scored(qid: str, prompt: tuple[int, ...], responses: list[tuple[int, ...]], rewards: list[float], temperature=1.0):
+    completions = tuple(Completion(r, tuple(-0.5 for _ in r), "t", "stop") for r in responses)
+    rollout = Rollout(qid, 0, prompt, completions, temperature=temperature, weights_version=3)
+    return ScoredRollouts(rollout, tuple(rewards), tuple(r >= 1.0 for r in rewards))
+
+
+def test_layout_advantages_and_stats():
+    groups = [
+        scored("a", (5, 6), [(7,), (8, 9, 10)], [1.0, 0.0], temperature=1.2),
+        scored("b", (5,), [(11, 12), (13,), (14,)], [0.0, 0.0, 0.0], temperature=0.8),
+        scored("c", (5, 6, 7), [(15,)], [1.0]),
+    ]
+    batch, stats = build_train_batch(groups, ranks=[0.2, 0.9, 0.5], pad_token_id=0)
+    assert batch.input_ids.shape == (6, 5)
+    assert batch.input_ids[1].tolist() == [5, 6, 8, 9, 10]
+    assert batch.response_mask[1].tolist() == [0, 0, 1, 1, 1]
+    assert batch.attention_mask[2].tolist() == [1, 1, 1, 0, 0]
+    assert batch.input_ids[2].tolist() == [5, 11, 12, 0, 0]
+    assert batch.group_ids.tolist() == [0, 0, 1, 1, 1, 2]
+    assert batch.temperatures.tolist() == pytest.approx([1.2, 1.2, 0.8, 0.8, 0.8, 1.0])
+    # group a: rewards (1, 0): mean 0.5, unbiased std 0.7071 -> +-0.7071; b all equal -> 0; c singleton -> 0
+    assert batch.advantages.tolist() == pytest.approx([0.70710, -0.70710, 0, 0, 0, 0], abs=1e-4)
+    assert batch.sampler_logprobs[1, 2:].tolist() == [-0.5, -0.5, -0.5]
+    assert batch.sampler_logprobs[1, :2].tolist() == [0, 0]
+    assert batch.num_response_tokens == 1 + 3 + 2 + 1 + 1 + 1
+    assert stats.accuracy == pytest.approx(2 / 6)
+    assert stats.all_wrong_fraction == pytest.approx(1 / 3)
+    assert stats.all_correct_fraction == pytest.approx(1 / 3)
+    assert stats.zero_advantage_fraction == pytest.approx(4 / 6)
+    assert stats.response_length_mean == pytest.approx(9 / 6)
+
+
+def test_length_bias_shapes_easy_correct_rewards_only():
+    groups = [scored("easy", (1,), [(2, 3, 4, 5), (2,)], [1.0, 0.0]), scored("hard", (1,), [(2, 3), (2,)], [1.0, 0.0])]
+    _, plain = build_train_batch(groups, ranks=[0.05, 0.9], pad_token_id=0)
+    _, biased = build_train_batch(groups, ranks=[0.05, 0.9], pad_token_id=0, length_bias_mu=0.25)
+    # easy correct answer of 4 tokens: 1 / (1 + 0.25 * 4) = 0.5; the hard one keeps 1
+    assert plain.reward_mean == pytest.approx(0.5)
+    assert biased.reward_mean == pytest.approx((0.5 + 0 + 1 + 0) / 4)
+    assert biased.accuracy == plain.accuracy  # accuracy is correctness, never the shaped reward
+
+
+def test_mismatched_ranks_raise():
+    with pytest.raises(ValueError, match="1 scored groups but 2 ranks"):
+        build_train_batch([scored("a", (1,), [(2,)], [1.0])], ranks=[0.1, 0.2], pad_token_id=0)
+
+
+def test_batch_dtypes():
+    batch, _ = build_train_batch([scored("a", (1,), [(2,), (3,)], [1.0, 0.0])], ranks=[0.5], pad_token_id=0)
+    assert batch.input_ids.dtype == torch.long and batch.advantages.dtype == torch.float32
+    assert np.isfinite(batch.advantages.numpy()).all()

@@ -1,0 +1,70 @@
+"""The run schema: defaults validate, bad values are named, GRPO resolves to a uniform budget, Hydra composes."""
+
+import dataclasses
+
+import pytest
+from hydra import compose, initialize
+
+import launch
+from core.config import ConfigError, RunConfig, resolve, validate
+
+
+def test_defaults_are_valid():
+    validate(RunConfig())
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda c: setattr(c, "algo", "ppo"), "algo='ppo'"),
+        (lambda c: setattr(c.budget, "n_low", 10), "budget.n_low=10"),
+        (lambda c: setattr(c.temperature, "initial", 0.0), "temperature.initial=0.0"),
+        (lambda c: setattr(c.temperature, "initial", -1.0), "temperature.initial=-1.0"),
+        (lambda c: setattr(c.temperature, "max_temperature", 0.5), "temperature.max_temperature=0.5"),
+        (lambda c: setattr(c.rollout, "engine", "sglang"), "rollout.engine='sglang'"),
+        (lambda c: setattr(c.learner, "num_ranks", 10_000), "learner.num_ranks=10000"),
+        (lambda c: setattr(c.train, "max_steps", 0), "train.max_steps=0"),
+        (lambda c: setattr(c.data, "train_path", "/no/such/file.parquet"), "data.train_path='/no/such/file.parquet'"),
+        (lambda c: setattr(c.model, "path", "/no/such/model"), "model.path='/no/such/model'"),
+        (lambda c: setattr(c, "run_name", "../escape"), "run_name='../escape'"),
+    ],
+)
+def test_bad_values_are_named(change, named):
+    cfg = RunConfig()
+    change(cfg)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert named in str(err.value)
+
+
+def test_all_problems_reported_at_once():
+    cfg = RunConfig()
+    cfg.algo = "x"
+    cfg.budget.n = 100
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert "algo='x'" in str(err.value) and "budget.n=100" in str(err.value)
+
+
+def test_grpo_resolves_to_uniform_budget_and_fixed_temperature():
+    cfg = resolve(dataclasses.replace(RunConfig(), algo="grpo"))
+    assert (cfg.budget.n_low, cfg.budget.n, cfg.budget.n_high, cfg.budget.n_update) == (8, 8, 8, 0)
+    assert not cfg.temperature.enabled and not cfg.temperature.annealing
+    e3 = resolve(RunConfig())
+    assert (e3.budget.n_low, e3.budget.n_high) == (4, 12) and e3.temperature.enabled
+    assert cfg.train == e3.train and cfg.data == e3.data  # same questions, seeds and budget total
+
+
+def test_hydra_composes_overrides_and_experiments():
+    with initialize(version_base="1.3", config_path="../../conf"):
+        raw = compose("config", overrides=["+experiment=smoke", "algo=grpo", "train.seed=7"])
+    cfg = launch.to_run_config(raw)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.run_name == "smoke" and cfg.train.max_steps == 3 and cfg.train.seed == 7
+    assert cfg.budget.n_low == cfg.budget.n_high == cfg.budget.n  # grpo applied after composition
+
+
+def test_hydra_rejects_unknown_keys():
+    with initialize(version_base="1.3", config_path="../../conf"):
+        with pytest.raises(Exception, match="no_such_field"):
+            compose("config", overrides=["train.no_such_field=1"])
