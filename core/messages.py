@@ -101,9 +101,7 @@ class Rollout:
             math.isfinite(self.temperature) and self.temperature > 0,
             f"Rollout {self.question_id!r}: temperature={self.temperature} must be finite and > 0",
         )
-        _require(
-            self.weights_version >= 0, f"Rollout {self.question_id!r}: weights_version={self.weights_version} < 0"
-        )
+        _require(self.weights_version >= 0, f"Rollout {self.question_id!r}: weights_version={self.weights_version} < 0")
 
 
 @dataclass(frozen=True)
