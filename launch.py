@@ -53,6 +53,25 @@ def load_split(path: Path, tokenizer, cfg: RunConfig, limit: int = 0):
     return kept, prompts
 
 
+def prepare_run_dir(cfg: RunConfig) -> tuple[Path, Path | None]:
+    """The run directory, and the checkpoint to resume from (`resume=true`). A new run never overwrites an old
+    one: a previous run directory of the same name is moved aside to `<run_name>.<time>`."""
+    from actors.scheduler import latest_checkpoint
+
+    run_dir = cfg.run_dir
+    if cfg.resume:
+        checkpoint = latest_checkpoint(run_dir / "checkpoints")
+        if checkpoint is None:
+            raise ConfigError(f"resume=true but {run_dir / 'checkpoints'} holds no checkpoint to resume from")
+        return run_dir, checkpoint
+    if run_dir.exists():
+        aside = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        log.warning("an earlier run of the same name was moved to %s", aside)
+    run_dir.mkdir(parents=True)
+    return run_dir, None
+
+
 def train(cfg: RunConfig) -> dict:
     """Run training end to end and return the run's summary (also written to `<run_dir>/summary.json`)."""
     import ray
@@ -60,7 +79,8 @@ def train(cfg: RunConfig) -> dict:
     from transformers import AutoTokenizer
 
     from actors.run_log import RunLog
-    from actors.scheduler import StepPlan
+    from actors.scheduler import StepPlan, latest_checkpoint
+    from bench.report import write_report
     from cluster.build import build_cluster, required_cpus, start_ray
     from core.sampler import EpochSampler
     from tasks.registry import prepare_task
@@ -74,8 +94,7 @@ def train(cfg: RunConfig) -> dict:
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps > 0:
         total_steps = min(total_steps, cfg.train.max_steps)
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, resume_from = prepare_run_dir(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
     log.info(
         "%s: %d training questions (%d steps/epoch, %d steps), model %s, outputs in %s",
@@ -94,8 +113,12 @@ def train(cfg: RunConfig) -> dict:
         seed=cfg.train.seed,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         vocab_size=len(tokenizer),
+        checkpoint_dir=str(run_dir / "checkpoints"),
+        checkpoint_every=cfg.train.checkpoint_every,
     )
-    run_log = RunLog(run_dir, cfg.run_name, cfg.wandb, json.loads(json.dumps(asdict(cfg), default=str)))
+    run_log = RunLog(
+        run_dir, cfg.run_name, cfg.wandb, json.loads(json.dumps(asdict(cfg), default=str)), resume=cfg.resume
+    )
     start_ray(cfg.ray, required_cpus(cfg))
     cluster = build_cluster(
         cfg,
@@ -105,8 +128,9 @@ def train(cfg: RunConfig) -> dict:
     )
     scheduler = cluster.scheduler
     try:
+        first_step = ray.get(scheduler.restore.remote(str(resume_from))) if resume_from else 0
         before = ray.get(scheduler.evaluate.remote())
-        bar = tqdm(range(total_steps), desc=cfg.run_name, unit="step", dynamic_ncols=True)
+        bar = tqdm(range(first_step, total_steps), desc=cfg.run_name, unit="step", dynamic_ncols=True)
         last: dict = {}
         for _ in bar:
             last = ray.get(scheduler.step.remote())
@@ -117,6 +141,7 @@ def train(cfg: RunConfig) -> dict:
                 H=f"{last['entropy']:.3f}",
                 refresh=False,
             )
+        ray.get(scheduler.checkpoint.remote())
         after = ray.get(scheduler.evaluate.remote())
         summary = {
             "run_name": cfg.run_name,
@@ -129,12 +154,21 @@ def train(cfg: RunConfig) -> dict:
             "run_dir": str(run_dir),
         }
         ray.get(scheduler.finish.remote(summary))
+    except ray.exceptions.RayError:
+        checkpoint = latest_checkpoint(run_dir / "checkpoints")
+        log.error(
+            "the run failed; last good checkpoint: %s. Resume with: python launch.py run_name=%s resume=true",
+            checkpoint or "none (rerun from the start)",
+            cfg.run_name,
+        )
+        raise
     finally:
         cluster.shutdown()
         ray.shutdown()
+    report = write_report([run_dir])
     if before:
         print(f"held-out greedy accuracy: {before['accuracy']:.3f} before, {after['accuracy']:.3f} after training")
-    print(f"outputs: {run_dir}/ (metrics.jsonl, difficulty.parquet, summary.json, config.yaml)")
+    print(f"outputs: {run_dir}/ (metrics.jsonl, difficulty.parquet, summary.json, checkpoints/, {report.name})")
     return summary
 
 

@@ -8,8 +8,11 @@ in-process with any of them.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +52,8 @@ class RolloutPoolLike(Protocol):
 class LearnerGroupLike(Protocol):
     def train(self, batch: TrainBatch, weights_version: int) -> LearnerResult: ...
     def state_dict_ref(self) -> Any: ...
+    def save(self, path: str) -> None: ...
+    def load(self, path: str) -> None: ...
 
 
 class ScorerLike(Protocol):
@@ -82,6 +87,10 @@ class StepPlan:
     """Padding token id of the train batch."""
     vocab_size: int
     """Vocabulary size V of the policy (the temperature controller's gain)."""
+    checkpoint_dir: str = ""
+    """Where `checkpoint()` writes `step_<k>/` folders; empty: no checkpoints."""
+    checkpoint_every: int = 0
+    """Checkpoint after every K-th step (the driver also checkpoints at the end); 0: only at the end."""
 
 
 class PhaseTimer:
@@ -203,6 +212,10 @@ class Scheduler:
             with timer("epoch_end"):
                 self._maybe_recompute(batch.end_of_epoch, step)
             self.step_count += 1
+            every = self.plan.checkpoint_every
+            if every and self.plan.checkpoint_dir and self.step_count % every == 0:
+                with timer("checkpoint"):
+                    self.checkpoint()
 
         generated_tokens = sum(len(c.token_ids) for r in rollouts for c in r.completions)
         metrics: dict[str, Any] = {
@@ -296,18 +309,44 @@ class Scheduler:
 
     # -- checkpoints ----------------------------------------------------------------------------------------
 
-    def write_difficulty(self, path: Path) -> None:
-        """Write the difficulty table as Parquet."""
-        self.table.write_parquet(path)
+    def checkpoint(self) -> str:
+        """Save the policy, the optimizer and the algorithmic state as `<checkpoint_dir>/step_<k>/`, atomically.
+
+        Everything is written into a hidden temporary folder that is renamed into place at the end, so a process
+        killed mid-save leaves the previous checkpoint as the latest loadable one.
+        """
+        root = Path(self.plan.checkpoint_dir)
+        final = root / f"step_{self.step_count}"
+        partial = root / f".step_{self.step_count}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        self.learner.save(str(partial / "policy"))
+        self.table.write_parquet(partial / "difficulty.parquet")
+        (partial / "scheduler.json").write_text(json.dumps(self.state_dict(), indent=1), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        log.info("checkpoint written: %s", final)
+        return str(final)
+
+    def restore(self, directory: str) -> int:
+        """Load a checkpoint written by `checkpoint()`, push its weights and temperature to the rollout workers,
+        and return the step it continues from."""
+        path = Path(directory)
+        state = json.loads((path / "scheduler.json").read_text(encoding="utf-8"))
+        self.load_state_dict(state)
+        self.table.read_parquet(path / "difficulty.parquet")
+        self.learner.load(str(path / "policy"))
+        self.rollouts.load_weights(self.learner.state_dict_ref(), self.weights_version)
+        self.rollouts.set_temperature(TemperatureUpdate(self.controller.temperature, self.step_count))
+        return self.step_count
 
     def state_dict(self) -> dict[str, Any]:
-        """The algorithmic state: enough to continue exactly where this run is."""
+        """The algorithmic state but the difficulty table (saved as Parquet beside it): plain JSON values."""
         return {
             "step": self.step_count,
             "weights_version": self.weights_version,
             "fingerprint": self.fingerprint,
             "sampler": self.sampler.state_dict(),
-            "table": self.table.state_dict(),
             "bounds": self.bounds.state_dict(),
             "controller": self.controller.state_dict(),
         }
@@ -322,6 +361,14 @@ class Scheduler:
         self.step_count = int(state["step"])
         self.weights_version = int(state["weights_version"])
         self.sampler.load_state_dict(state["sampler"])
-        self.table.load_state_dict(state["table"])
         self.bounds.load_state_dict(state["bounds"])
         self.controller.load_state_dict(state["controller"])
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under `checkpoint_dir`, or None if there is none."""
+    root = Path(checkpoint_dir)
+    steps = [
+        (int(p.name.removeprefix("step_")), p) for p in root.glob("step_*") if p.name.removeprefix("step_").isdigit()
+    ]
+    return max(steps)[1] if steps else None
