@@ -113,6 +113,8 @@ def train(cfg: RunConfig) -> dict:
         seed=cfg.train.seed,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         vocab_size=len(tokenizer),
+        heldout_samples=cfg.eval.heldout_samples,
+        eval_temperature=cfg.eval.temperature,
         checkpoint_dir=str(run_dir / "checkpoints"),
         checkpoint_every=cfg.train.checkpoint_every,
     )

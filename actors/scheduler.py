@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from actors.evaluation import greedy_accuracy, sampled_pass_at_k
 from core.batch import build_train_batch
 from core.budget import BudgetBounds, allocate_rollouts
 from core.config import BudgetConfig, RewardConfig, TemperatureConfig
@@ -87,6 +88,10 @@ class StepPlan:
     """Padding token id of the train batch."""
     vocab_size: int
     """Vocabulary size V of the policy (the temperature controller's gain)."""
+    heldout_samples: int = 0
+    """Answers sampled per held-out question by `evaluate()` for mean@k and pass@k; 0: greedy only."""
+    eval_temperature: float = 1.0
+    """Sampling temperature of those answers."""
     checkpoint_dir: str = ""
     """Where `checkpoint()` writes `step_<k>/` folders; empty: no checkpoints."""
     checkpoint_every: int = 0
@@ -288,17 +293,27 @@ class Scheduler:
     # -- evaluation -----------------------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy of the current policy on the held-out questions, overall and per data source."""
+        """The current policy on the held-out questions: greedy accuracy (overall, per source) and, when the plan
+        asks for it, mean@k and pass@k from k sampled answers each."""
         if self.heldout is None:
             return {}
-        questions, prompt_token_ids = self.heldout
-        completions = self.rollouts.generate_greedy(prompt_token_ids, self.plan.max_new_tokens)
-        rewards = self.scorer.score_texts([c.text for c in completions], [q.ground_truth for q in questions])
-        correct = np.asarray([r >= 1.0 for r in rewards], dtype=float)
-        result = {"accuracy": float(correct.mean()) if len(correct) else float("nan")}
-        for source in sorted({q.data_source for q in questions}):
-            mask = np.asarray([q.data_source == source for q in questions])
-            result[f"accuracy/{source}"] = float(correct[mask].mean())
+        questions, prompts = self.heldout
+        result = greedy_accuracy(self.rollouts, self.scorer, questions, prompts, self.plan.max_new_tokens)
+        k = self.plan.heldout_samples
+        if k:
+            sampled = sampled_pass_at_k(
+                self.rollouts,
+                self.scorer,
+                questions,
+                prompts,
+                self.plan.max_new_tokens,
+                k,
+                self.plan.eval_temperature,
+                [1, k],
+                self.plan.seed + 7919,
+                self.controller.temperature,
+            )
+            result.update({f"sampled/{key}": value for key, value in sampled.items()})
         return result
 
     def finish(self, summary: dict[str, Any]) -> None:

@@ -174,6 +174,18 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    num_samples: int = 16
+    """`mode=eval`: answers sampled per question for pass@k and mean@k (greedy accuracy is always computed)."""
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    """`mode=eval`: the k of pass@k and mean@k (those above num_samples are skipped)."""
+    temperature: float = 1.0
+    """Sampling temperature of evaluation answers (training's held-out mean@k too)."""
+    heldout_samples: int = 8
+    """Answers sampled per held-out question before and after training, for mean@k; 0: greedy only."""
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"
     """`offline` (default: files under the run directory), `online`, or `disabled`."""
@@ -219,6 +231,7 @@ class RunConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -275,6 +288,7 @@ def validate(cfg: RunConfig) -> None:
         ("budget.n_low", cfg.budget.n_low),
         ("temperature.initial", cfg.temperature.initial),
         ("temperature.min_temperature", cfg.temperature.min_temperature),
+        ("eval.temperature", cfg.eval.temperature),
     ]:
         _positive(errors, name, value)
     for name, value in [
@@ -291,6 +305,8 @@ def validate(cfg: RunConfig) -> None:
         ("budget.n_update", cfg.budget.n_update),
         ("budget.recompute_every", cfg.budget.recompute_every),
         ("train.checkpoint_every", cfg.train.checkpoint_every),
+        ("eval.num_samples", cfg.eval.num_samples),
+        ("eval.heldout_samples", cfg.eval.heldout_samples),
     ]:
         _positive(errors, name, value, strict=False)
 
@@ -324,6 +340,8 @@ def validate(cfg: RunConfig) -> None:
     if not 0 < t.annealing_factor <= 1:
         errors.append(f"temperature.annealing_factor={t.annealing_factor}: expected in (0, 1]")
 
+    if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
+        errors.append(f"eval.ks={list(cfg.eval.ks)}: expected a non-empty list of k >= 1")
     if cfg.train.max_steps == 0 or cfg.train.max_steps < -1:
         errors.append(f"train.max_steps={cfg.train.max_steps}: expected -1 (all epochs) or >= 1")
     if cfg.learner.num_ranks > cfg.train.questions_per_step * b.n_low:

@@ -1,0 +1,58 @@
+"""Evaluation of a policy on held-out questions: greedy accuracy, and pass@k / mean@k from sampled answers,
+overall and per data source. Runs on the rollout pool and the reward scorer that training uses."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from core.messages import RolloutRequest, TemperatureUpdate
+from tasks.dataset import Question
+from tasks.math.passk import summarize
+
+
+def greedy_accuracy(
+    rollouts: Any, scorer: Any, questions: list[Question], prompts: list[list[int]], max_new_tokens: int
+) -> dict[str, float]:
+    """Share of questions whose greedy answer is correct: `accuracy` overall and `accuracy/<source>`."""
+    completions = rollouts.generate_greedy(prompts, max_new_tokens)
+    rewards = scorer.score_texts([c.text for c in completions], [q.ground_truth for q in questions])
+    correct = np.asarray([r >= 1.0 for r in rewards], dtype=float)
+    result = {"accuracy": float(correct.mean())}
+    sources = np.asarray([q.data_source for q in questions])
+    for source in sorted(set(sources)):
+        result[f"accuracy/{source}"] = float(correct[sources == source].mean())
+    return result
+
+
+def sampled_pass_at_k(
+    rollouts: Any,
+    scorer: Any,
+    questions: list[Question],
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    num_samples: int,
+    temperature: float,
+    ks: list[int],
+    seed: int,
+    restore_temperature: float,
+) -> dict[str, float]:
+    """pass@k and mean@k (keys `<source>/pass@k`, `all/mean@k`, ...) from `num_samples` answers per question
+    sampled at `temperature`; the workers go back to `restore_temperature` afterwards."""
+    ks = [k for k in ks if k <= num_samples]
+    requests = [
+        RolloutRequest(q.id, tuple(p), num_samples, max_new_tokens, seed=seed + i, step=0)
+        for i, (q, p) in enumerate(zip(questions, prompts, strict=True))
+    ]
+    rollouts.set_temperature(TemperatureUpdate(temperature, step=0))
+    try:
+        generated = rollouts.generate(requests)
+    finally:
+        rollouts.set_temperature(TemperatureUpdate(restore_temperature, step=0))
+    scored = scorer.score(generated, [q.ground_truth for q in questions])
+    per_source: dict[str, list[list[bool]]] = defaultdict(list)
+    for question, item in zip(questions, scored, strict=True):
+        per_source[question.data_source].append(list(item.correct))
+    return summarize(per_source, ks)
