@@ -174,6 +174,75 @@ def train(cfg: RunConfig) -> dict:
     return summary
 
 
+def evaluate(cfg: RunConfig) -> dict:
+    """`mode=eval`: greedy accuracy, pass@k and mean@k per source of the model at `model.path` (or the embedded
+    base policy) on the test questions; written to `<run_dir>/eval.json` and `eval.md`."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from actors.evaluation import greedy_accuracy, sampled_pass_at_k
+    from cluster.build import Remote, build_rollout_pool, build_scorer, start_ray
+    from tasks.registry import prepare_task
+
+    files = prepare_task(cfg)
+    if files.test is None:
+        raise ConfigError("mode=eval needs data.test_path")
+    tokenizer = AutoTokenizer.from_pretrained(files.model)
+    questions, prompts = load_split(files.test, tokenizer, cfg)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start_ray(cfg.ray, cfg.rollout.num_workers * cfg.rollout.num_cpus + 1)
+    pool, scorer_actor = build_rollout_pool(cfg, files.model), build_scorer(cfg, files.reward_fn)
+    scorer = Remote(scorer_actor)
+    try:
+        results = {"model": str(files.model), "test": str(files.test), "questions": len(questions)}
+        results.update(greedy_accuracy(pool, scorer, questions, prompts, cfg.rollout.max_new_tokens))
+        if cfg.eval.num_samples:
+            results.update(
+                sampled_pass_at_k(
+                    pool,
+                    scorer,
+                    questions,
+                    prompts,
+                    cfg.rollout.max_new_tokens,
+                    cfg.eval.num_samples,
+                    cfg.eval.temperature,
+                    list(cfg.eval.ks),
+                    cfg.train.seed,
+                    cfg.eval.temperature,
+                )
+            )
+    finally:
+        pool.shutdown()
+        ray.kill(scorer_actor)
+        ray.shutdown()
+    (run_dir / "eval.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    (run_dir / "eval.md").write_text(eval_markdown(results), encoding="utf-8")
+    print(eval_markdown(results))
+    print(f"outputs: {run_dir}/eval.json, {run_dir}/eval.md")
+    return results
+
+
+def eval_markdown(results: dict) -> str:
+    """The evaluation as a Markdown table: one row per data source, one column per metric."""
+    names = {key.split("/", 1)[1] for key in results if key.startswith("all/") and "@" in key}
+    metrics = sorted(names, key=lambda m: (m.split("@")[0] != "pass", int(m.split("@")[1])))
+    sources = sorted({key.split("/", 1)[0] for key in results if "/" in key and not key.startswith("accuracy")})
+    lines = [
+        f"# Evaluation of {results['model']} on {results['test']} ({results['questions']} questions)",
+        "",
+        f"Greedy accuracy: {results['accuracy']:.3f}",
+        "",
+        "| source | greedy | " + " | ".join(metrics) + " |",
+        "|---|---|" + "---|" * len(metrics),
+    ]
+    for source in sources:
+        greedy = results.get("accuracy" if source == "all" else f"accuracy/{source}", float("nan"))
+        cells = [f"{results.get(f'{source}/{m}', float('nan')):.3f}" for m in metrics]
+        lines.append(f"| {source} | {greedy:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(raw: DictConfig) -> None:
     """Entry point: validate the config before anything starts, then train."""
@@ -183,7 +252,7 @@ def main(raw: DictConfig) -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    train(cfg)
+    evaluate(cfg) if cfg.mode == "eval" else train(cfg)
 
 
 if __name__ == "__main__":

@@ -127,22 +127,32 @@ class Cluster:
         self.learner.shutdown()
 
 
-def build_cluster(cfg: RunConfig, model_path: Path, reward_fn: str, scheduler_args: dict[str, Any]) -> Cluster:
-    """Start the rollout workers, the learner group, the reward scorer and the scheduler, and wait until the
-    workers have their engines. `scheduler_args` are the Scheduler's data and plan (questions, prompts, ...)."""
-    max_model_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+def build_rollout_pool(cfg: RunConfig, model_path: Path) -> RolloutPool:
+    """Start `rollout.num_workers` named rollout workers as one pool and wait until their engines are up."""
     spawn = partial(
         spawn_rollout_worker,
         model_path=str(model_path),
         cfg=cfg.rollout,
         dtype=cfg.model.dtype,
         seed=cfg.train.seed,
-        max_model_len=max_model_len,
+        max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
     )
-    rollouts = RolloutPool(spawn, cfg.rollout.num_workers, timeout_s=cfg.rollout.timeout_s)
+    pool = RolloutPool(spawn, cfg.rollout.num_workers, timeout_s=cfg.rollout.timeout_s)
+    pool.wait_ready()
+    return pool
+
+
+def build_scorer(cfg: RunConfig, reward_fn: str) -> ray.actor.ActorHandle:
+    """Start the named reward scorer actor."""
+    return ray.remote(RewardScorer).options(name=SCORER_NAME, num_cpus=LIGHT_ACTOR_CPUS).remote(reward_fn, cfg.reward)
+
+
+def build_cluster(cfg: RunConfig, model_path: Path, reward_fn: str, scheduler_args: dict[str, Any]) -> Cluster:
+    """Start the rollout workers, the learner group, the reward scorer and the scheduler, and wait until the
+    workers have their engines. `scheduler_args` are the Scheduler's data and plan (questions, prompts, ...)."""
     learner = LearnerGroup(str(model_path), cfg.learner, cfg.model.dtype, cfg.train.seed)
-    scorer = ray.remote(RewardScorer).options(name=SCORER_NAME, num_cpus=LIGHT_ACTOR_CPUS).remote(reward_fn, cfg.reward)
-    rollouts.wait_ready()
+    scorer = build_scorer(cfg, reward_fn)
+    rollouts = build_rollout_pool(cfg, model_path)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     scheduler = (
         ray.remote(Scheduler)
