@@ -355,6 +355,8 @@ def validate(cfg: RunConfig) -> None:
             errors.append(f"data.{name}={value!r}: no such file")
     if cfg.data.task == "math" and not cfg.data.train_path and cfg.mode == "train":
         errors.append("data.task='math' needs data.train_path (a verl-style Parquet or JSON lines file)")
+    if cfg.data.task == "math" and not cfg.model.path:
+        errors.append("data.task='math' needs model.path (a Hugging Face model directory)")
     if cfg.model.path and not (Path(cfg.model.path) / "config.json").is_file():
         errors.append(f"model.path={cfg.model.path!r}: not a model directory (no config.json)")
     if cfg.mode == "eval" and cfg.data.task == "math" and not cfg.data.test_path:

@@ -68,3 +68,23 @@ def test_hydra_rejects_unknown_keys():
     with initialize(version_base="1.3", config_path="../../conf"):
         with pytest.raises(Exception, match="no_such_field"):
             compose("config", overrides=["train.no_such_field=1"])
+
+
+@pytest.mark.parametrize("recipe", ["paper_e3_1p5b", "paper_grpo_1p5b", "paper_e3_7b", "paper_grpo_7b"])
+def test_paper_recipes_compose_and_name_missing_paths(recipe, tmp_path):
+    with initialize(version_base="1.3", config_path="../../conf"):
+        raw = compose("config", overrides=[f"+experiment={recipe}"])
+        with pytest.raises(ConfigError) as err:
+            launch.to_run_config(raw)
+        assert "needs data.train_path" in str(err.value) and "needs model.path" in str(err.value)
+        model, data = tmp_path / "model", tmp_path / "train.parquet"
+        model.mkdir()
+        (model / "config.json").write_text("{}")
+        data.write_bytes(b"")
+        given = [f"model.path={model}", f"data.train_path={data}", f"data.valid_path={data}", f"data.test_path={data}"]
+        cfg = launch.to_run_config(compose("config", overrides=[f"+experiment={recipe}", *given]))
+    assert cfg.train.questions_per_step * cfg.budget.n == 512  # the paper's 512 responses a step
+    assert cfg.rollout.max_new_tokens == 6144 and cfg.model.dtype == "bfloat16"
+    uniform = cfg.budget.n_low == cfg.budget.n_high == 8
+    assert uniform == recipe.startswith("paper_grpo") and cfg.temperature.enabled != uniform
+    assert cfg.learner.lr == (5e-6 if "1p5b" in recipe else 2e-6)
