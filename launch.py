@@ -121,7 +121,7 @@ def train(cfg: RunConfig) -> dict:
     run_log = RunLog(
         run_dir, cfg.run_name, cfg.wandb, json.loads(json.dumps(asdict(cfg), default=str)), resume=cfg.resume
     )
-    start_ray(cfg.ray, required_cpus(cfg))
+    connected = start_ray(cfg.ray, required_cpus(cfg))
     cluster = build_cluster(
         cfg,
         files.model,
@@ -166,7 +166,8 @@ def train(cfg: RunConfig) -> dict:
         raise
     finally:
         cluster.shutdown()
-        ray.shutdown()
+        if connected:
+            ray.shutdown()
     report = write_report([run_dir])
     if before:
         print(f"held-out greedy accuracy: {before['accuracy']:.3f} before, {after['accuracy']:.3f} after training")
@@ -191,7 +192,7 @@ def evaluate(cfg: RunConfig) -> dict:
     questions, prompts = load_split(files.test, tokenizer, cfg)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    start_ray(cfg.ray, cfg.rollout.num_workers * cfg.rollout.num_cpus + 1)
+    connected = start_ray(cfg.ray, cfg.rollout.num_workers * cfg.rollout.num_cpus + 1)
     pool, scorer_actor = build_rollout_pool(cfg, files.model), build_scorer(cfg, files.reward_fn)
     scorer = Remote(scorer_actor)
     try:
@@ -215,7 +216,8 @@ def evaluate(cfg: RunConfig) -> dict:
     finally:
         pool.shutdown()
         ray.kill(scorer_actor)
-        ray.shutdown()
+        if connected:
+            ray.shutdown()
     (run_dir / "eval.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     (run_dir / "eval.md").write_text(eval_markdown(results), encoding="utf-8")
     print(eval_markdown(results))

@@ -55,12 +55,18 @@ def required_cpus(cfg: RunConfig) -> float:
     )
 
 
-def start_ray(cfg: RayConfig, needed_cpus: float) -> None:
-    """Join the cluster at `cfg.address`, or start a local one on loopback with enough logical CPUs."""
+def start_ray(cfg: RayConfig, needed_cpus: float) -> bool:
+    """Join the cluster at `cfg.address`, or start a local one on loopback with enough logical CPUs.
+
+    Returns whether this call connected (False when Ray was already initialized in this process, as in tests),
+    so the caller knows whether to disconnect at the end.
+    """
+    if ray.is_initialized():
+        return False
     env = worker_env()
     if cfg.address:
         ray.init(address=cfg.address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
-        return
+        return True
     # Measured (STACK.md): without this, Ray binds some ports to the machine's external address.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     num_cpus = cfg.num_cpus if cfg.num_cpus is not None else max(os.cpu_count() or 1, math.ceil(needed_cpus))
@@ -74,6 +80,7 @@ def start_ray(cfg: RayConfig, needed_cpus: float) -> None:
         logging_level=logging.WARNING,
         configure_logging=True,
     )
+    return True
 
 
 def spawn_rollout_worker(
