@@ -1,0 +1,152 @@
+"""The policy learner as one object: `num_ranks` FSDP2 `Learner` actors in a placement group, driven together.
+
+Every call fans out to all ranks at once (each learner method is a collective) and waits for all of them; the
+first rank to fail raises at once instead of leaving the others blocked in a collective unnoticed.
+
+Rendezvous: rank 0's node picks a free port. When every rank sits on one node (always on a single machine,
+and the PACK strategy prefers it elsewhere) the ranks meet on 127.0.0.1, so the process group never leaves the
+loopback interface; only when Ray had to spread the ranks over nodes do they meet at rank 0's node address.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.learner import Learner
+from core.config import LearnerConfig
+from core.messages import LearnerResult, TrainBatch
+
+ACTOR_NAME = "e3/learner-{rank}"
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous_address(loopback: bool) -> tuple[str, int]:
+    """A host address of this node (127.0.0.1 when `loopback`) and a TCP port that is free on it right now."""
+    host = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return host, int(probe.getsockname()[1])
+
+
+def _wait_all(refs: list[ray.ObjectRef], fetch: bool = True) -> list[Any]:
+    """Wait for every ref and return their values (if `fetch`); raise the first failure as it lands."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, fetch_local=fetch)
+        if fetch:
+            ray.get(done)
+    return ray.get(refs) if fetch else []
+
+
+class LearnerGroup:
+    """`config.num_ranks` Learner actors (named `e3/learner-<rank>`) that train one policy with FSDP2.
+
+    Construction reserves one placement-group bundle per rank (`config.num_cpus` CPUs, `config.num_gpus`
+    GPUs, PACK strategy), starts the actors and sets them up; it raises if the cluster cannot hold the bundles
+    within `ready_timeout_s` seconds.
+    """
+
+    def __init__(
+        self, model_path: str, config: LearnerConfig, dtype: str, seed: int, ready_timeout_s: float = 120.0
+    ) -> None:
+        bundle = {
+            name: amount for name, amount in (("CPU", config.num_cpus), ("GPU", config.num_gpus)) if amount
+        }
+        if not bundle:
+            raise ValueError(
+                "LearnerGroup: learner.num_cpus and learner.num_gpus are both 0; a rank needs resources"
+            )
+        self.num_ranks = config.num_ranks
+        self._placement = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy="PACK")
+        try:
+            ray.get(self._placement.ready(), timeout=ready_timeout_s)
+        except ray.exceptions.GetTimeoutError as error:
+            remove_placement_group(self._placement)
+            raise RuntimeError(
+                f"LearnerGroup: the cluster cannot place {self.num_ranks} learner ranks of {bundle} each "
+                f"within {ready_timeout_s} s (cluster resources: {ray.cluster_resources()})"
+            ) from error
+
+        master_addr, master_port = ray.get(
+            _rendezvous_address.options(scheduling_strategy=self._in_bundle(0)).remote(self._on_one_node())
+        )
+        actor_class = ray.remote(num_cpus=config.num_cpus, num_gpus=config.num_gpus)(Learner)
+        self.actors = [
+            actor_class.options(
+                name=ACTOR_NAME.format(rank=rank), scheduling_strategy=self._in_bundle(rank)
+            ).remote(model_path, config, dtype, seed, rank, self.num_ranks, master_addr, master_port)
+            for rank in range(self.num_ranks)
+        ]
+        try:
+            _wait_all([actor.setup.remote() for actor in self.actors])
+        except Exception:
+            self.shutdown()
+            raise
+
+    def train(self, batch: TrainBatch, weights_version: int) -> LearnerResult:
+        """One optimizer step on `batch`, split over the ranks by response tokens; the policy that was
+        `weights_version` becomes `weights_version + 1`.
+
+        The result's entropy and metrics are global (see `Learner.train_step`); the ranks compute them with an
+        all-reduce, and this checks that they agree.
+        """
+        shards = batch.shard(self.num_ranks)
+        global_tokens = batch.num_response_tokens
+        per_rank = _wait_all(
+            [actor.train_step.remote(s, global_tokens) for actor, s in zip(self.actors, shards, strict=True)]
+        )
+        metrics = per_rank[0]
+        disagreeing = [rank for rank, m in enumerate(per_rank) if m["entropy"] != metrics["entropy"]]
+        if disagreeing:
+            entropies = [m["entropy"] for m in per_rank]
+            raise RuntimeError(f"LearnerGroup.train: ranks {disagreeing} report other entropies: {entropies}")
+        return LearnerResult(
+            weights_version=weights_version + 1, entropy=metrics["entropy"], metrics=dict(metrics)
+        )
+
+    def state_dict_ref(self) -> ray.ObjectRef:
+        """An object reference to the policy's full state dict (Hugging Face names, model dtype, CPU tensors).
+
+        Every rank takes part in gathering it; the dict itself stays in the object store (it is not fetched
+        here), so rollout workers can pull it directly.
+        """
+        refs = [actor.full_state_dict.remote() for actor in self.actors]
+        _wait_all(refs, fetch=False)
+        _wait_all(refs[1:])  # the other ranks return {}: fetching them surfaces their errors cheaply
+        return refs[0]
+
+    def save(self, path: str) -> None:
+        """Write the policy and optimizer state to the folder `path` (on rank 0's node)."""
+        _wait_all([actor.save.remote(path) for actor in self.actors])
+
+    def load(self, path: str) -> None:
+        """Restore the policy and optimizer state that `save` wrote to `path` (any number of ranks)."""
+        _wait_all([actor.load.remote(path) for actor in self.actors])
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Leave the process group on every rank (waiting at most `timeout_s`), kill the actors and release
+        the placement group. Safe to call twice and after a rank has died."""
+        actors, self.actors = getattr(self, "actors", []), []
+        if actors:
+            refs = [actor.shutdown.remote() for actor in actors]
+            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        if self._placement is not None:
+            remove_placement_group(self._placement)
+            self._placement = None
+
+    def _in_bundle(self, rank: int) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(
+            placement_group=self._placement, placement_group_bundle_index=rank
+        )
+
+    def _on_one_node(self) -> bool:
+        """Whether Ray placed every bundle on the same node."""
+        nodes = placement_group_table(self._placement)["bundles_to_node_id"]
+        return len(set(nodes.values())) == 1
