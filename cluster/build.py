@@ -21,6 +21,7 @@ from actors.scheduler import Scheduler
 from cluster.learner_group import LearnerGroup
 from cluster.rollout_pool import RolloutPool
 from core.config import RayConfig, RunConfig
+from core.messages import TemperatureUpdate
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def build_cluster(cfg: RunConfig, model_path: Path, reward_fn: str, scheduler_ar
     learner = LearnerGroup(str(model_path), cfg.learner, cfg.model.dtype, cfg.train.seed)
     scorer = build_scorer(cfg, reward_fn)
     rollouts = build_rollout_pool(cfg, model_path)
+    rollouts.set_temperature(TemperatureUpdate(cfg.temperature.initial, step=0))
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     scheduler = (
         ray.remote(Scheduler)

@@ -1,0 +1,58 @@
+"""The whole system end to end on a real local Ray cluster: scheduler, rollout workers (each engine), FSDP2
+learner and reward scorer, on the embedded default, with every output a run promises."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+import launch
+from tests.integration.conftest import run_config
+
+STEP_KEYS = {
+    "step", "epoch", "temperature", "target_entropy", "entropy", "reward_mean", "accuracy", "all_wrong_fraction",
+    "all_correct_fraction", "rollouts_total", "rollouts_min", "rollouts_max", "rollouts_per_question",
+    "question_ranks", "response_length_mean", "weights_version", "timing/generate_s", "timing/score_s",
+    "timing/train_s", "timing/sync_s", "timing/step_s",
+}  # fmt: skip
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("engine", ["vllm", "hf"])
+def test_smoke_run_end_to_end(engine, embedded_task, ray_cluster, tmp_path):
+    cfg = run_config(tmp_path, f"rollout.engine={engine}", f"run_name=smoke-{engine}")
+    summary = launch.train(cfg)
+    run_dir = tmp_path / f"smoke-{engine}"
+    steps = read_metrics(run_dir)
+
+    assert [m["step"] for m in steps] == [0, 1, 2]
+    for m in steps:
+        assert STEP_KEYS <= m.keys()
+        assert m["rollouts_total"] == sum(m["rollouts_per_question"]) == 4 * 8  # n * B every step
+        assert m["budget_n_min"] <= m["rollouts_min"] <= m["rollouts_max"] <= m["budget_n_max"]
+        assert m["weights_version"] == m["step"] + 1
+        assert m["entropy"] > 0
+    # 16 questions, 8 a step: step 1 ends epoch 0, so step 2 samples with widened bounds (2..6) and the
+    # recomputed difficulty: harder questions never get fewer rollouts
+    assert (steps[0]["rollouts_min"], steps[0]["rollouts_max"]) == (4, 4)
+    assert (steps[2]["budget_n_min"], steps[2]["budget_n_max"]) == (2, 6)
+    by_rank = sorted(zip(steps[2]["question_ranks"], steps[2]["rollouts_per_question"], strict=True))
+    assert all(a[1] <= b[1] for a, b in zip(by_rank, by_rank[1:]) if a[0] < b[0])
+    # the temperature a step samples with is the one the controller decided after the previous step
+    assert steps[0]["temperature"] == 1.0 and steps[0]["target_entropy"] is None
+    for previous, current in zip(steps, steps[1:]):
+        assert current["temperature"] == pytest.approx(previous["next_temperature"])
+    assert steps[1]["target_entropy"] == pytest.approx(steps[0]["entropy"])
+
+    table = pq.read_table(run_dir / "difficulty.parquet")
+    assert table.num_rows == 16 and sum(table["attempts"].to_pylist()) == 2 * 32  # epoch 0's rollouts, once
+    assert (run_dir / "checkpoints" / "step_3" / "scheduler.json").is_file()
+    assert (run_dir / "report.html").stat().st_size > 10_000
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "wandb").is_dir()
+    assert 0.0 <= summary["heldout_after"]["accuracy"] <= 1.0
+    assert "sampled/all/mean@8" in summary["heldout_after"]
