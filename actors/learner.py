@@ -345,13 +345,18 @@ class Learner:
         Collective: every rank calls it. The checkpoint may come from a different number of ranks.
         """
         model, optimizer = self._require_setup()
+        folder = Path(path)
+        # Rank 0 says whether the files are there, so that all ranks fail together rather than some hang.
+        found = self.rank == 0 and all((folder / name).is_file() for name in (MODEL_FILE, OPTIMIZER_FILE))
+        present = torch.tensor([int(found)], device=self.device)
+        dist.broadcast(present, src=0)
+        if not present.item():
+            raise FileNotFoundError(
+                f"Learner.load: checkpoint folder {str(folder)!r} lacks {MODEL_FILE} or {OPTIMIZER_FILE}"
+            )
         model_state: dict[str, torch.Tensor] = {}
         optimizer_state: dict = {}
         if self.rank == 0:
-            folder = Path(path)
-            for name in (MODEL_FILE, OPTIMIZER_FILE):
-                if not (folder / name).is_file():
-                    raise FileNotFoundError(f"Learner.load: no {name} in checkpoint folder {str(folder)!r}")
             model_state = load_file(str(folder / MODEL_FILE))
             optimizer_state = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
             if _ties_embeddings(model):

@@ -211,8 +211,10 @@ class Scheduler:
                 self.rollouts.load_weights(self.learner.state_dict_ref(), result.weights_version)
                 self.weights_version = result.weights_version
             with timer("temperature"):
-                target_used = self.controller.target_entropy
+                target_before = self.controller.target_entropy
                 next_temperature = self.controller.update(result.entropy)
+                # the target this step's entropy was held against: fixed during this update if it was unset
+                target_used = target_before if target_before is not None else self.controller.target_entropy
                 self.rollouts.set_temperature(TemperatureUpdate(next_temperature, step))
             with timer("epoch_end"):
                 self._maybe_recompute(batch.end_of_epoch, step)

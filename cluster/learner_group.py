@@ -10,6 +10,7 @@ loopback interface; only when Ray had to spread the ranks over nodes do they mee
 
 from __future__ import annotations
 
+import math
 import socket
 from typing import Any
 
@@ -62,16 +63,26 @@ class LearnerGroup:
                 "LearnerGroup: learner.num_cpus and learner.num_gpus are both 0; a rank needs resources"
             )
         self.num_ranks = config.num_ranks
+        self.actors: list[Any] = []
         self._placement = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy="PACK")
+        try:
+            self._start(model_path, config, dtype, seed, ready_timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start(
+        self, model_path: str, config: LearnerConfig, dtype: str, seed: int, ready_timeout_s: float
+    ) -> None:
+        """Wait for the placement group, start one named actor per bundle and set them all up."""
         try:
             ray.get(self._placement.ready(), timeout=ready_timeout_s)
         except ray.exceptions.GetTimeoutError as error:
-            remove_placement_group(self._placement)
             raise RuntimeError(
-                f"LearnerGroup: the cluster cannot place {self.num_ranks} learner ranks of {bundle} each "
-                f"within {ready_timeout_s} s (cluster resources: {ray.cluster_resources()})"
+                f"LearnerGroup: the cluster cannot place {self.num_ranks} learner ranks of "
+                f"{self._placement.bundle_specs[0]} each within {ready_timeout_s} s "
+                f"(cluster resources: {ray.cluster_resources()})"
             ) from error
-
         master_addr, master_port = ray.get(
             _rendezvous_address.options(scheduling_strategy=self._in_bundle(0)).remote(self._on_one_node())
         )
@@ -82,11 +93,7 @@ class LearnerGroup:
             ).remote(model_path, config, dtype, seed, rank, self.num_ranks, master_addr, master_port)
             for rank in range(self.num_ranks)
         ]
-        try:
-            _wait_all([actor.setup.remote() for actor in self.actors])
-        except Exception:
-            self.shutdown()
-            raise
+        _wait_all([actor.setup.remote() for actor in self.actors])
 
     def train(self, batch: TrainBatch, weights_version: int) -> LearnerResult:
         """One optimizer step on `batch`, split over the ranks by response tokens; the policy that was
@@ -101,7 +108,9 @@ class LearnerGroup:
             [actor.train_step.remote(s, global_tokens) for actor, s in zip(self.actors, shards, strict=True)]
         )
         metrics = per_rank[0]
-        disagreeing = [rank for rank, m in enumerate(per_rank) if m["entropy"] != metrics["entropy"]]
+        disagreeing = [
+            rank for rank, m in enumerate(per_rank) if not math.isclose(m["entropy"], metrics["entropy"])
+        ]
         if disagreeing:
             entropies = [m["entropy"] for m in per_rank]
             raise RuntimeError(f"LearnerGroup.train: ranks {disagreeing} report other entropies: {entropies}")
@@ -131,7 +140,7 @@ class LearnerGroup:
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Leave the process group on every rank (waiting at most `timeout_s`), kill the actors and release
         the placement group. Safe to call twice and after a rank has died."""
-        actors, self.actors = getattr(self, "actors", []), []
+        actors, self.actors = self.actors, []
         if actors:
             refs = [actor.shutdown.remote() for actor in actors]
             ray.wait(refs, num_returns=len(refs), timeout=timeout_s)

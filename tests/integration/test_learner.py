@@ -251,6 +251,11 @@ def test_rejects_a_batch_without_response_tokens(single_rank: Learner) -> None:
         single_rank.train_step(batch, 0)
 
 
+def test_load_names_a_folder_without_a_checkpoint(single_rank: Learner, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        single_rank.load(str(tmp_path))
+
+
 # ------------------------------------------------------------------------------------------- two Ray ranks
 
 
@@ -311,3 +316,19 @@ def test_two_ray_ranks_match_one_unsharded_step(ray_cluster: None, policy_dir: s
         assert_state_matches(learner.full_state_dict(), expected["state"])
     finally:
         learner.shutdown()
+
+
+def test_group_that_fails_to_set_up_releases_its_actor_and_placement(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    import ray
+    from ray.util import placement_group_table
+
+    from cluster.learner_group import LearnerGroup
+
+    with pytest.raises(ray.exceptions.RayTaskError, match="no-such-policy"):
+        LearnerGroup(str(tmp_path / "no-such-policy"), CONFIG, "float32", seed=0)
+
+    assert all(entry["state"] == "REMOVED" for entry in placement_group_table().values())
+    with pytest.raises(ValueError, match="e3/learner-0"):
+        ray.get_actor("e3/learner-0")
