@@ -7,16 +7,18 @@ tempered log-probs, `policy_loss` normalised by the batch's response tokens, gra
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 import torch
+from ray.util import placement_group_table
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from actors.learner import Learner
+from cluster.learner_group import LearnerGroup
 from core.config import LearnerConfig
 from core.grpo import policy_loss
 from core.messages import TrainBatch
@@ -259,24 +261,8 @@ def test_load_names_a_folder_without_a_checkpoint(single_rank: Learner, tmp_path
 # ------------------------------------------------------------------------------------------- two Ray ranks
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """A local Ray cluster on loopback (or the one a conftest already started)."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        yield
-        return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def test_two_ray_ranks_match_one_unsharded_step(ray_cluster: None, policy_dir: str, tmp_path: Path) -> None:
-    import ray
-
-    from cluster.learner_group import LearnerGroup
-
+@pytest.mark.usefixtures("ray_cluster")
+def test_two_ray_ranks_match_one_unsharded_step(policy_dir: str, tmp_path: Path) -> None:
     batch = make_batch()
     expected = reference_step(policy_dir, batch, CONFIG)
     group = LearnerGroup(policy_dir, dataclasses.replace(CONFIG, num_ranks=2), "float32", seed=0)
@@ -318,17 +304,13 @@ def test_two_ray_ranks_match_one_unsharded_step(ray_cluster: None, policy_dir: s
         learner.shutdown()
 
 
-def test_group_that_fails_to_set_up_releases_its_actor_and_placement(
-    ray_cluster: None, tmp_path: Path
-) -> None:
-    import ray
-    from ray.util import placement_group_table
-
-    from cluster.learner_group import LearnerGroup
-
+@pytest.mark.usefixtures("ray_cluster")
+def test_group_that_fails_to_set_up_releases_its_actor_and_placement(tmp_path: Path) -> None:
+    earlier = set(placement_group_table())
     with pytest.raises(ray.exceptions.RayTaskError, match="no-such-policy"):
         LearnerGroup(str(tmp_path / "no-such-policy"), CONFIG, "float32", seed=0)
 
-    assert all(entry["state"] == "REMOVED" for entry in placement_group_table().values())
+    ours = {key: entry for key, entry in placement_group_table().items() if key not in earlier}
+    assert len(ours) == 1 and all(entry["state"] == "REMOVED" for entry in ours.values()), ours
     with pytest.raises(ValueError, match="e3/learner-0"):
         ray.get_actor("e3/learner-0")
