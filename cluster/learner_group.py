@@ -6,6 +6,7 @@ first rank to fail raises at once instead of leaving the others blocked in a col
 Rendezvous: rank 0's node picks a free port. When every rank sits on one node (always on a single machine,
 and the PACK strategy prefers it elsewhere) the ranks meet on 127.0.0.1, so the process group never leaves the
 loopback interface; only when Ray had to spread the ranks over nodes do they meet at rank 0's node address.
+(Another process could take the port between the probe and rank 0's bind; set-up then fails, naming it.)
 """
 
 from __future__ import annotations

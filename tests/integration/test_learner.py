@@ -53,7 +53,7 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def make_batch(temperatures: tuple[float, ...] = (1.0, 0.6, 1.4, 0.9)) -> TrainBatch:
+def make_batch() -> TrainBatch:
     """One long sample and three short ones, right-padded, each with its own advantage and temperature.
 
     With two ranks the long sample fills one shard and the three short ones the other, so at micro-batch size
@@ -74,7 +74,7 @@ def make_batch(temperatures: tuple[float, ...] = (1.0, 0.6, 1.4, 0.9)) -> TrainB
         attention_mask=attention_mask,
         response_mask=response_mask,
         advantages=torch.tensor([1.0, -0.8, 0.5, -1.2]),
-        temperatures=torch.tensor(temperatures[: len(lengths)]),
+        temperatures=torch.tensor([1.0, 0.6, 1.4, 0.9]),
         group_ids=torch.tensor([0, 0, 1, 1]),
     )
 
@@ -87,7 +87,6 @@ def tempered_logits(model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
 
 def reference_step(policy_dir: str, batch: TrainBatch, config: LearnerConfig) -> dict:
     """One training step on an unsharded copy of the policy, written out without the learner's code."""
-    torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     mask = batch.response_mask[:, 1:]
     with torch.no_grad():
@@ -102,6 +101,8 @@ def reference_step(policy_dir: str, batch: TrainBatch, config: LearnerConfig) ->
         batch.advantages,
         mask,
         normalizer=float(mask.sum()),
+        clip_low=config.clip_low,
+        clip_high=config.clip_high,
         dual_clip=config.dual_clip,
     )
     loss.backward()
@@ -121,6 +122,7 @@ def reference_step(policy_dir: str, batch: TrainBatch, config: LearnerConfig) ->
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
