@@ -4,6 +4,7 @@ learner and reward scorer, on the embedded default, with every output a run prom
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import pyarrow.parquet as pq
 import pytest
@@ -42,10 +43,10 @@ def test_smoke_run_end_to_end(engine, embedded_task, ray_cluster, tmp_path):
     assert (steps[0]["rollouts_min"], steps[0]["rollouts_max"]) == (4, 4)
     assert (steps[2]["budget_n_min"], steps[2]["budget_n_max"]) == (2, 6)
     by_rank = sorted(zip(steps[2]["question_ranks"], steps[2]["rollouts_per_question"], strict=True))
-    assert all(a[1] <= b[1] for a, b in zip(by_rank, by_rank[1:]) if a[0] < b[0])
+    assert all(a[1] <= b[1] for a, b in pairwise(by_rank) if a[0] < b[0])
     # the temperature a step samples with is the one the controller decided after the previous step
     assert steps[0]["temperature"] == 1.0 and steps[0]["target_entropy"] is None
-    for previous, current in zip(steps, steps[1:]):
+    for previous, current in pairwise(steps):
         assert current["temperature"] == pytest.approx(previous["next_temperature"])
     assert steps[1]["target_entropy"] == pytest.approx(steps[0]["entropy"])
 
