@@ -94,6 +94,23 @@ class RunLog:
         self._gauges = self._make_gauges()
         self._opened = True
 
+    def rewind(self, step: int) -> None:
+        """Forget logged steps >= `step` (a resumed run repeats them): rewrite `metrics.jsonl` without them."""
+        path = self.run_dir / "metrics.jsonl"
+        if self._opened:
+            self._metrics.close()
+            self._opened = False
+        if path.exists():
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] < step:
+                        kept.append(line)
+                except (ValueError, KeyError):  # a line cut short by the crash that is being resumed from
+                    continue
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        self.resume = True
+
     @staticmethod
     def _make_gauges() -> dict[str, Any]:
         try:

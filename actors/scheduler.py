@@ -65,6 +65,7 @@ class ScorerLike(Protocol):
 @dataclass(frozen=True)
 class RunLogLike(Protocol):
     def log_step(self, metrics: dict[str, Any]) -> None: ...
+    def rewind(self, step: int) -> None: ...
     def log_summary(self, summary: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
     def log_epoch(
@@ -355,6 +356,8 @@ class Scheduler:
         self.learner.load(str(path / "policy"))
         self.rollouts.load_weights(self.learner.state_dict_ref(), self.weights_version)
         self.rollouts.set_temperature(TemperatureUpdate(self.controller.temperature, self.step_count))
+        if self.run_log is not None:
+            self.run_log.rewind(self.step_count)
         return self.step_count
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,53 @@
+"""Exact resume: a run stopped at a checkpoint and resumed continues as if it had never stopped; a checkpoint
+whose save was cut short is never taken for the latest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+import launch
+from actors.scheduler import latest_checkpoint
+from tests.integration.conftest import run_config
+
+COMMON = ["train.max_steps=4", "train.checkpoint_every=2", "eval.heldout_samples=0", "data.valid_size=4"]
+
+
+def steps_of(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resumed_run_equals_uninterrupted_run(embedded_task, ray_cluster, tmp_path):
+    launch.train(run_config(tmp_path, *COMMON, "run_name=straight"))
+    launch.train(run_config(tmp_path, *COMMON, "run_name=resumed", "train.max_steps=2"))
+    stopped = tmp_path / "resumed"
+    # what a save killed half-way leaves behind must be ignored
+    shutil.copytree(stopped / "checkpoints" / "step_2", stopped / "checkpoints" / ".step_3.partial")
+    assert latest_checkpoint(stopped / "checkpoints").name == "step_2"
+    launch.train(run_config(tmp_path, *COMMON, "run_name=resumed", "resume=true"))
+
+    straight, resumed = steps_of(tmp_path / "straight"), steps_of(stopped)
+    assert [m["step"] for m in resumed] == [0, 1, 2, 3]
+    for a, b in zip(straight, resumed, strict=True):
+        assert a["question_ids"] == b["question_ids"]
+        assert a["rollouts_per_question"] == b["rollouts_per_question"]
+        assert a["temperature"] == pytest.approx(b["temperature"], abs=1e-9)
+        assert a["weights_version"] == b["weights_version"]
+        assert a["entropy"] == pytest.approx(b["entropy"], rel=1e-4)
+        assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-6)
+    tables = [
+        pq.read_table(d / "checkpoints" / "step_4" / "difficulty.parquet") for d in (tmp_path / "straight", stopped)
+    ]
+    assert (
+        tables[0]
+        .select(["question_id", "attempts", "correct"])
+        .equals(tables[1].select(["question_id", "attempts", "correct"]))
+    )
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(launch.ConfigError, match="holds no checkpoint"):
+        launch.prepare_run_dir(run_config(tmp_path, "run_name=never-ran", "resume=true"))
