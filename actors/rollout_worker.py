@@ -1,0 +1,142 @@
+"""The rollout worker: samples groups of completions with the current policy weights and temperature.
+
+A plain class (`cluster/` runs each one as a Ray actor). It owns one engine (`actors/engines`) and the two
+numbers every rollout is stamped with: the sampling temperature, set by the scheduler's `TemperatureUpdate`,
+and the version of the weights loaded, set by `load_weights`. A fresh worker holds the weights of
+`model_path`, version 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from actors.engines import Engine, create_engine
+from core.config import DTYPES, RolloutConfig
+from core.messages import Completion, Rollout, RolloutRequest, TemperatureUpdate
+
+
+class RolloutWorker:
+    """Turns `RolloutRequest`s into `Rollout`s stamped with the temperature and weights version used."""
+
+    def __init__(
+        self,
+        model_path: str,
+        config: RolloutConfig,
+        dtype: str,
+        seed: int,
+        max_model_len: int,
+        name: str = "rollout-0",
+        temperature: float = 1.0,
+    ) -> None:
+        """Build the engine `config.engine` names (`auto`: vLLM when it imports, else transformers) on
+        `model_path`, with `config.torch_threads` intra-op threads. Sampling starts at `temperature`."""
+        if dtype not in DTYPES:
+            raise ValueError(f"RolloutWorker {name}: dtype={dtype!r}, expected one of {', '.join(DTYPES)}")
+        if max_model_len < 2:
+            raise ValueError(f"RolloutWorker {name}: max_model_len={max_model_len} < 2")
+        _check_temperature(temperature, f"RolloutWorker {name}")
+        torch.set_num_threads(config.torch_threads)
+        self.name = name
+        self.temperature = temperature
+        self.temperature_step: int | None = None
+        self.weights_version = 0
+        self.engine: Engine = create_engine(
+            config, model_path, dtype=dtype, seed=seed, max_model_len=max_model_len
+        )
+
+    def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
+        """One `Rollout` per request, in order, each with `num_samples` completions.
+
+        All requests go to the engine in one call (one per distinct `max_new_tokens`: one in practice).
+        """
+        by_length: dict[int, list[int]] = {}
+        for position, request in enumerate(requests):
+            by_length.setdefault(request.max_new_tokens, []).append(position)
+        rollouts: dict[int, Rollout] = {}
+        for max_new_tokens, positions in by_length.items():
+            batch = [requests[p] for p in positions]
+            groups = self.engine.generate(
+                [list(r.prompt_token_ids) for r in batch],
+                [r.num_samples for r in batch],
+                self.temperature,
+                max_new_tokens,
+                [r.seed for r in batch],
+            )
+            for position, request, completions in zip(positions, batch, groups, strict=True):
+                rollouts[position] = self._rollout(request, completions)
+        return [rollouts[p] for p in range(len(requests))]
+
+    def generate_greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
+        """One greedy (temperature 0) completion per prompt, in order; for evaluation."""
+        if not prompts:
+            return []
+        groups = self.engine.generate(prompts, [1] * len(prompts), 0.0, max_new_tokens, [0] * len(prompts))
+        return [group[0] for group in groups]
+
+    def set_temperature(self, update: TemperatureUpdate) -> float:
+        """Sample with `update.temperature` from now on; returns the temperature now in use."""
+        _check_temperature(
+            update.temperature, f"RolloutWorker {self.name}: TemperatureUpdate(step={update.step})"
+        )
+        self.temperature = update.temperature
+        self.temperature_step = update.step
+        return self.temperature
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> int:
+        """Load the policy weights `version` (Hugging Face names); returns the version now loaded.
+
+        Versions never go back: a version below the loaded one is refused, as a stale or reordered update.
+        """
+        if version < self.weights_version:
+            raise ValueError(
+                f"RolloutWorker {self.name}: weights version {version} is older than the loaded "
+                f"{self.weights_version}"
+            )
+        self.engine.load_weights(state_dict)
+        self.weights_version = version
+        return self.weights_version
+
+    def info(self) -> dict[str, Any]:
+        """The worker's name, engine, vocabulary size, temperature (and the step that set it), weights version
+        and process id."""
+        return {
+            "name": self.name,
+            "engine": self.engine.name,
+            "vocab_size": self.engine.vocab_size,
+            "temperature": self.temperature,
+            "temperature_step": self.temperature_step,
+            "weights_version": self.weights_version,
+            "pid": os.getpid(),
+        }
+
+    def close(self) -> None:
+        """Release the engine."""
+        self.engine.close()
+
+    def _rollout(self, request: RolloutRequest, completions: list[Completion]) -> Rollout:
+        """Stamp one request's completions with what produced them."""
+        if len(completions) != request.num_samples:
+            raise RuntimeError(
+                f"engine {self.engine.name} returned {len(completions)} completions for "
+                f"{request.question_id!r}, asked {request.num_samples}"
+            )
+        return Rollout(
+            question_id=request.question_id,
+            step=request.step,
+            prompt_token_ids=tuple(request.prompt_token_ids),
+            completions=tuple(completions),
+            temperature=self.temperature,
+            weights_version=self.weights_version,
+            worker=self.name,
+        )
+
+
+def _check_temperature(temperature: float, where: str) -> None:
+    """Sampling temperatures must be finite and positive (greedy decoding goes through `generate_greedy`)."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{where}: temperature={temperature} must be finite and > 0")
