@@ -142,13 +142,17 @@ class VllmEngine(Engine):
         max_new_tokens: int,
         seeds: list[int],
     ) -> list[list[Completion]]:
-        """Sample as `Engine.generate` promises; all prompts go to vLLM in one batch."""
+        """Sample as `Engine.generate` promises; all prompts go to vLLM in one batch.
+
+        vLLM refuses n > 1 for greedy requests: a greedy prompt is decoded once, its completion repeated.
+        """
         from vllm import SamplingParams, TokensPrompt
 
         check_generate_args(self, prompts, num_samples, temperature, max_new_tokens, seeds)
+        greedy = temperature == 0
         params = [
             SamplingParams(
-                n=n,
+                n=1 if greedy else n,
                 temperature=temperature,
                 top_p=1.0,
                 top_k=0,
@@ -161,7 +165,8 @@ class VllmEngine(Engine):
         ]
         requests = [TokensPrompt(prompt_token_ids=list(prompt)) for prompt in prompts]
         outputs = self._llm.generate(requests, params, use_tqdm=False)
-        return [[self._completion(sample) for sample in output.outputs] for output in outputs]
+        groups = [[self._completion(sample) for sample in output.outputs] for output in outputs]
+        return [group * n for group, n in zip(groups, num_samples, strict=True)] if greedy else groups
 
     def _completion(self, sample: CompletionOutput) -> Completion:
         """A `Completion` from one vLLM `CompletionOutput` requested with `logprobs=0`."""
