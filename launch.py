@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from core.config import ConfigError, RunConfig, register_configs, resolve, validate
+from tasks.dataset import DatasetError
 
 log = logging.getLogger("e3")
 register_configs()
@@ -51,6 +52,20 @@ def load_split(path: Path, tokenizer, cfg: RunConfig, limit: int = 0):
         keep = {q.id for q in kept}
         prompts = [p for q, p in zip(questions, prompts, strict=True) if q.id in keep]
     return kept, prompts
+
+
+def check_fits_model(cfg: RunConfig, model_path: Path) -> None:
+    """Refuse prompt and response lengths that the model's position range cannot hold."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    wanted = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    if limit is not None and wanted > limit:
+        raise ConfigError(
+            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} + rollout.max_new_tokens="
+            f"{cfg.rollout.max_new_tokens} = {wanted} exceeds the model's max_position_embeddings={limit} "
+            f"({model_path})"
+        )
 
 
 def prepare_run_dir(cfg: RunConfig) -> tuple[Path, Path | None]:
@@ -88,6 +103,7 @@ def train(cfg: RunConfig) -> dict:
     started = time.perf_counter()
     files = prepare_task(cfg)
     tokenizer = AutoTokenizer.from_pretrained(files.model)
+    check_fits_model(cfg, files.model)
     questions, prompts = load_split(files.train, tokenizer, cfg, limit=cfg.data.max_train_questions)
     heldout = load_split(files.valid, tokenizer, cfg, limit=cfg.data.valid_size) if files.valid else None
     steps_per_epoch = EpochSampler(len(questions), cfg.train.questions_per_step, cfg.train.seed).steps_per_epoch
@@ -189,6 +205,7 @@ def evaluate(cfg: RunConfig) -> dict:
     if files.test is None:
         raise ConfigError("mode=eval needs data.test_path")
     tokenizer = AutoTokenizer.from_pretrained(files.model)
+    check_fits_model(cfg, files.model)
     questions, prompts = load_split(files.test, tokenizer, cfg)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -251,10 +268,10 @@ def main(raw: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = to_run_config(raw)
-    except ConfigError as err:
+        evaluate(cfg) if cfg.mode == "eval" else train(cfg)
+    except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    evaluate(cfg) if cfg.mode == "eval" else train(cfg)
 
 
 if __name__ == "__main__":

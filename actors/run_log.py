@@ -190,5 +190,5 @@ class RunLog:
         with self._lock:
             self._metrics.close()
         if self._wandb is not None:
-            self._wandb.finish(quiet=True)
+            self._wandb.finish()
             self._wandb = None

@@ -39,7 +39,7 @@ def worker_env() -> dict[str, str]:
         "PYTHONPATH": path,
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
-        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
         "TQDM_DISABLE": "1",
         "WANDB_SILENT": "true",
         "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore"),
