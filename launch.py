@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -268,6 +269,8 @@ def main(raw: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = to_run_config(raw)
+        if not cfg.ray.address:  # a local cluster: keep every port on loopback (read when Ray is imported)
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         evaluate(cfg) if cfg.mode == "eval" else train(cfg)
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)

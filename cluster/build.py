@@ -29,7 +29,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEDULER_NAME = "e3/scheduler"
 SCORER_NAME = "e3/reward-scorer"
 ROLLOUT_NAME = "e3/rollout-{index}"
-LIGHT_ACTOR_CPUS = 0.1  # the scheduler and the scorer's front end mostly wait on others
+LIGHT_ACTOR_CPUS = 0.1
+# Ray reads this when it is imported; "0" keeps a local cluster's ports on 127.0.0.1 (measured: without it, Ray
+# listens on every interface). Set it before the first `import ray` of a process that starts a local cluster.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # the scheduler and the scorer's front end mostly wait on others
 
 
 def worker_env() -> dict[str, str]:
@@ -68,8 +71,8 @@ def start_ray(cfg: RayConfig, needed_cpus: float) -> bool:
     if cfg.address:
         ray.init(address=cfg.address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
         return True
-    # Measured (STACK.md): without this, Ray binds some ports to the machine's external address.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if os.environ.get(LOOPBACK_ENV) != "0":
+        log.warning("%s=0 was not set before Ray was imported: Ray may listen on every interface", LOOPBACK_ENV)
     num_cpus = cfg.num_cpus if cfg.num_cpus is not None else max(os.cpu_count() or 1, math.ceil(needed_cpus))
     ray.init(
         address="local",
