@@ -35,13 +35,12 @@ def to_run_config(raw: DictConfig) -> RunConfig:
 
 
 def load_split(path: Path, tokenizer, cfg: RunConfig, limit: int = 0):
-    """Questions of one file and their prompt token ids, over-long prompts filtered or rejected per config."""
+    """Questions of one file and their prompt token ids, over-long prompts filtered or rejected per config, then
+    the first `limit` of them (0: all)."""
     from tasks.dataset import filter_by_prompt_length, load_questions
     from tasks.prompts import encode_prompts
 
     questions = load_questions(path, empty_answer="drop")
-    if limit:
-        questions = questions[:limit]
     prompts = encode_prompts(tokenizer, questions)
     kept, dropped = filter_by_prompt_length(
         questions, [len(p) for p in prompts], cfg.data.max_prompt_tokens, cfg.data.overlong_prompts
@@ -52,6 +51,8 @@ def load_split(path: Path, tokenizer, cfg: RunConfig, limit: int = 0):
         )
         keep = {q.id for q in kept}
         prompts = [p for q, p in zip(questions, prompts, strict=True) if q.id in keep]
+    if limit:
+        kept, prompts = kept[:limit], prompts[:limit]
     return kept, prompts
 
 

@@ -42,7 +42,7 @@ class DataConfig:
     overlong_prompts: str = "filter"
     """`filter` drops over-long prompts and logs how many; `error` stops before training starts."""
     max_train_questions: int = 0
-    """Train on the first N questions of the training file only; 0: all of them."""
+    """Train on the first N questions of the training file (after length filtering) only; 0: all of them."""
     valid_size: int = 256
     """How many held-out questions to evaluate (the first ones of the file); 0 skips evaluation."""
 
