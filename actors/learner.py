@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -67,6 +68,13 @@ class _Measured:
     batch: TrainBatch
     old_logprobs: torch.Tensor
     counters: dict[str, float]
+
+
+def copy_model_files(model_dir: Path, folder: Path) -> None:
+    """Copy a model directory's config, generation config and tokenizer files (not its weights) into `folder`."""
+    for source in model_dir.iterdir():
+        if source.is_file() and not source.name.endswith((".safetensors", ".bin", ".pt", ".index.json")):
+            shutil.copy2(source, folder / source.name)
 
 
 class Learner:
@@ -324,7 +332,8 @@ class Learner:
         return {name: tensor.to(self.dtype, copy=self.world_size == 1) for name, tensor in state.items()}
 
     def save(self, path: str) -> None:
-        """Write the policy (float32) and optimizer state under the folder `path`, from rank 0.
+        """Write the policy (float32) and optimizer state under the folder `path`, from rank 0, with the base
+        model's config and tokenizer files, so that the folder loads as a Hugging Face model directory.
 
         Collective: every rank calls it; returns once the files are written.
         """
@@ -337,6 +346,7 @@ class Learner:
             folder.mkdir(parents=True, exist_ok=True)
             save_file(model_state, str(folder / MODEL_FILE))
             torch.save(optimizer_state, folder / OPTIMIZER_FILE)
+            copy_model_files(Path(self.model_path), folder)
         dist.barrier()
 
     def load(self, path: str) -> None:

@@ -8,6 +8,7 @@ from itertools import pairwise
 
 import pyarrow.parquet as pq
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import launch
 from tests.integration.conftest import run_config
@@ -53,6 +54,9 @@ def test_smoke_run_end_to_end(engine, embedded_task, ray_cluster, tmp_path):
     table = pq.read_table(run_dir / "difficulty.parquet")
     assert table.num_rows == 16 and sum(table["attempts"].to_pylist()) == 2 * 32  # epoch 0's rollouts, once
     assert (run_dir / "checkpoints" / "step_3" / "scheduler.json").is_file()
+    policy_dir = run_dir / "checkpoints" / "step_3" / "policy"  # loads as a model directory
+    policy, tokenizer = AutoModelForCausalLM.from_pretrained(policy_dir), AutoTokenizer.from_pretrained(policy_dir)
+    assert len(tokenizer) <= policy.config.vocab_size
     assert (run_dir / "report.html").stat().st_size > 10_000
     assert (run_dir / "config.yaml").is_file() and (run_dir / "wandb").is_dir()
     assert 0.0 <= summary["heldout_after"]["accuracy"] <= 1.0
