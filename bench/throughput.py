@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -34,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +90,8 @@ class BenchSettings:
     """(c) `rollout.engine` of the worker that receives the weights."""
     width_scale: int = 3
     """(c) The larger model multiplies width, MLP width and head counts by this (about scale^2 the params)."""
+    quick: bool = False
+    """Sizes too small to mean much (the report says so)."""
 
     def __post_init__(self) -> None:
         counts = {
@@ -123,24 +128,27 @@ QUICK = BenchSettings(
     sync_repeats=1,
     sync_engine="hf",
     width_scale=2,
+    quick=True,
 )
 """A check that every part runs (transformers engine only, tiny sizes): its numbers mean little."""
 
 
 @dataclass(frozen=True)
 class GenerationRow:
-    """One generation path: its median wall time over the timed runs and the tokens one run generated."""
+    """One generation path: its median wall time over the timed runs and the tokens one run generated, or the
+    error that stopped it (then `seconds` is NaN and `tokens` 0)."""
 
     engine: str
     workers: int
     """0 for the raw engine in this process, else the number of rollout actors."""
     seconds: float
     tokens: int
+    error: str = ""
 
     @property
     def tokens_per_s(self) -> float:
-        """Generated tokens per second of wall time."""
-        return self.tokens / self.seconds
+        """Generated tokens per second of wall time (NaN for a failed path)."""
+        return math.nan if self.error else self.tokens / self.seconds
 
 
 @dataclass(frozen=True)
@@ -230,11 +238,23 @@ def bench_generation(settings: BenchSettings, model: Path, train_file: Path) -> 
             RolloutRequest(f"q{i}", tuple(prompt), settings.samples, settings.max_new_tokens, seed=1000 + i, step=0)
             for i, prompt in enumerate(prompts)
         ]
-        rows.append(GenerationRow(engine, 0, *measure_raw_engine(cfg, model, requests, settings.repeats)))
+        rows.append(attempt(engine, 0, partial(measure_raw_engine, cfg, model, requests, settings.repeats)))
         for workers in settings.worker_counts:
             pool_cfg = compose_config([*base, f"rollout.num_workers={workers}"])
-            rows.append(GenerationRow(engine, workers, *measure_pool(pool_cfg, model, requests, settings.repeats)))
+            rows.append(attempt(engine, workers, partial(measure_pool, pool_cfg, model, requests, settings.repeats)))
     return rows
+
+
+def attempt(engine: str, workers: int, measure: Callable[[], tuple[float, int]]) -> GenerationRow:
+    """The row `measure()` measures, or, when it raises, a failed row holding the error's last line (a failing
+    engine must not lose the other paths' results)."""
+    try:
+        return GenerationRow(engine, workers, *measure())
+    except Exception as error:  # noqa: BLE001 - reported in the table instead
+        lines = str(error).strip().splitlines() or [""]
+        reason = lines[-1] if lines[-1].startswith(type(error).__name__) else f"{type(error).__name__}: {lines[-1]}"
+        log.error("generation with %s, %d workers failed: %s", engine, workers, reason)
+        return GenerationRow(engine, workers, math.nan, 0, error=reason)
 
 
 def measure_raw_engine(
@@ -506,6 +526,9 @@ def generation_table(rows: Sequence[GenerationRow]) -> list[str]:
             if r.workers == 0
             else f"RolloutPool, {r.workers} worker actor{'s' * (r.workers > 1)}"
         )
+        if r.error:
+            lines.append(f"| {r.engine} | {path} | failed: `{r.error}` | | | |")
+            continue
         ratio = "1.00" if r.workers == 0 else f"{r.tokens_per_s / raw[r.engine]:.2f}"
         lines.append(f"| {r.engine} | {path} | {r.tokens} | {r.seconds:.2f} | {r.tokens_per_s:,.0f} | {ratio} |")
     return lines
@@ -544,7 +567,10 @@ def reading(results: BenchResults) -> list[str]:
     lines = []
     raw = {r.engine: r for r in results.generation if r.workers == 0}
     for r in results.generation:
-        if r.workers == 0:
+        if r.error:
+            where = "the raw engine" if r.workers == 0 else f"{r.workers} rollout actor(s)"
+            lines.append(f"- {r.engine}, {where}: **failed** with `{r.error}`.")
+        if r.workers == 0 or r.error or raw[r.engine].error:
             continue
         ratio = r.tokens_per_s / raw[r.engine].tokens_per_s
         extra = r.seconds - raw[r.engine].seconds
@@ -581,7 +607,7 @@ def render(results: BenchResults, command: str) -> str:
     st = results.settings
     m = results.machine
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    quick = " (**--quick**: tiny sizes, numbers are not meaningful)" if st == QUICK else ""
+    quick = " (**--quick**: tiny sizes, numbers are not meaningful)" if st.quick else ""
     parts = [
         f"# Throughput: where the time goes{quick}",
         "",
@@ -636,12 +662,15 @@ def main(argv: Sequence[str] | None = None) -> BenchResults:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every part runs (< 1 min)")
     parser.add_argument("--model", type=Path, help="a Hugging Face model directory (default: the embedded policy)")
+    parser.add_argument("--questions", type=int, help="(a): prompts per generation call (default: 64; quick: 8)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report file (default: {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.model is not None and not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model}: not a model directory (no config.json)")
     settings = QUICK if args.quick else BenchSettings()
+    if args.questions is not None:
+        settings = dataclasses.replace(settings, questions=args.questions)
     results = run(settings, args.model)
     words = ["python", "-m", "bench.throughput", *(sys.argv[1:] if argv is None else argv)]
     text = render(results, shlex.join(words))

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from bench import throughput
-from bench.throughput import QUICK, summarize_steps
+from bench.throughput import QUICK, attempt, generation_table, summarize_steps
 
 
 def step(index: int, step_s: float, generate_s: float, train_s: float, sample_s: float = 0.0) -> dict:
@@ -43,6 +45,22 @@ def test_step_summary_refuses_runs_too_short_or_without_step_times():
     del untimed["timing/step_s"]
     with pytest.raises(ValueError, match=r"steps \[1\] have no timing/step_s"):
         summarize_steps([step(0, 1.0, 0.5, 0.3), untimed])
+
+
+def test_a_failing_generation_path_is_reported_in_the_table_not_raised():
+    def crash() -> tuple[float, int]:
+        raise RuntimeError("engine step failed\nCPU Generator does not use offset")
+
+    failed = attempt("vllm", 1, crash)
+    assert failed.error == "RuntimeError: CPU Generator does not use offset" and math.isnan(failed.tokens_per_s)
+    raw = attempt("vllm", 0, lambda: (2.0, 100))
+    assert (raw.tokens_per_s, raw.error) == (50.0, "")
+    table = generation_table([raw, failed])
+    assert "| vllm | raw engine, in-process | 100 | 2.00 | 50 | 1.00 |" in table
+    assert (
+        "| vllm | RolloutPool, 1 worker actor | failed: `RuntimeError: CPU Generator does not use offset` | | | |"
+        in table
+    )
 
 
 def test_quick_benchmark_measures_every_part_and_writes_the_report(embedded_task, ray_cluster, tmp_path):
