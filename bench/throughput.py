@@ -1,7 +1,7 @@
 """Where the time goes: generation throughput (raw engine against rollout actors), the training step's phase
 breakdown, and the weight sync against model size, written as one Markdown report.
 
-    python -m bench.throughput [--quick] [--model DIR] [--out bench/results/throughput.md]
+    python -m bench.throughput [--quick] [--model DIR] [--questions N] [--out bench/results/throughput.md]
 
 (a) Generation: the same `Engine` class a rollout worker builds (`actors.engines.create_engine`), driven
     in-process, against the same prompts sent as `RolloutRequest`s through `RolloutPool.generate` to 1 and 2
