@@ -107,7 +107,8 @@ def train(cfg: RunConfig) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(files.model)
     check_fits_model(cfg, files.model)
     questions, prompts = load_split(files.train, tokenizer, cfg, limit=cfg.data.max_train_questions)
-    heldout = load_split(files.valid, tokenizer, cfg, limit=cfg.data.valid_size) if files.valid else None
+    use_heldout = files.valid is not None and cfg.data.valid_size > 0
+    heldout = load_split(files.valid, tokenizer, cfg, limit=cfg.data.valid_size) if use_heldout else None
     steps_per_epoch = EpochSampler(len(questions), cfg.train.questions_per_step, cfg.train.seed).steps_per_epoch
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps > 0:

