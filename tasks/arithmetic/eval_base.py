@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,79 +26,24 @@ from tasks.arithmetic.build_base import (
     ensure_base_policy,
     ensure_datasets,
 )
-from tasks.arithmetic.reward import is_correct
-
-
-def generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    questions: list[str],
-    samples: int,
-    temperature: float | None,
-    max_new_tokens: int = 64,
-    batch_size: int = 256,
-) -> list[list[str]]:
-    """``samples`` completions per question (greedy when ``temperature`` is None, else pure sampling at that
-    temperature: no top-k or top-p), decoded without special tokens; batched with left padding."""
-    tokenizer.padding_side = "left"
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
-        )
-        for q in questions
-    ]
-    sampling = (
-        {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature}
-    )
-    per_batch = max(1, batch_size // samples)
-    completions: list[list[str]] = []
-    for start in range(0, len(prompts), per_batch):
-        batch = tokenizer(prompts[start : start + per_batch], return_tensors="pt", padding=True)
-        with torch.inference_mode():
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=samples,
-                top_k=0,
-                top_p=1.0,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **sampling,
-            )
-        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        completions.extend(texts[i : i + samples] for i in range(0, len(texts), samples))
-    return completions
+from tasks.arithmetic.policy_eval import accuracy_by_level
 
 
 def evaluate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    rows: list[dict],
-    samples: int,
-    seed: int = 0,
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict], samples: int
 ) -> dict:
-    """Accuracy per level (greedy, and sampled at T=1 with ``samples`` per question) of ``rows`` (dataset
-    rows in the RLVR schema), plus overall accuracies: the result object the CLI prints."""
-    torch.manual_seed(seed)
+    """Accuracy per level, greedy and sampled at T=1 with ``samples`` per question, of ``rows`` (dataset rows
+    in the RLVR schema), plus overall accuracies: the result object the CLI prints."""
     questions = [row["prompt"][-1]["content"] for row in rows]
-    greedy = generate(model, tokenizer, questions, 1, None)
-    sampled = generate(model, tokenizer, questions, samples, 1.0)
-    scores: dict[int, dict[str, list[float]]] = defaultdict(lambda: {"greedy": [], "sampled": []})
-    for row, greedy_out, sampled_out in zip(rows, greedy, sampled, strict=True):
-        truth = row["reward_model"]["ground_truth"]
-        level = scores[row["extra_info"]["level"]]
-        level["greedy"].append(float(is_correct(greedy_out[0], truth)))
-        level["sampled"].extend(float(is_correct(text, truth)) for text in sampled_out)
-    per_level = {
-        str(level): {kind: sum(values) / len(values) for kind, values in scores[level].items()}
-        for level in sorted(scores)
-    }
-    all_greedy = [v for level in scores.values() for v in level["greedy"]]
-    all_sampled = [v for level in scores.values() for v in level["sampled"]]
+    truths = [row["reward_model"]["ground_truth"] for row in rows]
+    levels = [row["extra_info"]["level"] for row in rows]
+    greedy = accuracy_by_level(model, tokenizer, questions, truths, levels, 1, None)
+    sampled = accuracy_by_level(model, tokenizer, questions, truths, levels, samples, 1.0)
+    counts = Counter(levels)
     return {
-        "per_level": per_level,
-        "overall_greedy": sum(all_greedy) / len(all_greedy),
-        "overall_sampled": sum(all_sampled) / len(all_sampled),
+        "per_level": {str(level): {"greedy": greedy[level], "sampled": sampled[level]} for level in greedy},
+        "overall_greedy": sum(greedy[level] * counts[level] for level in greedy) / len(rows),
+        "overall_sampled": sum(sampled[level] * counts[level] for level in sampled) / len(rows),
     }
 
 
@@ -120,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = pq.read_table(split_path).to_pylist()[: args.limit]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    torch.manual_seed(args.seed)
     start = time.perf_counter()
-    result = evaluate(model, tokenizer, rows, args.samples, args.seed)
+    result = evaluate(model, tokenizer, rows, args.samples)
     seconds = time.perf_counter() - start
     print(f"{len(rows)} questions of {split_path}, {args.samples} samples each at T=1, {seconds:.1f} s")
     for level, acc in result["per_level"].items():

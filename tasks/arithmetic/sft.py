@@ -1,16 +1,16 @@
 """Supervised warm-start of the base policy on worked solutions (CPU, torch).
 
 Each example is a chat prompt (the question through ``<|im_start|>assistant\\n``) followed by the worked
-solution and ``<|im_end|>``; the loss is the mean cross-entropy over the response tokens only. Batches mix
-levels with fixed weights, so under-weighting hard levels leaves the policy with mixed ability, which is what
-RL needs.
+solution and ``<|im_end|>``; the loss is the mean cross-entropy over the response tokens only. Every batch
+mixes levels with fixed weights (batches of a single level learned far slower). A ``stop`` callback, called
+every few steps, can end the warm-start early.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,10 +34,15 @@ class SftSchedule:
     """How the warm-start runs."""
 
     steps: int
+    """Most optimizer steps; the learning-rate schedule spans them."""
     batch_size: int
+    """Examples per step."""
     lr: float
+    """Peak AdamW learning rate."""
     warmup_steps: int
+    """Steps of linear learning-rate warm-up."""
     weight_decay: float
+    """AdamW weight decay."""
     level_weights: dict[int, float]
     """Relative share of each level's examples in a batch."""
 
@@ -84,10 +89,16 @@ def train(
     schedule: SftSchedule,
     pad_id: int,
     generator: torch.Generator,
+    stop: Callable[[int], bool] | None = None,
+    stop_every: int = 50,
     log_every: int = 50,
 ) -> list[float]:
     """Run the warm-start in place on ``model``, drawing examples from the per-level ``pools`` with
-    ``generator``; returns the loss of every step."""
+    ``generator``; returns the loss of every step run.
+
+    Every ``stop_every`` steps, ``stop(steps_done)`` (if given) may end the warm-start early; it is called
+    with the model in eval mode.
+    """
     levels = sorted(schedule.level_weights)
     missing = [level for level in levels if not pools.get(level)]
     if missing:
@@ -113,10 +124,14 @@ def train(
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
+        done = step + 1
+        if log_every and done % log_every == 0:
             elapsed = time.perf_counter() - start
-            print(
-                f"sft step {step + 1}/{schedule.steps} loss {loss.item():.4f} ({elapsed:.1f} s)", flush=True
-            )
+            print(f"sft step {done}/{schedule.steps} loss {loss.item():.4f} ({elapsed:.1f} s)", flush=True)
+        if stop is not None and done % stop_every == 0 and done < schedule.steps:
+            model.eval()
+            if stop(done):
+                break
+            model.train()
     model.eval()
     return losses

@@ -22,8 +22,9 @@ SMALL = ArithmeticDataConfig(seed=3, train_size=120, valid_size=30, test_size=60
 
 def test_worked_solution_shows_columns_with_carries_and_ends_with_the_answer() -> None:
     solution = Problem(level=2, operands=(85, 47)).worked_solution()
-    assert solution == "5+7=12\n8+4+1=13\nAnswer: 132"
-    assert Problem(level=4, operands=(99, 99, 99)).worked_solution() == "9+9+9=27\n9+9+9+2=29\nAnswer: 297"
+    assert solution == "units: 5+7=12\ntens: 8+4+1=13\nAnswer: 132"
+    solution = Problem(level=6, operands=(999, 909, 90)).worked_solution()
+    assert solution == "units: 9+9+0=18\ntens: 9+0+9+1=19\nhundreds: 9+9+1=19\nAnswer: 1998"
 
 
 @pytest.mark.parametrize("level", sorted(LEVELS))
