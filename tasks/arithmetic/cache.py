@@ -65,6 +65,7 @@ def ensure_built(out_dir: Path, key: str, build: Callable[[Path], None], descrip
             build(tmp_dir)
             stamp = {"key": key, "config": description}
             (tmp_dir / STAMP_FILE).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+            tmp_dir.chmod(0o755)  # mkdtemp makes it private
             if out_dir.exists():
                 stale = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
                 out_dir.rename(stale / out_dir.name)
