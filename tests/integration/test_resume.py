@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -51,3 +53,25 @@ def test_resumed_run_equals_uninterrupted_run(embedded_task, ray_cluster, tmp_pa
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(launch.ConfigError, match="holds no checkpoint"):
         launch.prepare_run_dir(run_config(tmp_path, "run_name=never-ran", "resume=true"))
+
+
+def test_learner_rank_death_names_last_checkpoint_and_resume_command(embedded_task, ray_cluster, tmp_path, caplog):
+    cfg = run_config(
+        tmp_path, *COMMON, "run_name=doomed", "train.checkpoint_every=1", "train.max_steps=40", "train.epochs=20"
+    )
+    first_checkpoint = tmp_path / "doomed" / "checkpoints" / "step_1"
+
+    def kill_learner_after_first_checkpoint():
+        deadline = time.monotonic() + 600
+        while not first_checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ray_cluster.kill(ray_cluster.get_actor("e3/learner-0"), no_restart=True)
+
+    killer = threading.Thread(target=kill_learner_after_first_checkpoint, daemon=True)
+    killer.start()
+    with pytest.raises(ray_cluster.exceptions.RayError):
+        launch.train(cfg)
+    killer.join(timeout=60)
+    assert "last good checkpoint" in caplog.text and "run_name=doomed resume=true" in caplog.text
+    named = latest_checkpoint(tmp_path / "doomed" / "checkpoints")
+    assert named is not None and str(named) in caplog.text
