@@ -207,7 +207,13 @@ def test_save_then_load_restores_policy_and_optimizer(single_rank: Learner, tmp_
     batch = make_batch()
     single_rank.train_step(batch, batch.num_response_tokens)
     single_rank.save(str(tmp_path))
-    assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "optimizer.pt"}
+    # the weights and optimizer state, plus the base model's config files: the folder is a model directory
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "model.safetensors",
+        "optimizer.pt",
+        "config.json",
+        "generation_config.json",
+    }
     second = single_rank.train_step(batch, batch.num_response_tokens)
     after_second = single_rank.full_state_dict()
 
