@@ -72,7 +72,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         ("entropy, first step (nats)", "entropy_first_step", "{:.3f}"),
         ("entropy, last-epoch mean (nats)", "entropy_last_epoch", "{:.3f}"),
         ("entropy relative drift (last epoch / first step - 1)", "entropy_relative_drift", "{:+.1%}"),
-        ("entropy off its target, last epoch (mean |H/H* - 1|)", "entropy_off_target_last_epoch", "{:.1%}"),
+        ("entropy off its target per step, last epoch (mean abs(H/H* - 1))", "entropy_off_target_last_epoch", "{:.1%}"),
         ("final temperature", "final_temperature", "{:.3f}"),
         ("rollouts generated in total", "rollouts_total", "{:.0f}"),
         ("wall time per run (s)", "wall_s", "{:.0f}"),
