@@ -209,9 +209,7 @@ class Learner:
         if global_response_tokens < 1:
             raise ValueError(f"train_step: global_response_tokens={global_response_tokens}, expected >= 1")
         if bool(shard.response_mask[:, 0].any()):
-            raise ValueError(
-                "train_step: response_mask[:, 0] is set, but a response token needs a prompt before it"
-            )
+            raise ValueError("train_step: response_mask[:, 0] is set, but a response token needs a prompt before it")
 
         micro_batches = self._micro_batches(shard)
         with torch.no_grad():
@@ -243,9 +241,7 @@ class Learner:
         if not skipped:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return self._global_metrics(
-            totals, grad_norm, skipped, with_mismatch=shard.sampler_logprobs is not None
-        )
+        return self._global_metrics(totals, grad_norm, skipped, with_mismatch=shard.sampler_logprobs is not None)
 
     def _micro_batches(self, shard: TrainBatch) -> list[TrainBatch]:
         """Split `shard` into as many micro-batches as the busiest rank needs, similar lengths together.
@@ -253,9 +249,7 @@ class Learner:
         Ranks agree on the count with an all-reduce (max). A micro-batch left without rows is the shard's
         first row with its response mask cleared: it runs the collectives but contributes nothing.
         """
-        count = torch.tensor(
-            [math.ceil(shard.num_samples / self.config.micro_batch_size)], device=self.device
-        )
+        count = torch.tensor([math.ceil(shard.num_samples / self.config.micro_batch_size)], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         order = torch.argsort(shard.attention_mask.sum(dim=1), stable=True)
         micro_batches = []
@@ -264,9 +258,7 @@ class Learner:
                 micro_batches.append(shard.select(rows))
             else:
                 first = shard.select([0])
-                micro_batches.append(
-                    dataclasses.replace(first, response_mask=torch.zeros_like(first.response_mask))
-                )
+                micro_batches.append(dataclasses.replace(first, response_mask=torch.zeros_like(first.response_mask)))
         return micro_batches
 
     def _logprobs_and_logits(self, micro: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,9 +268,7 @@ class Learner:
         """
         model = self._require_setup()[0]
         input_ids = micro.input_ids.to(self.device)
-        output = model(
-            input_ids=input_ids, attention_mask=micro.attention_mask.to(self.device), use_cache=False
-        )
+        output = model(input_ids=input_ids, attention_mask=micro.attention_mask.to(self.device), use_cache=False)
         temperatures = micro.temperatures.to(self.device, torch.float32)
         logits = output.logits[:, :-1].float() / temperatures[:, None, None]
         return token_logprobs(logits, input_ids[:, 1:]), logits

@@ -45,9 +45,7 @@ class RolloutWorker:
         self.temperature = temperature
         self.temperature_step: int | None = None
         self.weights_version = 0
-        self.engine: Engine = create_engine(
-            config, model_path, dtype=dtype, seed=seed, max_model_len=max_model_len
-        )
+        self.engine: Engine = create_engine(config, model_path, dtype=dtype, seed=seed, max_model_len=max_model_len)
 
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
         """One `Rollout` per request, in order, each with `num_samples` completions.
@@ -80,9 +78,7 @@ class RolloutWorker:
 
     def set_temperature(self, update: TemperatureUpdate) -> float:
         """Sample with `update.temperature` from now on; returns the temperature now in use."""
-        _check_temperature(
-            update.temperature, f"RolloutWorker {self.name}: TemperatureUpdate(step={update.step})"
-        )
+        _check_temperature(update.temperature, f"RolloutWorker {self.name}: TemperatureUpdate(step={update.step})")
         self.temperature = update.temperature
         self.temperature_step = update.step
         return self.temperature
@@ -94,8 +90,7 @@ class RolloutWorker:
         """
         if version < self.weights_version:
             raise ValueError(
-                f"RolloutWorker {self.name}: weights version {version} is older than the loaded "
-                f"{self.weights_version}"
+                f"RolloutWorker {self.name}: weights version {version} is older than the loaded {self.weights_version}"
             )
         self.engine.load_weights(state_dict)
         self.weights_version = version

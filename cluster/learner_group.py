@@ -56,13 +56,9 @@ class LearnerGroup:
     def __init__(
         self, model_path: str, config: LearnerConfig, dtype: str, seed: int, ready_timeout_s: float = 120.0
     ) -> None:
-        bundle = {
-            name: amount for name, amount in (("CPU", config.num_cpus), ("GPU", config.num_gpus)) if amount
-        }
+        bundle = {name: amount for name, amount in (("CPU", config.num_cpus), ("GPU", config.num_gpus)) if amount}
         if not bundle:
-            raise ValueError(
-                "LearnerGroup: learner.num_cpus and learner.num_gpus are both 0; a rank needs resources"
-            )
+            raise ValueError("LearnerGroup: learner.num_cpus and learner.num_gpus are both 0; a rank needs resources")
         self.num_ranks = config.num_ranks
         self.actors: list[Any] = []
         self._placement = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy="PACK")
@@ -72,9 +68,7 @@ class LearnerGroup:
             self.shutdown()
             raise
 
-    def _start(
-        self, model_path: str, config: LearnerConfig, dtype: str, seed: int, ready_timeout_s: float
-    ) -> None:
+    def _start(self, model_path: str, config: LearnerConfig, dtype: str, seed: int, ready_timeout_s: float) -> None:
         """Wait for the placement group, start one named actor per bundle and set them all up."""
         try:
             ray.get(self._placement.ready(), timeout=ready_timeout_s)
@@ -89,9 +83,9 @@ class LearnerGroup:
         )
         actor_class = ray.remote(num_cpus=config.num_cpus, num_gpus=config.num_gpus)(Learner)
         self.actors = [
-            actor_class.options(
-                name=ACTOR_NAME.format(rank=rank), scheduling_strategy=self._in_bundle(rank)
-            ).remote(model_path, config, dtype, seed, rank, self.num_ranks, master_addr, master_port)
+            actor_class.options(name=ACTOR_NAME.format(rank=rank), scheduling_strategy=self._in_bundle(rank)).remote(
+                model_path, config, dtype, seed, rank, self.num_ranks, master_addr, master_port
+            )
             for rank in range(self.num_ranks)
         ]
         _wait_all([actor.setup.remote() for actor in self.actors])
@@ -109,15 +103,11 @@ class LearnerGroup:
             [actor.train_step.remote(s, global_tokens) for actor, s in zip(self.actors, shards, strict=True)]
         )
         metrics = per_rank[0]
-        disagreeing = [
-            rank for rank, m in enumerate(per_rank) if not math.isclose(m["entropy"], metrics["entropy"])
-        ]
+        disagreeing = [rank for rank, m in enumerate(per_rank) if not math.isclose(m["entropy"], metrics["entropy"])]
         if disagreeing:
             entropies = [m["entropy"] for m in per_rank]
             raise RuntimeError(f"LearnerGroup.train: ranks {disagreeing} report other entropies: {entropies}")
-        return LearnerResult(
-            weights_version=weights_version + 1, entropy=metrics["entropy"], metrics=dict(metrics)
-        )
+        return LearnerResult(weights_version=weights_version + 1, entropy=metrics["entropy"], metrics=dict(metrics))
 
     def state_dict_ref(self) -> ray.ObjectRef:
         """An object reference to the policy's full state dict (Hugging Face names, model dtype, CPU tensors).
@@ -152,9 +142,7 @@ class LearnerGroup:
             self._placement = None
 
     def _in_bundle(self, rank: int) -> PlacementGroupSchedulingStrategy:
-        return PlacementGroupSchedulingStrategy(
-            placement_group=self._placement, placement_group_bundle_index=rank
-        )
+        return PlacementGroupSchedulingStrategy(placement_group=self._placement, placement_group_bundle_index=rank)
 
     def _on_one_node(self) -> bool:
         """Whether Ray placed every bundle on the same node."""

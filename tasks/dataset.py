@@ -41,9 +41,7 @@ JSONL_SUFFIXES = (".jsonl", ".json")
 class DatasetError(ValueError):
     """A dataset file, row or field that cannot be used; the message names all three where they apply."""
 
-    def __init__(
-        self, problem: str, path: Path | str | None = None, row: str | None = None, field: str | None = None
-    ):
+    def __init__(self, problem: str, path: Path | str | None = None, row: str | None = None, field: str | None = None):
         parts = [str(p) for p in (path, row, f"field {field!r}" if field else None) if p is not None]
         super().__init__(f"{', '.join(parts)}: {problem}" if parts else problem)
         self.path = path
@@ -104,9 +102,7 @@ def load_questions(path: Path | str, *, empty_answer: EmptyAnswerPolicy = "error
     elif path.suffix in JSONL_SUFFIXES:
         table = _read_jsonl(path)
     else:
-        raise DatasetError(
-            f"unknown suffix {path.suffix!r}; expected one of {PARQUET_SUFFIXES + JSONL_SUFFIXES}", path
-        )
+        raise DatasetError(f"unknown suffix {path.suffix!r}; expected one of {PARQUET_SUFFIXES + JSONL_SUFFIXES}", path)
     return _build(path, table, empty_answer)
 
 
@@ -209,9 +205,7 @@ def _chat(path: Path, row: _Row) -> tuple[ChatMessage, ...]:
     if isinstance(row.prompt, str):
         messages = (ChatMessage("user", row.prompt),)
     elif row.prompt:
-        messages = tuple(
-            ChatMessage(m["role"], m["content"]) if m else ChatMessage("", "") for m in row.prompt
-        )
+        messages = tuple(ChatMessage(m["role"], m["content"]) if m else ChatMessage("", "") for m in row.prompt)
     else:
         raise DatasetError("missing or empty prompt", path, row.where, "prompt")
     for i, m in enumerate(messages):
@@ -230,9 +224,7 @@ def _read_parquet(path: Path) -> _Table:
         raise DatasetError(f"not a readable Parquet file ({e})", path) from None
     schema = parquet.schema_arrow
 
-    def column(
-        name: str, check: Callable[[pa.DataType], bool], expected: str, required: bool
-    ) -> list[Any] | None:
+    def column(name: str, check: Callable[[pa.DataType], bool], expected: str, required: bool) -> list[Any] | None:
         """The values of a (possibly nested, dotted) column after checking its type; None if absent."""
         field_type = _nested_type(schema, name)
         if field_type is None:
@@ -298,9 +290,7 @@ def _is_chat(t: pa.DataType) -> bool:
     if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type):
         return False
     message = t.value_type
-    return all(
-        message.get_field_index(k) >= 0 and _is_string(message.field(k).type) for k in ("role", "content")
-    )
+    return all(message.get_field_index(k) >= 0 and _is_string(message.field(k).type) for k in ("role", "content"))
 
 
 # ---------------------------------------------------------------- JSON lines
@@ -346,9 +336,7 @@ def _jsonl_row(path: Path, where: str, record: dict[str, Any], default_id: str) 
     def get(key: str, types: tuple[type, ...], expected: str) -> Any:
         value = record.get(key)
         if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
-            raise DatasetError(
-                f"expected {expected}, got {type(value).__name__} {value!r:.60}", path, where, key
-            )
+            raise DatasetError(f"expected {expected}, got {type(value).__name__} {value!r:.60}", path, where, key)
         return value
 
     prompt = get("prompt", (str,), "a string")

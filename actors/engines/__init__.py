@@ -30,9 +30,7 @@ def resolve_engine_name(requested: str, cpu_kv_cache_gib: int = 1) -> str:
     return "vllm"
 
 
-def create_engine(
-    config: RolloutConfig, model_path: str, dtype: str, seed: int, max_model_len: int
-) -> Engine:
+def create_engine(config: RolloutConfig, model_path: str, dtype: str, seed: int, max_model_len: int) -> Engine:
     """Build the engine `config.engine` names (resolving `auto`) on the model at `model_path`."""
     name = resolve_engine_name(config.engine, config.cpu_kv_cache_gib)
     if name == "vllm":

@@ -82,13 +82,10 @@ def check_generate_args(
     if not prompts:
         raise ValueError("generate: no prompts")
     if len(num_samples) != len(prompts) or len(seeds) != len(prompts):
-        raise ValueError(
-            f"generate: {len(prompts)} prompts but {len(num_samples)} num_samples and {len(seeds)} seeds"
-        )
+        raise ValueError(f"generate: {len(prompts)} prompts but {len(num_samples)} num_samples and {len(seeds)} seeds")
     if not (math.isfinite(temperature) and (temperature == 0 or temperature >= MIN_SAMPLING_TEMPERATURE)):
         raise ValueError(
-            f"generate: temperature={temperature}: expected 0 (greedy) or a finite value "
-            f">= {MIN_SAMPLING_TEMPERATURE}"
+            f"generate: temperature={temperature}: expected 0 (greedy) or a finite value >= {MIN_SAMPLING_TEMPERATURE}"
         )
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens={max_new_tokens} < 1")
@@ -106,9 +103,7 @@ def check_generate_args(
             )
         bad = [t for t in prompt if not 0 <= t < engine.vocab_size]
         if bad:
-            raise ValueError(
-                f"generate: prompts[{i}] has token ids {bad[:5]} outside [0, {engine.vocab_size})"
-            )
+            raise ValueError(f"generate: prompts[{i}] has token ids {bad[:5]} outside [0, {engine.vocab_size})")
 
 
 def check_weight_names(given: Iterable[str], required: set[str], optional: set[str]) -> None:

@@ -79,14 +79,10 @@ class HfEngine(Engine):
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype], local_files_only=True)
         self._eos_ids = _eos_token_ids(self._tokenizer.eos_token_id, model.generation_config.eos_token_id)
         if not self._eos_ids:
-            raise ValueError(
-                f"model_path={model_path!r}: neither the tokenizer nor generation_config names an eos"
-            )
+            raise ValueError(f"model_path={model_path!r}: neither the tokenizer nor generation_config names an eos")
         pad_id = self._tokenizer.pad_token_id
         self._pad_id = int(pad_id) if pad_id is not None else min(self._eos_ids)
-        model.generation_config = GenerationConfig(
-            eos_token_id=sorted(self._eos_ids), pad_token_id=self._pad_id
-        )
+        model.generation_config = GenerationConfig(eos_token_id=sorted(self._eos_ids), pad_token_id=self._pad_id)
         self._model = model.to(self._device).eval()
         self._vocab_size = int(model.config.get_text_config().vocab_size)
         self._max_model_len = max_model_len
@@ -128,9 +124,7 @@ class HfEngine(Engine):
         return grouped
 
     @torch.inference_mode()
-    def _decode(
-        self, rows: list[tuple[list[int], int]], temperature: float, max_new_tokens: int
-    ) -> list[Completion]:
+    def _decode(self, rows: list[tuple[list[int], int]], temperature: float, max_new_tokens: int) -> list[Completion]:
         """One `generate` call over `rows` of (prompt, seed), left-padded to the longest prompt."""
         width = max(len(prompt) for prompt, _ in rows)
         input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
@@ -160,17 +154,14 @@ class HfEngine(Engine):
         logprobs = torch.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
         token_logprobs = logprobs.gather(-1, tokens[:, :, None]).squeeze(-1)
         return [
-            self._completion(tokens[r].tolist(), token_logprobs[r].tolist(), max_new_tokens)
-            for r in range(len(rows))
+            self._completion(tokens[r].tolist(), token_logprobs[r].tolist(), max_new_tokens) for r in range(len(rows))
         ]
 
     def _completion(self, tokens: list[int], logprobs: list[float], max_new_tokens: int) -> Completion:
         """Cut one row after its first end-of-sequence token (the padding `generate` adds comes after it)."""
         end = next((t + 1 for t, token in enumerate(tokens) if token in self._eos_ids), None)
         if end is None and len(tokens) != max_new_tokens:
-            raise RuntimeError(
-                f"generate stopped a row after {len(tokens)} of {max_new_tokens} tokens without eos"
-            )
+            raise RuntimeError(f"generate stopped a row after {len(tokens)} of {max_new_tokens} tokens without eos")
         kept = tokens[:end] if end is not None else tokens
         return Completion(
             token_ids=tuple(kept),

@@ -182,13 +182,9 @@ class VllmEngine(Engine):
             raise RuntimeError(f"vLLM finished a sample with finish_reason={sample.finish_reason!r}")
         if sample.logprobs is None or len(sample.logprobs) != len(token_ids):
             raise RuntimeError(f"vLLM returned no log-prob for some of the {len(token_ids)} sampled tokens")
-        logprobs = tuple(
-            float(step[token].logprob) for step, token in zip(sample.logprobs, token_ids, strict=True)
-        )
+        logprobs = tuple(float(step[token].logprob) for step, token in zip(sample.logprobs, token_ids, strict=True))
         text = self._tokenizer.decode(list(token_ids), skip_special_tokens=True)
-        return Completion(
-            token_ids=token_ids, logprobs=logprobs, text=text, finish_reason=sample.finish_reason
-        )
+        return Completion(token_ids=token_ids, logprobs=logprobs, text=text, finish_reason=sample.finish_reason)
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Reload every weight in place through the worker's `reload_weights`, then drop the prefix cache.

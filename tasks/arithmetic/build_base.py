@@ -107,9 +107,7 @@ class BasePolicyConfig:
             )
         weights = self.level_weights()
         if any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(
-                f"BasePolicyConfig.sft_level_weights must be >= 0, not all 0: {self.sft_level_weights}"
-            )
+            raise ValueError(f"BasePolicyConfig.sft_level_weights must be >= 0, not all 0: {self.sft_level_weights}")
         if not 0.0 <= self.stop_accuracy <= 1.0:
             raise ValueError(f"BasePolicyConfig.stop_accuracy must be in [0, 1], got {self.stop_accuracy}")
         counts = ("sft_steps", "batch_size", "num_threads", "sft_pool_per_level", "num_layers")
@@ -143,9 +141,7 @@ def build_base_policy(out_dir: Path, config: BasePolicyConfig) -> dict[str, Any]
         trained = tokenizer.train_tokenizer(corpus, config.vocab_size)
         hf_tokenizer = tokenizer.save_tokenizer(trained, out_dir, config.max_position_embeddings)
         model = Qwen2ForCausalLM(model_config(config, len(hf_tokenizer), hf_tokenizer))
-        examples = {
-            level: [sft.tokenize_problem(hf_tokenizer, p) for p in pool] for level, pool in pools.items()
-        }
+        examples = {level: [sft.tokenize_problem(hf_tokenizer, p) for p in pool] for level, pool in pools.items()}
         schedule = sft.SftSchedule(
             steps=config.sft_steps,
             batch_size=config.batch_size,
@@ -162,9 +158,7 @@ def build_base_policy(out_dir: Path, config: BasePolicyConfig) -> dict[str, Any]
             return probes[-1]["overall"] >= config.stop_accuracy
 
         sft_start = time.perf_counter()
-        losses = sft.train(
-            model, examples, schedule, hf_tokenizer.pad_token_id, generator, stop, config.probe_every
-        )
+        losses = sft.train(model, examples, schedule, hf_tokenizer.pad_token_id, generator, stop, config.probe_every)
         sft_seconds = time.perf_counter() - sft_start
     model.generation_config = GenerationConfig(
         eos_token_id=hf_tokenizer.eos_token_id, pad_token_id=hf_tokenizer.pad_token_id
@@ -230,9 +224,7 @@ def chat_text(problem: problems.Problem) -> str:
     return f"{start}user\n{problem.question}{end}\n{start}assistant\n{problem.worked_solution()}{end}\n"
 
 
-def model_config(
-    config: BasePolicyConfig, vocab_size: int, hf_tokenizer: PreTrainedTokenizerBase
-) -> Qwen2Config:
+def model_config(config: BasePolicyConfig, vocab_size: int, hf_tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
     """The Qwen2 architecture of the base policy."""
     return Qwen2Config(
         vocab_size=vocab_size,

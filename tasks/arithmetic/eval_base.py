@@ -29,9 +29,7 @@ from tasks.arithmetic.build_base import (
 from tasks.arithmetic.policy_eval import accuracy_by_level
 
 
-def evaluate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict], samples: int
-) -> dict:
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict], samples: int) -> dict:
     """Accuracy per level, greedy and sampled at T=1 with ``samples`` per question, of ``rows`` (dataset rows
     in the RLVR schema), plus overall accuracies: the result object the CLI prints."""
     questions = [row["prompt"][-1]["content"] for row in rows]

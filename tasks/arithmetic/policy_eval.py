@@ -24,9 +24,7 @@ def generate(
     temperature: no top-k or top-p), decoded without special tokens; batched with left padding."""
     tokenizer.padding_side = "left"
     prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
-        )
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
         for q in questions
     ]
     if temperature is None:

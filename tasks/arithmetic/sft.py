@@ -104,9 +104,7 @@ def train(
     if missing:
         raise ValueError(f"no SFT examples for levels {missing} (pools have {sorted(pools)})")
     weights = torch.tensor([schedule.level_weights[level] for level in levels], dtype=torch.float64)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay, fused=True
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, schedule))
     model.train()
     losses = []

@@ -44,9 +44,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Tokenizer:
     minimum = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())
     if vocab_size < minimum:
         raise ValueError(f"vocab_size must be >= {minimum} (special tokens + 256 bytes), got {vocab_size}")
-    tokenizer = Tokenizer(
-        BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
-    )
+    tokenizer = Tokenizer(BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [

@@ -33,9 +33,7 @@ def mean_at_k(n: int, c: int, k: int) -> float:
     return c / n
 
 
-def summarize(
-    per_question_correct: Mapping[str, Sequence[Sequence[bool]]], ks: Iterable[int]
-) -> dict[str, float]:
+def summarize(per_question_correct: Mapping[str, Sequence[Sequence[bool]]], ks: Iterable[int]) -> dict[str, float]:
     """Per-source and overall pass@k and mean@k, averaged over questions (each question counts once).
 
     `per_question_correct[source][q]` holds the correctness of every sample of question q. Returns a flat

@@ -66,9 +66,7 @@ def test_loads_in_transformers_and_generates(model_dir: Path) -> None:
         sum(p.numel() for p in model.parameters())
         == json.loads((model_dir / build_base.BUILD_REPORT_FILE).read_text())["parameters"]
     )
-    inputs = tokenizer.apply_chat_template(
-        PROMPT, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-    )
+    inputs = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_dict=True, return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     new_tokens = output[0, inputs["input_ids"].shape[1] :]
     assert 0 < len(new_tokens) <= 12

@@ -115,9 +115,7 @@ def vllm_engine(model_dir: Path) -> Iterator[Engine]:
         pytest.skip(f"vLLM does not import here: {error}")
     from actors.engines.vllm_engine import VllmEngine
 
-    engine = VllmEngine(
-        str(model_dir), dtype="float32", seed=0, max_model_len=MAX_MODEL_LEN, cpu_kv_cache_gib=1
-    )
+    engine = VllmEngine(str(model_dir), dtype="float32", seed=0, max_model_len=MAX_MODEL_LEN, cpu_kv_cache_gib=1)
     yield engine
     engine.close()
 
@@ -339,9 +337,7 @@ def test_worker_stamps_rollouts_with_temperature_version_and_name(
         worker.load_weights(reference.state_dict(), version=3)
 
 
-def test_worker_greedy_evaluation_and_empty_inputs(
-    worker: RolloutWorker, reference: Qwen2ForCausalLM
-) -> None:
+def test_worker_greedy_evaluation_and_empty_inputs(worker: RolloutWorker, reference: Qwen2ForCausalLM) -> None:
     completions = worker.generate_greedy(PROMPTS, max_new_tokens=10)
     assert [list(c.token_ids) for c in completions] == [reference_greedy(reference, p, 10) for p in PROMPTS]
     assert worker.generate_greedy([], max_new_tokens=10) == []

@@ -189,9 +189,7 @@ def test_entropy_uses_each_samples_own_temperature(single_rank: Learner, policy_
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     mask = batch.response_mask[0, 1:].bool()
     with torch.no_grad():
-        logits = model(input_ids=batch.input_ids[:1], attention_mask=batch.attention_mask[:1]).logits[0, :-1][
-            mask
-        ]
+        logits = model(input_ids=batch.input_ids[:1], attention_mask=batch.attention_mask[:1]).logits[0, :-1][mask]
     per_temperature = {
         t: float(torch.distributions.Categorical(logits=logits / t).entropy().mean()) for t in (0.5, 2.0)
     }

@@ -87,9 +87,7 @@ def test_ensure_datasets_regenerates_only_when_the_config_changes(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == [".data.lock", "data"]
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"train_size": -1}, {"levels": (1, 99)}, {"levels": ()}, {"levels": (1, 1)}]
-)
+@pytest.mark.parametrize("kwargs", [{"train_size": -1}, {"levels": (1, 99)}, {"levels": ()}, {"levels": (1, 1)}])
 def test_bad_config_is_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="ArithmeticDataConfig"):
         ArithmeticDataConfig(**kwargs)

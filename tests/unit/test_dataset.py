@@ -21,9 +21,7 @@ from tasks.dataset import (
     load_questions,
 )
 
-DATA_DIR = Path(
-    os.environ.get("E3_DATA_DIR", Path(__file__).resolve().parents[2].parent / "shared/datasets/e3")
-)
+DATA_DIR = Path(os.environ.get("E3_DATA_DIR", Path(__file__).resolve().parents[2].parent / "shared/datasets/e3"))
 TRAIN_EMPTY_ANSWER_ROWS = ["1448", "6024", "7150", "8086", "9039", "9514"]
 
 
@@ -39,9 +37,7 @@ def shared_file(name: str) -> Path:
 
 def test_train_set_has_six_empty_answers_that_error_by_default() -> None:
     path = shared_file("train_data.parquet")
-    with pytest.raises(
-        DatasetError, match=r"train_data\.parquet, row 1448, field 'reward_model.ground_truth'"
-    ):
+    with pytest.raises(DatasetError, match=r"train_data\.parquet, row 1448, field 'reward_model.ground_truth'"):
         load_questions(path)
 
 
@@ -83,9 +79,7 @@ def test_test_set_loads_from_json_lines() -> None:
     }
     assert [q.id for q in questions] == [str(i) for i in range(1288)]
     assert all(q.ground_truth.strip() and q.rank is None for q in questions)
-    assert questions[0].ground_truth == "204" and questions[0].prompt[0].content.startswith(
-        "Every morning Aya"
-    )
+    assert questions[0].ground_truth == "204" and questions[0].prompt[0].content.startswith("Every morning Aya")
 
 
 def test_fingerprint_is_stable_and_sensitive() -> None:
@@ -183,9 +177,7 @@ def test_id_column_wins_over_extra_info_index(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_broken_parquet_names_file_row_and_field(
-    tmp_path: Path, overrides: dict[str, Any], message: str
-) -> None:
+def test_broken_parquet_names_file_row_and_field(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
     path = write_parquet(tmp_path, verl_columns(**overrides))
     with pytest.raises(DatasetError, match=message) as error:
         load_questions(path)

@@ -14,13 +14,9 @@ import pytest
 from tasks.dataset import load_questions
 from tasks.math.reward import TAIL_CHARS, is_correct, reward
 
-DATA_DIR = Path(
-    os.environ.get("E3_DATA_DIR", Path(__file__).resolve().parents[2].parent / "shared/datasets/e3")
-)
+DATA_DIR = Path(os.environ.get("E3_DATA_DIR", Path(__file__).resolve().parents[2].parent / "shared/datasets/e3"))
 THINKING = "Let me work through this carefully.\n</think>\nSo the final answer is "
-EARLY_GUESS = (
-    r"At first I guessed \boxed{3}. " + "Checking it against the conditions shows it fails. " * 3 + "So "
-)
+EARLY_GUESS = r"At first I guessed \boxed{3}. " + "Checking it against the conditions shows it fails. " * 3 + "So "
 
 
 def shared_file(name: str) -> Path:
@@ -94,9 +90,7 @@ def test_megabyte_inputs_are_fast() -> None:
 def test_works_outside_the_main_thread() -> None:
     # math-verify's signal-based timeouts raise in other threads; the reward disables them there.
     results: list[float] = []
-    worker = threading.Thread(
-        target=lambda: results.extend([reward(r"\boxed{0.5}", r"\frac12"), reward("1", "2")])
-    )
+    worker = threading.Thread(target=lambda: results.extend([reward(r"\boxed{0.5}", r"\frac12"), reward("1", "2")]))
     worker.start()
     worker.join(timeout=30)
     assert results == [1.0, 0.0]
