@@ -201,7 +201,7 @@ class Scheduler:
             with timer("build_batch"):
                 train_batch, stats = build_train_batch(
                     scored,
-                    ranks,
+                    self.table.index_ranks([q.id for q in questions]),
                     self.plan.pad_token_id,
                     self.reward_config.length_bias_mu,
                     self.reward_config.length_bias_threshold,

@@ -36,25 +36,27 @@ class BatchStats:
 
 def build_train_batch(
     scored: list[ScoredRollouts],
-    ranks: list[float],
+    length_bias_ranks: list[float],
     pad_token_id: int,
     length_bias_mu: float = 0.0,
     length_bias_threshold: float = 0.1,
 ) -> tuple[TrainBatch, BatchStats]:
     """Turn one step's scored groups into a right-padded `TrainBatch` and its statistics.
 
-    `ranks[i]` is the difficulty rank of `scored[i]`'s question (used by the length bias). Group ids are the
+    `length_bias_ranks[i]` is the rank of `scored[i]`'s question that the length bias compares with its threshold:
+    pass `DifficultyTable.index_ranks`, ties broken by table order, so that `rank <= threshold` selects exactly the
+    easiest `threshold` fraction of the questions (E3_SPEC section 5) whatever the tie policy. Group ids are the
     positions in `scored`, so each question's samples form one GRPO group. Samples keep the temperature stamped
     on their rollout, and the sampler's per-token log-probs are kept for the learner's mismatch metric.
     """
-    if len(scored) != len(ranks):
-        raise ValueError(f"build_train_batch: {len(scored)} scored groups but {len(ranks)} ranks")
+    if len(scored) != len(length_bias_ranks):
+        raise ValueError(f"build_train_batch: {len(scored)} scored groups but {len(length_bias_ranks)} ranks")
     if not scored:
         raise ValueError("build_train_batch: no scored rollouts")
 
     prompts, responses, sampler_logprobs = [], [], []
     rewards, correct, lengths, sample_ranks, group_ids, temperatures, truncated = [], [], [], [], [], [], []
-    for group, (item, rank) in enumerate(zip(scored, ranks, strict=True)):
+    for group, (item, rank) in enumerate(zip(scored, length_bias_ranks, strict=True)):
         rollout = item.rollout
         for completion, reward, ok in zip(rollout.completions, item.rewards, item.correct, strict=True):
             prompts.append(rollout.prompt_token_ids)

@@ -6,7 +6,19 @@ bounds; `BudgetBounds` is the per-epoch schedule of those bounds, widening from 
 Departure from the reference code: the reference never caps the proportional share at `n_max`, so a question can
 get more than `n_max`. Here the share above `n_max` is redistributed over the other questions by the same
 proportional rule (water-filling) before the floor and the repair, so `n_min <= c_i <= n_max` and `sum c = total`
-always hold. Wherever no share exceeds `n_max` the counts equal the reference's exactly.
+always hold.
+
+Tied ranks (E3_SPEC section 2, revised): the reference's repair hands the whole rounding deficit to the first
+questions in walk order, each up to `n_max` (64 equal ranks, 512 rollouts, bounds 4..12: twelve 12s, one 11 and
+fifty-one 7s). Here the repair walks the distinct rank levels, hardest first, and spreads each level's portion
+evenly, so tied questions' counts differ by at most one (the same example: sixty-four 8s). Wherever the ranks are
+all distinct and no share exceeds `n_max`, the counts equal the reference's exactly.
+
+The reference's `+1e-8` in the weights is kept, so an exact integer share is floored one below and the repair
+hands that rollout back, to the hardest level first. The spec also asks that "an exact share stays exact"; that
+cannot hold together with equality to the reference for distinct ranks (ranks 0.25 and 0.75 with 4 rollouts to
+share: the reference gives 0 and 4, exact shares give 1 and 3), and equality is the property we keep. For tied
+ranks the even spread makes the artefact harmless (all-equal ranks get exactly the mean).
 """
 
 from __future__ import annotations
@@ -17,7 +29,8 @@ from typing import Any
 import numpy as np
 
 _WEIGHT_EPS = 1e-8
-"""Added to the rank sum before normalising, as in the reference code (keeps its floor results bit-identical)."""
+"""Added to the rank sum before normalising, as in the reference code (keeps its floor results bit-identical; see
+the module docstring for what it does to exact shares)."""
 
 
 def _validate(ranks: np.ndarray, total: int, n_min: int, n_max: int) -> None:
@@ -68,37 +81,60 @@ def _water_filled_shares(ranks: np.ndarray, excess: float, cap: float) -> np.nda
     return shares
 
 
+def _levels(ranks: np.ndarray, hardest_first: bool) -> list[np.ndarray]:
+    """The positions of each distinct rank level, hardest level first (or easiest first), each in position order."""
+    values = np.unique(ranks)
+    order = values[::-1] if hardest_first else values
+    return [np.flatnonzero(ranks == value) for value in order]
+
+
+def _spread(counts: np.ndarray, members: np.ndarray, amount: int, bound: int, sign: int) -> int:
+    """Move up to `amount` rollouts into (`sign=+1`, up to `bound`) or out of (`sign=-1`, down to `bound`) the
+    `members` of one rank level, one at a time to whichever member is furthest from `bound`, ties to the earlier
+    position when giving and the later one when taking: the level's counts stay within one of each other when
+    they start equal. Returns how many were moved."""
+    moved = 0
+    walk = members if sign > 0 else members[::-1]
+    while moved < amount:
+        room = sign * (bound - counts[walk])
+        if room.max() <= 0:
+            break
+        widest = walk[room == room.max()]
+        for i in widest[: amount - moved]:
+            counts[i] += sign
+        moved += min(len(widest), amount - moved)
+    return moved
+
+
 def _repair(counts: np.ndarray, ranks: np.ndarray, total: int, n_min: int, n_max: int) -> None:
     """Make `counts` sum to `total` in place, never leaving `[n_min, n_max]`.
 
-    A shortfall is given to the hardest questions first (descending rank, ties by earlier position), each up to
-    `n_max`, as in the reference. A surplus cannot arise in exact arithmetic (floors only round down, shares never
-    exceed the excess); should floating-point rounding ever produce one, it is taken in the exact reverse order
-    (easiest first, ties by later position), each down to `n_min`.
+    A shortfall goes to the hardest rank level first, as in the reference; within a level of tied questions it
+    is spread as evenly as possible (earlier positions get the odd ones), so that tied questions' counts differ by
+    at most one (E3_SPEC section 2, revised). A level of one question is filled exactly as the reference fills
+    it. A surplus cannot arise in exact arithmetic (floors only round down, shares never exceed the excess);
+    should floating-point rounding ever produce one, it is taken in the exact reverse order (easiest level first,
+    evenly within the level, later positions first), each down to `n_min`.
     """
     deficit = total - int(counts.sum())
-    if deficit > 0:
-        for i in np.argsort(-ranks, kind="stable"):
-            give = min(deficit, n_max - int(counts[i]))
-            counts[i] += give
-            deficit -= give
-            if deficit == 0:
-                break
-    elif deficit < 0:
-        for i in np.argsort(-ranks, kind="stable")[::-1]:
-            take = min(-deficit, int(counts[i]) - n_min)
-            counts[i] -= take
-            deficit += take
-            if deficit == 0:
-                break
+    if deficit == 0:
+        return
+    sign, bound = (1, n_max) if deficit > 0 else (-1, n_min)
+    remaining = abs(deficit)
+    for members in _levels(ranks, hardest_first=sign > 0):
+        remaining -= _spread(counts, members, remaining, bound, sign)
+        if remaining == 0:
+            break
 
 
 def allocate_rollouts(ranks: Sequence[float], total: int, n_min: int, n_max: int) -> list[int]:
     """Return the number of rollouts for each question, in the order of `ranks`.
 
-    Promises: every count lies in `[n_min, n_max]`, the counts sum to `total`, and a harder question (higher
-    rank) never gets fewer rollouts than an easier one. Wherever no proportional share `(total - B*n_min) * w_i`
-    exceeds `n_max - n_min`, the result equals the reference rule of E3_SPEC section 2 exactly.
+    Promises: every count lies in `[n_min, n_max]`, the counts sum to `total`, a harder question (higher rank)
+    never gets fewer rollouts than an easier one, and questions of equal rank get counts within one of each other
+    (earlier positions get the odd ones). Wherever the ranks are all distinct and no proportional share
+    `(total - B*n_min) * w_i` exceeds `n_max - n_min`, the result equals the reference rule of E3_SPEC section 2
+    exactly.
 
     Raises ValueError (naming the numbers) when `n_min < 1`, `n_min > n_max`, `B*n_min > total`,
     `total > B*n_max`, or a rank is NaN or outside [0, 1].

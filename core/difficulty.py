@@ -7,7 +7,9 @@ the end of each epoch as in the reference, or every K steps).
 Rank is a difficulty percentile in [0, 1), 0 = easiest: questions are sorted by mean accuracy (0 when never
 sampled), highest first, and `rank = position / N`. With `ties="average"` (default) tied questions share the mean
 of their positions; `ties="index"` breaks ties by table order, as the reference does. Before the first recompute,
-a question's rank is its initial rank, or 0.5 when it has none.
+a question's rank is its initial rank, or 0.5 when it has none. `index_ranks` gives the same order with ties broken
+by table order, for rules that select "the easiest p fraction" (the length bias, E3_SPEC section 5): a threshold
+on an averaged rank would select all of a tied group or none of it.
 
 The table persists as Parquet (`write_parquet` / `read_parquet`) with columns question_id, attempts, correct,
 accuracy, rank, last_step, and a fingerprint of the ordered question ids in the schema metadata so that a table
@@ -172,6 +174,19 @@ class DifficultyTable:
     def ranks(self, question_ids: Sequence[str]) -> list[float]:
         """Return the current rank of each given question, in the given order."""
         return self._rank[self._positions(question_ids)].tolist()
+
+    def index_ranks(self, question_ids: Sequence[str]) -> list[float]:
+        """Return each given question's rank with ties broken by table order (the reference's index ranks).
+
+        Questions are ordered by their current rank (easiest first, ties by table position) and get
+        `position / N`, so `index_rank <= p` selects exactly the easiest `floor(p * N) + 1` questions whatever the
+        tie policy (E3_SPEC section 5: the length bias's "easiest p fraction"). With `ties="index"`, after a
+        recompute, these equal `ranks()`.
+        """
+        order = np.argsort(self._rank, kind="stable")
+        index_rank = np.empty(len(self._ids), dtype=np.float64)
+        index_rank[order] = np.arange(len(self._ids), dtype=np.float64) / max(len(self._ids), 1)
+        return index_rank[self._positions(question_ids)].tolist()
 
     def to_arrow(self) -> pa.Table:
         """Return the table as a pyarrow Table (columns as in the module docstring, fingerprint in metadata)."""

@@ -20,7 +20,7 @@ def test_layout_advantages_and_stats():
         scored("b", (5,), [(11, 12), (13,), (14,)], [0.0, 0.0, 0.0], temperature=0.8),
         scored("c", (5, 6, 7), [(15,)], [1.0]),
     ]
-    batch, stats = build_train_batch(groups, ranks=[0.2, 0.9, 0.5], pad_token_id=0)
+    batch, stats = build_train_batch(groups, length_bias_ranks=[0.2, 0.9, 0.5], pad_token_id=0)
     assert batch.input_ids.shape == (6, 5)
     assert batch.input_ids[1].tolist() == [5, 6, 8, 9, 10]
     assert batch.response_mask[1].tolist() == [0, 0, 1, 1, 1]
@@ -42,8 +42,8 @@ def test_layout_advantages_and_stats():
 
 def test_length_bias_shapes_easy_correct_rewards_only():
     groups = [scored("easy", (1,), [(2, 3, 4, 5), (2,)], [1.0, 0.0]), scored("hard", (1,), [(2, 3), (2,)], [1.0, 0.0])]
-    _, plain = build_train_batch(groups, ranks=[0.05, 0.9], pad_token_id=0)
-    _, biased = build_train_batch(groups, ranks=[0.05, 0.9], pad_token_id=0, length_bias_mu=0.25)
+    _, plain = build_train_batch(groups, length_bias_ranks=[0.05, 0.9], pad_token_id=0)
+    _, biased = build_train_batch(groups, length_bias_ranks=[0.05, 0.9], pad_token_id=0, length_bias_mu=0.25)
     # easy correct answer of 4 tokens: 1 / (1 + 0.25 * 4) = 0.5; the hard one keeps 1
     assert plain.reward_mean == pytest.approx(0.5)
     assert biased.reward_mean == pytest.approx((0.5 + 0 + 1 + 0) / 4)
@@ -52,10 +52,31 @@ def test_length_bias_shapes_easy_correct_rewards_only():
 
 def test_mismatched_ranks_raise():
     with pytest.raises(ValueError, match="1 scored groups but 2 ranks"):
-        build_train_batch([scored("a", (1,), [(2,)], [1.0])], ranks=[0.1, 0.2], pad_token_id=0)
+        build_train_batch([scored("a", (1,), [(2,)], [1.0])], length_bias_ranks=[0.1, 0.2], pad_token_id=0)
 
 
 def test_batch_dtypes():
-    batch, _ = build_train_batch([scored("a", (1,), [(2,), (3,)], [1.0, 0.0])], ranks=[0.5], pad_token_id=0)
+    batch, _ = build_train_batch([scored("a", (1,), [(2,), (3,)], [1.0, 0.0])], length_bias_ranks=[0.5], pad_token_id=0)
     assert batch.input_ids.dtype == torch.long and batch.advantages.dtype == torch.float32
     assert np.isfinite(batch.advantages.numpy()).all()
+
+
+def test_length_bias_with_index_ranks_reaches_tied_easy_questions():
+    # Five questions tied at accuracy 1 among ten: their averaged rank 0.2 is above the threshold 0.1, their index
+    # ranks 0.0 and 0.1 select the easiest two (positions 0 and 1), as E3_SPEC section 5 asks.
+    from core.difficulty import DifficultyTable
+
+    ids = [f"q{i}" for i in range(10)]
+    table = DifficultyTable(ids)
+    table.observe(ids, [1] * 5 + [0] * 5)
+    table.recompute_ranks()
+    groups = [scored(qid, (1,), [(2, 3, 4, 5)], [1.0]) for qid in ids[:5]]
+    batch_ids = ids[:5]
+    _, averaged = build_train_batch(
+        groups, length_bias_ranks=table.ranks(batch_ids), pad_token_id=0, length_bias_mu=0.25
+    )
+    _, by_index = build_train_batch(
+        groups, length_bias_ranks=table.index_ranks(batch_ids), pad_token_id=0, length_bias_mu=0.25
+    )
+    assert averaged.reward_mean == pytest.approx(1.0)  # nobody biased
+    assert by_index.reward_mean == pytest.approx((0.5 + 0.5 + 1 + 1 + 1) / 5)  # 1 / (1 + 0.25 * 4) for two

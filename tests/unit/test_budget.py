@@ -55,9 +55,21 @@ def allocation_problems(draw: st.DrawFn) -> tuple[list[float], int, int, int]:
 
 
 @st.composite
+def few_level_problems(draw: st.DrawFn) -> tuple[list[float], int, int, int]:
+    """A feasible problem whose ranks take only a few distinct values (many ties, as with averaged ranks)."""
+    levels = draw(st.lists(st.floats(min_value=0.0, max_value=1.0, allow_nan=False), min_size=1, max_size=4))
+    ranks = draw(st.lists(st.sampled_from(levels), min_size=1, max_size=64))
+    n_min = draw(st.integers(1, 8))
+    n_max = draw(st.integers(n_min, n_min + 12))
+    total = draw(st.integers(len(ranks) * n_min, len(ranks) * n_max))
+    return ranks, total, n_min, n_max
+
+
+@st.composite
 def uncapped_problems(draw: st.DrawFn) -> tuple[list[float], int, int, int]:
-    """A feasible problem in which no proportional share exceeds n_max (our rule must equal the reference)."""
-    ranks = draw(st.lists(rank_values, min_size=1, max_size=64))
+    """A feasible problem with distinct ranks in which no proportional share exceeds n_max (our rule must equal
+    the reference)."""
+    ranks = draw(st.lists(rank_values, min_size=1, max_size=64, unique=True))
     n_min = draw(st.integers(1, 8))
     total = len(ranks) * n_min + draw(st.integers(0, 8 * len(ranks)))
     n_max = max(n_min + math.ceil(max_share(ranks, total, n_min)), math.ceil(total / len(ranks)))
@@ -77,6 +89,45 @@ def test_counts_sum_to_total_within_bounds_and_grow_with_rank(problem: tuple[lis
         assert counts[i] <= counts[j], (ranks[i], ranks[j], counts[i], counts[j])
 
 
+def assert_ties_within_one(ranks: list[float], counts: list[int]) -> None:
+    """Questions of equal rank got counts within one of each other, earlier positions never fewer."""
+    for level in set(ranks):
+        tied = [c for r, c in zip(ranks, counts, strict=True) if r == level]
+        assert max(tied) - min(tied) <= 1, (level, tied)
+        assert tied == sorted(tied, reverse=True), (level, tied)  # the odd ones go to earlier positions
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(allocation_problems(), few_level_problems()))
+def test_tied_ranks_get_counts_within_one(problem: tuple[list[float], int, int, int]) -> None:
+    ranks, total, n_min, n_max = problem
+    counts = allocate_rollouts(ranks, total, n_min, n_max)
+    assert sum(counts) == total
+    assert all(n_min <= c <= n_max for c in counts)
+    assert_ties_within_one(ranks, counts)
+    for i, j in zip(*np.nonzero(np.subtract.outer(ranks, ranks) < 0), strict=True):
+        assert counts[i] <= counts[j], (ranks[i], ranks[j], counts[i], counts[j])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 64), st.integers(1, 8), st.integers(0, 12), st.floats(0.0, 1.0, allow_nan=False), st.data())
+def test_equal_ranks_share_the_total_evenly(
+    batch: int, n_min: int, spread: int, rank: float, data: st.DataObject
+) -> None:
+    n_max = n_min + spread
+    total = data.draw(st.integers(batch * n_min, batch * n_max))
+    counts = allocate_rollouts([rank] * batch, total, n_min, n_max)
+    base, extra = divmod(total, batch)
+    assert counts == [base + 1] * extra + [base] * (batch - extra)
+
+
+def test_paper_batch_of_equal_ranks_gets_the_mean_where_the_reference_does_not() -> None:
+    # E3_SPEC section 2 (revised): 64 equal ranks, 512 rollouts, bounds 4..12.
+    reference = reference_allocation([0.5] * 64, 512, 4, 12)
+    assert sorted(reference, reverse=True) == [12] * 12 + [11] + [7] * 51
+    assert allocate_rollouts([0.5] * 64, 512, 4, 12) == [8] * 64
+
+
 @settings(max_examples=300, deadline=None)
 @given(uncapped_problems())
 def test_equals_reference_when_no_share_exceeds_n_max(problem: tuple[list[float], int, int, int]) -> None:
@@ -92,8 +143,11 @@ def test_equals_reference_when_no_share_exceeds_n_max(problem: tuple[list[float]
         ([0.0, 0.3, 0.9], 24, 8, 8, [8, 8, 8]),
         # Shares 0, 4-, 8- (just under, because of the 1e-8): floors 4, 7, 11; repair adds to the two hardest.
         ([0.0, 0.5, 1.0], 24, 4, 12, [4, 8, 12]),
-        # All ranks 0: no proportional share, the repair fills by position (ties: earlier first).
-        ([0.0, 0.0, 0.0], 30, 8, 12, [12, 10, 8]),
+        # All ranks 0: no proportional share; the repair spreads the 6 over the one tied level evenly.
+        ([0.0, 0.0, 0.0], 30, 8, 12, [10, 10, 10]),
+        # Two tied levels: excess 7, shares 0.875 and 2.625 floor to 0 and 2 (counts 4, 4, 6, 6); the deficit 3 goes
+        # to the hard level, spread 2 + 1 (earlier position first); the reference would give 8 and 7 as well here.
+        ([0.125, 0.125, 0.375, 0.375], 23, 4, 12, [4, 4, 8, 7]),
         # Spec example bounds 4..12: the reference gives the hardest question 14 (see next test); we cap at 12
         # and split its excess 8 over the rest in proportion 0.1 : 0.1 : 0.15 -> floors 6, 6, 7, repair +1.
         ([0.1, 0.1, 0.15, 0.65], 32, 4, 12, [6, 6, 8, 12]),
@@ -118,8 +172,9 @@ def test_skewed_paper_sized_batch_is_capped() -> None:
     ranks = [0.1] * 48 + [0.9] * 16
     assert max(reference_allocation(ranks, 512, 4, 12)) == 15
     # Ours: the hard ones are capped at 12; the excess 256 - 16*8 = 128 split over 48 equal ranks is 2.67 each,
-    # floored to 2 (count 6); the repair hands the remaining 32 to the first easy questions, 6 at most each.
-    assert allocate_rollouts(ranks, 512, 4, 12) == [12] * 5 + [8] + [6] * 42 + [12] * 16
+    # floored to 2 (count 6); the repair spreads the remaining 32 over the 48 tied easy questions, one each to the
+    # first 32 (the reference's walk would give the first five 12 and the sixth 8).
+    assert allocate_rollouts(ranks, 512, 4, 12) == [7] * 32 + [6] * 16 + [12] * 16
 
 
 @pytest.mark.parametrize(

@@ -173,3 +173,32 @@ def test_large_table_recompute() -> None:
     # Everything never sampled or always wrong shares one (averaged) rank, the hardest.
     zero = table.accuracy == 0
     assert np.unique(ranks[zero]).size == 1 and ranks[zero][0] == ranks.max()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 1), max_size=4), min_size=1, max_size=40))
+def test_index_ranks_are_the_reference_ranks_whatever_the_tie_policy(outcomes: list[list[int]]) -> None:
+    ids = [f"q{i}" for i in range(len(outcomes))]
+    tables = {ties: DifficultyTable(ids, ties=ties) for ties in ("average", "index")}
+    for table in tables.values():
+        table.observe([qid for qid, o in zip(ids, outcomes, strict=True) for _ in o], [c for o in outcomes for c in o])
+        table.recompute_ranks()
+    reference = tables["index"].ranks(ids)
+    assert tables["average"].index_ranks(ids) == reference
+    assert tables["index"].index_ranks(ids) == reference
+
+
+def test_length_bias_selects_the_easiest_fraction_when_many_questions_tie() -> None:
+    # 1,000 questions, 300 always solved: with averaged ties they share rank 149.5 / 1000 > 0.1, so a threshold on
+    # the shared rank selects none of them; the easiest 10% by index ranks are positions 0..100, 101 questions.
+    ids = [f"q{i}" for i in range(1000)]
+    table = DifficultyTable(ids, ties="average")
+    solved, mixed = ids[:300], ids[300:]
+    table.observe(solved * 2 + mixed * 2, [1] * 600 + [1] * 700 + [0] * 700)
+    table.recompute_ranks()
+    assert sum(r <= 0.1 for r in table.ranks(ids)) == 0
+    selected = [qid for qid, r in zip(ids, table.index_ranks(ids), strict=True) if r <= 0.1]
+    assert selected == ids[:101]  # ties broken by table order, as the reference's ranks break them
+    # before any recompute the initial ranks tie too (all 0.5): the same rule still selects the easiest fraction
+    fresh = DifficultyTable(ids)
+    assert sum(r <= 0.1 for r in fresh.index_ranks(ids)) == 101
