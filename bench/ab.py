@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.machine import cpu_description
+
 ALGOS = ("grpo", "e3")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     results["seeds"] = args.seeds
     results["overrides"] = args.overrides
-    results["machine"] = f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU"
+    results["machine"] = f"{cpu_description()}, {platform.machine()}, no GPU"
     results["date"] = time.strftime("%Y-%m-%d")
     results["bench_wall_s"] = time.perf_counter() - started
     command = "python -m bench.ab " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -40,6 +40,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.machine import cpu_description
 from bench.report import OTHER, PHASES
 
 if TYPE_CHECKING:
@@ -430,10 +431,6 @@ def machine_info() -> dict[str, str]:
     import torch
     import transformers
 
-    cpu_model = next(
-        (line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
-        platform.processor() or "unknown",
-    )
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
     versions = f"torch {torch.__version__}, ray {ray.__version__}, transformers {transformers.__version__}"
@@ -443,20 +440,13 @@ def machine_info() -> dict[str, str]:
         versions += f", vllm {vllm.__version__}"
     return {
         "nproc": str(os.cpu_count()),
-        "cpu": cpu_model,
+        "cpu": cpu_description(),
         "ram": f"{ram:.1f} GiB",
         "gpu": gpu,
         "python": platform.python_version(),
         "libraries": versions,
         "load average (1, 5, 15 min) at start": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
 
 
 @contextlib.contextmanager
@@ -613,7 +603,7 @@ def render(results: BenchResults, command: str) -> str:
         "",
         f"Produced by `{command}` on {when}, from the repository root.",
         "",
-        f"Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['ram']} RAM, GPU: {m['gpu']}; Python {m['python']}; "
+        f"Machine: {m['cpu']}, {m['ram']} RAM, GPU: {m['gpu']}; Python {m['python']}; "
         f"{m['libraries']}.",
         f"**Shared machine**: other jobs ran on the same {m['nproc']} cores during this benchmark (load average "
         f"{m['load average (1, 5, 15 min) at start']} at the start, {m['load average (1, 5, 15 min) at end']} at "
