@@ -107,3 +107,32 @@ def build_train_batch(
         truncated_fraction=float(np.mean(truncated)),
     )
     return batch, stats
+
+
+def pack_micro_batches(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Group sample indices into micro-batches whose padded size `rows * longest` stays within `max_tokens`.
+
+    `lengths[i]` is sample i's prompt + response tokens; a micro-batch is padded to its longest sample, so its
+    cost is `rows * longest`, padding counted. Samples are taken longest first and each micro-batch is filled
+    while it fits and has fewer than `max_rows` rows, so that samples of similar length land together (least
+    padding). A sample longer than `max_tokens` gets a micro-batch of its own. `max_tokens=0` means no token
+    budget (micro-batches of `max_rows` samples, longest first). Every index appears exactly once; each
+    micro-batch lists its indices in ascending order.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0 (0: no token budget), got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        current = groups[-1] if groups else None
+        # the current micro-batch's longest sample is its first one (longest first), so its width is known
+        fits = current is not None and len(current) < max_rows
+        if fits and max_tokens:
+            fits = (len(current) + 1) * lengths[current[0]] <= max_tokens
+        if fits:
+            current.append(i)
+        else:
+            groups.append([i])
+    return [sorted(group) for group in groups]

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from core.batch import build_train_batch
+from core.batch import build_train_batch, pack_micro_batches
 from core.messages import Completion, Rollout, ScoredRollouts
 
 
@@ -80,3 +82,30 @@ def test_length_bias_with_index_ranks_reaches_tied_easy_questions():
     )
     assert averaged.reward_mean == pytest.approx(1.0)  # nobody biased
     assert by_index.reward_mean == pytest.approx((0.5 + 0.5 + 1 + 1 + 1) / 5)  # 1 / (1 + 0.25 * 4) for two
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(1, 300), max_size=60),
+    st.integers(0, 1200),
+    st.integers(1, 16),
+)
+def test_micro_batches_hold_every_sample_once_within_the_budget(lengths, max_tokens, max_rows):
+    groups = pack_micro_batches(lengths, max_tokens, max_rows)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        assert 1 <= len(group) <= max_rows
+        assert group == sorted(group)
+        padded = len(group) * max(lengths[i] for i in group)
+        # within the budget, unless it is one sample that alone exceeds it
+        assert not max_tokens or padded <= max_tokens or len(group) == 1
+
+
+def test_micro_batches_put_similar_lengths_together():
+    lengths = [100, 10, 100, 12, 11, 98]
+    # budget 300 tokens: the three long ones fill one micro-batch (3 x 100), the three short ones another (3 x 12)
+    assert pack_micro_batches(lengths, max_tokens=300, max_rows=8) == [[0, 2, 5], [1, 3, 4]]
+    # a sample longer than the budget gets a micro-batch of its own
+    assert pack_micro_batches([500, 10, 10], max_tokens=100, max_rows=8) == [[0], [1, 2]]
+    # no token budget: rows only
+    assert pack_micro_batches(lengths, max_tokens=0, max_rows=4) == [[0, 2, 3, 5], [1, 4]]
