@@ -13,8 +13,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -89,6 +91,31 @@ def prepare_run_dir(cfg: RunConfig) -> tuple[Path, Path | None]:
     return run_dir, None
 
 
+HELDOUT_BEFORE = "heldout_before.json"
+"""The held-out evaluation of the base policy, in the run directory: written once, before the first step, and
+read back (not evaluated again) when the run resumes."""
+
+
+def heldout_before(run_dir: Path, resumed: bool, evaluate: Callable[[], dict[str, Any]]) -> dict | None:
+    """The held-out evaluation of the policy before training. A new run evaluates it (`evaluate()`) and persists
+    it as `<run_dir>/heldout_before.json`; a resumed run reads it back from there and evaluates nothing (its
+    policy is the checkpoint's, not the one training started from). None when a resumed run's directory holds no
+    such file (a run started before the file existed)."""
+    path = run_dir / HELDOUT_BEFORE
+    if resumed:
+        if not path.is_file():
+            log.warning("%s is missing: the held-out accuracy before training is unknown for this run", path)
+            return None
+        log.info("held-out evaluation before training: kept from %s, not evaluated again", path)
+        return json.loads(path.read_text(encoding="utf-8"))
+    log.info("held-out evaluation before training")
+    before = evaluate()
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(before, indent=2), encoding="utf-8")
+    os.replace(partial, path)
+    return before
+
+
 def train(cfg: RunConfig) -> dict:
     """Run training end to end and return the run's summary (also written to `<run_dir>/summary.json`)."""
     import ray
@@ -136,6 +163,7 @@ def train(cfg: RunConfig) -> dict:
         eval_temperature=cfg.eval.temperature,
         checkpoint_dir=str(run_dir / "checkpoints"),
         checkpoint_every=cfg.train.checkpoint_every,
+        heldout_every=cfg.eval.every_steps,
     )
     run_log = RunLog(
         run_dir, cfg.run_name, cfg.wandb, json.loads(json.dumps(asdict(cfg), default=str)), resume=cfg.resume
@@ -150,7 +178,9 @@ def train(cfg: RunConfig) -> dict:
     scheduler = cluster.scheduler
     try:
         first_step = ray.get(scheduler.restore.remote(str(resume_from))) if resume_from else 0
-        before = ray.get(scheduler.evaluate.remote())
+        before = heldout_before(
+            run_dir, resumed=resume_from is not None, evaluate=lambda: ray.get(scheduler.evaluate.remote())
+        )
         bar = tqdm(range(first_step, total_steps), desc=cfg.run_name, unit="step", dynamic_ncols=True)
         last: dict = {}
         for _ in bar:
@@ -188,15 +218,16 @@ def train(cfg: RunConfig) -> dict:
         if connected:
             ray.shutdown()
     report = write_report([run_dir])
-    if before:
+    if before and after:
         print(f"held-out greedy accuracy: {before['accuracy']:.3f} before, {after['accuracy']:.3f} after training")
     print(f"outputs: {run_dir}/ (metrics.jsonl, difficulty.parquet, summary.json, checkpoints/, {report.name})")
     return summary
 
 
 def evaluate(cfg: RunConfig) -> dict:
-    """`mode=eval`: greedy accuracy, pass@k and mean@k per source of the model at `model.path` (or the embedded
-    base policy) on the test questions; written to `<run_dir>/eval.json` and `eval.md`."""
+    """`mode=eval`: greedy accuracy, and the accuracy and pass@k of `eval.num_samples` sampled answers, overall
+    and per source, of the model at `model.path` (or the embedded base policy) on the test questions; written to
+    `<run_dir>/eval.json` (laid out as `eval_results` says) and `eval.md` (one table row per source)."""
     import ray
     from transformers import AutoTokenizer
 
@@ -212,32 +243,41 @@ def evaluate(cfg: RunConfig) -> dict:
     questions, prompts = load_split(files.test, tokenizer, cfg)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    ks = sorted({k for k in cfg.eval.ks if k <= cfg.eval.num_samples})
     connected = start_ray(cfg.ray, cfg.rollout.num_workers * cfg.rollout.num_cpus + 1)
     pool, scorer_actor = build_rollout_pool(cfg, files.model), build_scorer(cfg, files.reward_fn)
     scorer = Remote(scorer_actor)
     try:
-        results = {"model": str(files.model), "test": str(files.test), "questions": len(questions)}
-        results.update(greedy_accuracy(pool, scorer, questions, prompts, cfg.rollout.max_new_tokens))
+        greedy = greedy_accuracy(pool, scorer, questions, prompts, cfg.rollout.max_new_tokens)
+        sampled = None
         if cfg.eval.num_samples:
-            results.update(
-                sampled_pass_at_k(
-                    pool,
-                    scorer,
-                    questions,
-                    prompts,
-                    cfg.rollout.max_new_tokens,
-                    cfg.eval.num_samples,
-                    cfg.eval.temperature,
-                    list(cfg.eval.ks),
-                    cfg.train.seed,
-                    cfg.eval.temperature,
-                )
+            sampled = sampled_pass_at_k(
+                pool,
+                scorer,
+                questions,
+                prompts,
+                cfg.rollout.max_new_tokens,
+                cfg.eval.num_samples,
+                cfg.eval.temperature,
+                ks,
+                cfg.train.seed,
+                cfg.eval.temperature,
             )
     finally:
         pool.shutdown()
         ray.kill(scorer_actor)
         if connected:
             ray.shutdown()
+    results = eval_results(
+        str(files.model),
+        str(files.test),
+        [q.data_source for q in questions],
+        greedy,
+        sampled,
+        num_samples=cfg.eval.num_samples,
+        temperature=cfg.eval.temperature,
+        ks=ks,
+    )
     (run_dir / "eval.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     (run_dir / "eval.md").write_text(eval_markdown(results), encoding="utf-8")
     print(eval_markdown(results))
@@ -245,23 +285,84 @@ def evaluate(cfg: RunConfig) -> dict:
     return results
 
 
-def eval_markdown(results: dict) -> str:
-    """The evaluation as a Markdown table: one row per data source, one column per metric."""
-    names = {key.split("/", 1)[1] for key in results if key.startswith("all/") and "@" in key}
-    metrics = sorted(names, key=lambda m: (m.split("@")[0] != "pass", int(m.split("@")[1])))
-    sources = sorted({key.split("/", 1)[0] for key in results if "/" in key and not key.startswith("accuracy")})
+def eval_results(
+    model: str,
+    test: str,
+    sources_of_questions: list[str],
+    greedy: dict[str, float],
+    sampled: dict[str, float] | None,
+    num_samples: int,
+    temperature: float,
+    ks: list[int],
+) -> dict[str, Any]:
+    """The evaluation laid out by source, as `eval.json` holds it.
+
+    `greedy` is `greedy_accuracy`'s result, `sampled` that of `sampled_pass_at_k` with `ks` (None: no sampled
+    answers). Returns `model`, `test`, `questions`, `num_samples`, `temperature`, `ks`, and under `overall` and
+    under `sources[<source>]` (every data source of the questions, sorted) one row each: `questions`,
+    `greedy_accuracy`, and with sampled answers `sampled_accuracy` (the mean share of correct answers per
+    question, which is mean@k for every k) and `pass@<k>` for each k. Rows are keyed by the source names as they
+    are, so a name may contain `/`; the figures are looked up under the exact keys the evaluation wrote."""
+    from tasks.math.passk import OVERALL
+
+    counts: dict[str, int] = {}
+    for source in sources_of_questions:
+        counts[source] = counts.get(source, 0) + 1
+
+    def row(source: str | None) -> dict[str, float]:
+        figures: dict[str, float] = {
+            "questions": len(sources_of_questions) if source is None else counts[source],
+            "greedy_accuracy": greedy["accuracy" if source is None else f"accuracy/{source}"],
+        }
+        if sampled is not None:
+            prefix = OVERALL if source is None else source
+            figures["sampled_accuracy"] = sampled[f"{prefix}/mean@{ks[-1]}"]
+            figures.update({f"pass@{k}": sampled[f"{prefix}/pass@{k}"] for k in ks})
+        return figures
+
+    return {
+        "model": model,
+        "test": test,
+        "questions": len(sources_of_questions),
+        "num_samples": num_samples if sampled is not None else 0,
+        "temperature": temperature,
+        "ks": list(ks) if sampled is not None else [],
+        "overall": row(None),
+        "sources": {source: row(source) for source in sorted(counts)},
+    }
+
+
+def eval_markdown(results: dict[str, Any]) -> str:
+    """`eval_results` as Markdown: one table row for all questions, then one per data source (its name as it is),
+    with the greedy accuracy, and with sampled answers their accuracy once and pass@k for each k."""
+    sampled = results["num_samples"] > 0
+    columns = ["questions", "greedy_accuracy"]
+    headers = ["questions", "greedy"]
+    if sampled:
+        columns += ["sampled_accuracy", *(f"pass@{k}" for k in results["ks"])]
+        headers += [f"sampled (mean of {results['num_samples']})", *(f"pass@{k}" for k in results["ks"])]
     lines = [
         f"# Evaluation of {results['model']} on {results['test']} ({results['questions']} questions)",
         "",
-        f"Greedy accuracy: {results['accuracy']:.3f}",
+        f"Greedy accuracy: {results['overall']['greedy_accuracy']:.3f}",
         "",
-        "| source | greedy | " + " | ".join(metrics) + " |",
-        "|---|---|" + "---|" * len(metrics),
     ]
-    for source in sources:
-        greedy = results.get("accuracy" if source == "all" else f"accuracy/{source}", float("nan"))
-        cells = [f"{results.get(f'{source}/{m}', float('nan')):.3f}" for m in metrics]
-        lines.append(f"| {source} | {greedy:.3f} | " + " | ".join(cells) + " |")
+    if sampled:
+        lines += [
+            f"{results['num_samples']} answers sampled per question at temperature {results['temperature']}: "
+            "*sampled* is the mean share of them that is correct (mean@k, the same for every k); pass@k is the "
+            "unbiased estimator of the chance that at least one of k of them is correct.",
+            "",
+        ]
+    lines += [
+        "| source | " + " | ".join(headers) + " |",
+        "|---|" + "---:|" * len(headers),
+    ]
+    rows = [("all", results["overall"]), *results["sources"].items()]
+    for name, row in rows:
+        cells = [str(int(row[c])) if c == "questions" else f"{row[c]:.3f}" for c in columns]
+        escaped = name.replace("|", "\\|")  # a `|` in a source name would end its cell
+        lines.append(f"| {escaped} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

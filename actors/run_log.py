@@ -25,12 +25,25 @@ GAUGES = {
     "accuracy": "e3_accuracy",
     "all_wrong_fraction": "e3_all_wrong_fraction",
     "throughput/generated_tokens_per_s": "e3_generated_tokens_per_s",
+    "heldout/accuracy": "e3_heldout_accuracy",
 }
 
 
 def _scalar_items(metrics: dict[str, Any]) -> dict[str, float]:
     """The metrics that are plain finite-or-not numbers (lists and None left out)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _flat_scalars(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested dict, keyed by their path (`heldout_before` -> `{"accuracy": 0.5}` becomes
+    `heldout_before/accuracy`); lists, strings and None left out."""
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat_scalars(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
 
 
 def _init_wandb(config: WandbConfig, run_dir: Path, run_name: str, run_config: dict[str, Any], resume: bool) -> Any:
@@ -176,11 +189,12 @@ class RunLog:
         )
 
     def log_summary(self, summary: dict[str, Any]) -> None:
-        """Write `summary.json` and put the values in W&B's run summary."""
+        """Write `summary.json` and put its numbers in W&B's run summary, nested ones by path (the held-out
+        evaluations as `heldout_before/accuracy`, `heldout_after/accuracy/<source>`, ...)."""
         self._open()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         if self._wandb is not None:
-            self._wandb.summary.update(_scalar_items(summary))
+            self._wandb.summary.update(_flat_scalars(summary))
 
     def close(self) -> None:
         """Flush and close every sink (nothing to do if nothing was logged)."""

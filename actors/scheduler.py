@@ -97,6 +97,8 @@ class StepPlan:
     """Where `checkpoint()` writes `step_<k>/` folders; empty: no checkpoints."""
     checkpoint_every: int = 0
     """Checkpoint after every K-th step (the driver also checkpoints at the end); 0: only at the end."""
+    heldout_every: int = 0
+    """Greedy held-out accuracy after every K-th step, on that step's metrics as `heldout/...`; 0: never."""
 
 
 class PhaseTimer:
@@ -224,6 +226,7 @@ class Scheduler:
             if every and self.plan.checkpoint_dir and self.step_count % every == 0:
                 with timer("checkpoint"):
                     self.checkpoint()
+        heldout = self._heldout_if_due(timer)
 
         generated_tokens = sum(len(c.token_ids) for r in rollouts for c in r.completions)
         metrics: dict[str, Any] = {
@@ -254,11 +257,27 @@ class Scheduler:
             "weights_version": self.weights_version,
             "reward/timeouts": sum(s.timeouts for s in scored),
             **{f"learner/{k}": v for k, v in result.metrics.items()},
+            **heldout,
             **timer.seconds,
         }
         metrics["throughput/generated_tokens_per_s"] = generated_tokens / max(metrics["timing/generate_s"], 1e-9)
         self._record(metrics)
         return metrics
+
+    def _heldout_if_due(self, timer: PhaseTimer) -> dict[str, float]:
+        """After every `plan.heldout_every`-th step: greedy held-out accuracy of the policy just trained (the
+        step's `weights_version`) as `heldout/accuracy` and `heldout/accuracy/<source>`; {} on other steps.
+
+        Timed as `timing/heldout_s`, outside `timing/step_s`, so that step times stay comparable between runs that
+        validate and runs that do not. Greedy decoding draws on no sampling seed, so it leaves the training
+        rollouts as they would have been without it."""
+        every = self.plan.heldout_every
+        if not every or self.heldout is None or self.step_count % every:
+            return {}
+        with timer("heldout"):
+            questions, prompts = self.heldout
+            accuracy = greedy_accuracy(self.rollouts, self.scorer, questions, prompts, self.plan.max_new_tokens)
+        return {f"heldout/{key}": value for key, value in accuracy.items()}
 
     def _record(self, metrics: dict[str, Any]) -> None:
         """Send the step to the run log; at epoch end also the difficulty table and the epoch's steps."""

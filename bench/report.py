@@ -6,6 +6,11 @@ or opened anywhere without other assets. The same PNGs are also written to a fol
 (`report/` for the default `report.html`). Several runs (say E3 and its GRPO baseline) are overlaid on the
 same axes, one colour per run, with a legend naming each run as `run_name (algo)`.
 
+The accuracy plot also draws each run's held-out greedy accuracy against the number of training steps done: the
+base policy at 0 (`summary.json`'s `heldout_before`, or `heldout_before.json` while the run is still going), the
+`heldout/accuracy` of every step line that has it (`eval.every_steps`; step s's line holds the policy after s + 1
+steps) and `heldout_after` at the end.
+
 A run still in progress is fine: a partial last line of `metrics.jsonl` is skipped, a missing `summary.json`
 leaves the held-out numbers as "n/a", and null values (non-finite floats, a target entropy not fixed yet) and
 missing keys (a timing phase that was not recorded) become gaps in the plots.
@@ -52,6 +57,9 @@ PHASES = (
 OTHER = "other"
 """Step time not covered by any listed phase: the scheduler's own overhead."""
 
+HELDOUT_KEY = "heldout/accuracy"
+"""The step-line key of the greedy held-out accuracy after that step (logged every `eval.every_steps` steps)."""
+
 MAX_EPOCH_PANELS = 8
 """At most this many epochs get a panel in the rollouts-against-rank plot (spread evenly, ends kept)."""
 
@@ -68,6 +76,8 @@ class Run:
     steps: list[dict[str, Any]]
     summary: dict[str, Any] | None = None
     skipped_partial_line: bool = False
+    heldout_before: dict[str, Any] | None = None
+    """The held-out evaluation before training (from `summary.json`, else `heldout_before.json`), if known."""
 
     @property
     def label(self) -> str:
@@ -89,6 +99,25 @@ class Run:
     def epoch_ends(self) -> list[float]:
         """The step numbers at which an epoch ended."""
         return [float(s.get("step", i)) for i, s in enumerate(self.steps) if s.get("end_of_epoch")]
+
+    def heldout_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out greedy accuracy against the number of training steps done, in step order: before training at
+        0, each step line's `heldout/accuracy` at its step + 1, and after training at the summary's `steps` (left
+        out when a step line already gave that point). Points without a finite value are dropped."""
+        points: dict[float, float] = {}
+        before = _as_float((self.heldout_before or {}).get("accuracy"))
+        if math.isfinite(before):
+            points[0.0] = before
+        for i, s in enumerate(self.steps):
+            value = _as_float(s.get(HELDOUT_KEY))
+            if math.isfinite(value):
+                points[float(s.get("step", i)) + 1] = value
+        summary = self.summary or {}
+        after, done = _as_float((summary.get("heldout_after") or {}).get("accuracy")), _as_float(summary.get("steps"))
+        if math.isfinite(after) and math.isfinite(done):
+            points.setdefault(done, after)
+        xs = sorted(points)
+        return np.array(xs, dtype=np.float64), np.array([points[x] for x in xs], dtype=np.float64)
 
 
 def _as_float(value: Any) -> float:
@@ -139,13 +168,17 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
 
 def _read_summary(run_dir: Path) -> dict[str, Any] | None:
     """The run's `summary.json`, or None when it is missing or not (yet) a complete JSON object."""
-    path = run_dir / "summary.json"
+    return _read_json_object(run_dir / "summary.json")
+
+
+def _read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file of the run, or None when it is missing or not (yet) a complete JSON object."""
     if not path.is_file():
         return None
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        log.warning("%s: unreadable (%s); reporting the run as unfinished", path, err.msg)
+        log.warning("%s: unreadable (%s); read as missing", path, err.msg)
         return None
     return loaded if isinstance(loaded, dict) else None
 
@@ -163,6 +196,9 @@ def load_run(run_dir: Path) -> Run:
     summary = _read_summary(run_dir)
     config = _read_config(run_dir)
     known = {**config, **(summary or {})}
+    before = (summary or {}).get("heldout_before")
+    if before is None:
+        before = _read_json_object(run_dir / "heldout_before.json")
     return Run(
         run_dir=run_dir,
         name=str(known.get("run_name") or run_dir.name),
@@ -170,6 +206,7 @@ def load_run(run_dir: Path) -> Run:
         steps=steps,
         summary=summary,
         skipped_partial_line=partial,
+        heldout_before=before if isinstance(before, dict) else None,
     )
 
 
@@ -242,7 +279,7 @@ def allocation_of_epoch(run: Run, epoch: int) -> tuple[np.ndarray, np.ndarray]:
 def summary_rows(run: Run) -> list[tuple[str, str]]:
     """The (name, value) rows of a run's table: what a reader compares between runs, as display strings."""
     summary = run.summary or {}
-    before = (summary.get("heldout_before") or {}).get("accuracy")
+    before = (run.heldout_before or {}).get("accuracy")
     after = (summary.get("heldout_after") or {}).get("accuracy")
     final_t = summary.get("final_temperature")
     if final_t is None and run.steps:
@@ -257,10 +294,17 @@ def summary_rows(run: Run) -> list[tuple[str, str]]:
     shares = {p: 100 * s / total for p, s in phases.items() if total > 0 and s > 0}
     breakdown = ", ".join(f"{p} {share:.0f}%" if share >= 1 else f"{p} <1%" for p, share in shares.items())
     status = "finished" if run.summary is not None else "no summary.json (in progress or stopped)"
+    during = [(float(s.get("step", i)) + 1, _as_float(s.get(HELDOUT_KEY))) for i, s in enumerate(run.steps)]
+    during = [(x, y) for x, y in during if math.isfinite(y)]
+    best = max(during, key=lambda point: point[1]) if during else None
     return [
         ("status", status),
         ("steps logged", f"{len(run.steps)}" + (f" of {summary['steps']}" if "steps" in summary else "")),
         ("held-out accuracy before / after", f"{_fmt(before, '.3f')} / {_fmt(after, '.3f')}"),
+        (
+            "held-out accuracy during training",
+            f"{len(during)} evaluations, best {best[1]:.3f} after {best[0]:.0f} steps" if best else "n/a",
+        ),
         ("final temperature", _fmt(final_t, ".3f")),
         (
             f"mean all-wrong fraction, last epoch ({epochs[-1] if epochs else 'n/a'})",
@@ -353,11 +397,12 @@ def plot_temperature(runs: Sequence[Run]) -> Figure:
 
 
 def plot_accuracy(runs: Sequence[Run]) -> Figure:
-    """Rollout accuracy and the all-wrong fraction per step: raw values faint, moving average solid."""
+    """Rollout accuracy and the all-wrong fraction per step: raw values faint, moving average solid; beside the
+    rollout accuracy, each run's held-out greedy accuracy (dashed, a marker per evaluation)."""
     fig = _new_figure(11.0, 4.5)
     axes = fig.subplots(1, 2, sharex=True)
     panels = (
-        ("accuracy", "Rollout accuracy", "fraction of rollouts correct"),
+        ("accuracy", "Rollout and held-out accuracy", "fraction correct"),
         ("all_wrong_fraction", "Questions with every rollout wrong", "fraction of questions in batch"),
     )
     for ax, (key, title, ylabel) in zip(axes, panels, strict=True):
@@ -372,6 +417,18 @@ def plot_accuracy(runs: Sequence[Run]) -> Figure:
                 color=_colour(i),
                 label=f"{run.label}, mean of {window}",
             )
+            if key == "accuracy":
+                x, y = run.heldout_curve()
+                if len(x):
+                    ax.plot(
+                        x,
+                        y,
+                        color=_colour(i),
+                        linestyle="--",
+                        marker="o",
+                        markersize=3,
+                        label=f"{run.label}: held-out greedy",
+                    )
         _mark_epochs(ax, runs)
         ax.set_ylim(-0.02, 1.02)
         _step_axis(ax, runs)
@@ -480,7 +537,8 @@ PLOTS = (
         "accuracy",
         plot_accuracy,
         "Rollout accuracy and the fraction of questions whose rollouts all failed (they give no GRPO "
-        "signal). Faint: every step; solid: trailing moving average.",
+        "signal). Faint: every step; solid: trailing moving average. Dashed: held-out greedy accuracy against "
+        "the steps done (0: before training; every eval.every_steps steps; the end).",
     ),
     Plot(
         "allocation",

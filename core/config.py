@@ -183,6 +183,10 @@ class EvalConfig:
     """Sampling temperature of evaluation answers (training's held-out mean@k too)."""
     heldout_samples: int = 8
     """Answers sampled per held-out question before and after training, for mean@k; 0: greedy only."""
+    every_steps: int = 0
+    """Greedy held-out accuracy after every K-th training step, overall and per source, on that step's line of
+    `metrics.jsonl` (and in W&B) as `heldout/accuracy` and `heldout/accuracy/<source>`; 0: only before and after
+    training. The paper validates every 10 steps."""
 
 
 @dataclass
@@ -307,6 +311,7 @@ def validate(cfg: RunConfig) -> None:
         ("train.checkpoint_every", cfg.train.checkpoint_every),
         ("eval.num_samples", cfg.eval.num_samples),
         ("eval.heldout_samples", cfg.eval.heldout_samples),
+        ("eval.every_steps", cfg.eval.every_steps),
     ]:
         _positive(errors, name, value, strict=False)
 
@@ -342,6 +347,15 @@ def validate(cfg: RunConfig) -> None:
 
     if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
         errors.append(f"eval.ks={list(cfg.eval.ks)}: expected a non-empty list of k >= 1")
+    elif cfg.mode == "eval" and cfg.eval.num_samples and min(cfg.eval.ks) > cfg.eval.num_samples:
+        errors.append(
+            f"eval.ks={list(cfg.eval.ks)}: every k exceeds eval.num_samples={cfg.eval.num_samples}, no pass@k to report"
+        )
+    if cfg.eval.every_steps > 0 and cfg.mode == "train":
+        if cfg.data.valid_size == 0:
+            errors.append(f"eval.every_steps={cfg.eval.every_steps} needs held-out questions, but data.valid_size=0")
+        elif cfg.data.task == "math" and not cfg.data.valid_path:
+            errors.append(f"eval.every_steps={cfg.eval.every_steps} with data.task='math' needs data.valid_path")
     if cfg.train.max_steps == 0 or cfg.train.max_steps < -1:
         errors.append(f"train.max_steps={cfg.train.max_steps}: expected -1 (all epochs) or >= 1")
     if cfg.learner.num_ranks > cfg.train.questions_per_step * b.n_low:

@@ -65,7 +65,11 @@ def test_eval_mode_writes_pass_at_k_per_source(embedded_task, ray_cluster, tmp_p
     results = launch.evaluate(cfg)
     written = json.loads((tmp_path / "math-eval" / "eval.json").read_text())
     assert written == results
-    assert {"all/pass@1", "all/pass@4", "all/mean@4", "accuracy"} <= results.keys()
-    for source in by_source:
-        assert 0.0 <= results[f"{source}/pass@1"] <= results[f"{source}/pass@4"] <= 1.0
-    assert "| all |" in (tmp_path / "math-eval" / "eval.md").read_text()
+    assert {"greedy_accuracy", "sampled_accuracy", "pass@1", "pass@2", "pass@4"} == results["overall"].keys() - {
+        "questions"
+    }
+    assert results["sources"].keys() == by_source.keys()
+    for row in results["sources"].values():
+        assert row["questions"] == 1 and 0.0 <= row["pass@1"] <= row["pass@4"] <= 1.0
+    table = (tmp_path / "math-eval" / "eval.md").read_text()
+    assert "| all |" in table and all(f"| {source} |" in table for source in by_source) and "nan" not in table

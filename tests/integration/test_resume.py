@@ -4,6 +4,7 @@ whose save was cut short is never taken for the latest."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
@@ -22,14 +23,27 @@ def steps_of(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resumed_run_equals_uninterrupted_run(embedded_task, ray_cluster, tmp_path):
+def test_resumed_run_equals_uninterrupted_run(embedded_task, ray_cluster, tmp_path, caplog):
     launch.train(run_config(tmp_path, *COMMON, "run_name=straight"))
-    launch.train(run_config(tmp_path, *COMMON, "run_name=resumed", "train.max_steps=2"))
+    first = launch.train(run_config(tmp_path, *COMMON, "run_name=resumed", "train.max_steps=2"))
     stopped = tmp_path / "resumed"
     # what a save killed half-way leaves behind must be ignored
     shutil.copytree(stopped / "checkpoints" / "step_2", stopped / "checkpoints" / ".step_3.partial")
     assert latest_checkpoint(stopped / "checkpoints").name == "step_2"
-    launch.train(run_config(tmp_path, *COMMON, "run_name=resumed", "resume=true"))
+    # the first run persisted its before-training evaluation; mark it so that only a read of the file can give it
+    persisted = json.loads((stopped / launch.HELDOUT_BEFORE).read_text())
+    assert persisted == first["heldout_before"] and 0.0 <= persisted["accuracy"] <= 1.0
+    marked = {**persisted, "accuracy/marker": 0.5}
+    (stopped / launch.HELDOUT_BEFORE).write_text(json.dumps(marked))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="e3"):
+        resumed_summary = launch.train(run_config(tmp_path, *COMMON, "run_name=resumed", "resume=true"))
+
+    # the resumed run reports the first run's base-policy accuracy, not its checkpoint's, and evaluated no "before"
+    assert resumed_summary["heldout_before"] == marked
+    assert json.loads((stopped / "summary.json").read_text())["heldout_before"] == marked
+    messages = [record.getMessage() for record in caplog.records if record.name == "e3"]
+    assert any("kept from" in m for m in messages) and "held-out evaluation before training" not in messages
 
     straight, resumed = steps_of(tmp_path / "straight"), steps_of(stopped)
     assert [m["step"] for m in resumed] == [0, 1, 2, 3]

@@ -27,6 +27,9 @@ def test_defaults_are_valid():
         (lambda c: setattr(c.data, "train_path", "/no/such/file.parquet"), "data.train_path='/no/such/file.parquet'"),
         (lambda c: setattr(c.model, "path", "/no/such/model"), "model.path='/no/such/model'"),
         (lambda c: setattr(c, "run_name", "../escape"), "run_name='../escape'"),
+        (lambda c: setattr(c.eval, "every_steps", -1), "eval.every_steps=-1"),
+        (lambda c: (setattr(c.eval, "every_steps", 5), setattr(c.data, "valid_size", 0)), "eval.every_steps=5"),
+        (lambda c: (setattr(c, "mode", "eval"), setattr(c.eval, "ks", [32])), "eval.ks=[32]"),
     ],
 )
 def test_bad_values_are_named(change, named):
@@ -88,3 +91,16 @@ def test_paper_recipes_compose_and_name_missing_paths(recipe, tmp_path):
     uniform = cfg.budget.n_low == cfg.budget.n_high == 8
     assert uniform == recipe.startswith("paper_grpo") and cfg.temperature.enabled != uniform
     assert cfg.learner.lr == (5e-6 if "1p5b" in recipe else 2e-6)
+    assert cfg.eval.every_steps == 10 and cfg.data.valid_size == 512  # the paper's validation curve
+
+
+def test_heldout_during_training_is_off_by_default_and_needs_a_validation_file_on_math():
+    assert RunConfig().eval.every_steps == 0
+    with initialize(version_base="1.3", config_path="../../conf"):
+        assert launch.to_run_config(compose("config")).eval.every_steps == 10  # the demo's report gets a curve
+    cfg = RunConfig()
+    cfg.eval.every_steps = 10
+    validate(cfg)  # the embedded task always has its validation split
+    cfg.data.task = "math"
+    with pytest.raises(ConfigError, match="eval.every_steps=10 with data.task='math' needs data.valid_path"):
+        validate(cfg)

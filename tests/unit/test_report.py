@@ -226,3 +226,56 @@ def test_run_with_no_steps_yet_still_gets_a_report(tmp_path: Path) -> None:
 
     assert "<td>0</td>" in html
     assert len(embedded_pngs(html)) == len(PLOTS)
+
+
+def with_heldout_every(steps: list[dict], every: int) -> list[dict]:
+    """The step lines of a run with `eval.every_steps=every`: held-out accuracy after every `every`-th step."""
+    for s in steps:
+        if (s["step"] + 1) % every == 0:
+            s["heldout/accuracy"] = 0.4 + 0.01 * s["step"]
+            s["heldout/accuracy/arithmetic/L1"] = 0.9
+    return steps
+
+
+def test_heldout_curve_from_step_lines_before_and_after(tmp_path: Path) -> None:
+    run = load_run(make_run(tmp_path, "v", "e3", with_heldout_every(fake_steps("e3"), 5)))  # 12 steps
+
+    x, y = run.heldout_curve()
+
+    # before at 0 steps done, after steps 4 and 9 (lines 4 and 9 hold the policy after 5 and 10 steps), the end
+    assert x.tolist() == [0.0, 5.0, 10.0, 12.0]
+    assert y.tolist() == pytest.approx([0.41, 0.44, 0.49, 0.55])
+    html = write_report([run.run_dir]).read_text(encoding="utf-8")
+    assert "2 evaluations, best 0.490 after 10 steps" in html
+
+
+def test_heldout_point_of_the_last_step_is_not_doubled_by_the_after_value(tmp_path: Path) -> None:
+    run = load_run(make_run(tmp_path, "v", "e3", with_heldout_every(fake_steps("e3"), 4)))
+
+    x, y = run.heldout_curve()
+
+    assert x.tolist() == [0.0, 4.0, 8.0, 12.0] and y[-1] == pytest.approx(0.4 + 0.01 * 11)  # the step line's value
+
+
+def test_accuracy_plot_draws_the_heldout_curve_of_each_run(two_runs: list[Path], tmp_path: Path) -> None:
+    validated = make_run(tmp_path, "val", "grpo", with_heldout_every(fake_steps("grpo"), 3))
+    runs = [load_run(two_runs[0]), load_run(validated)]
+
+    fig = build_figures(runs)["accuracy"]
+
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+    e3, val = lines["e3-demo (e3): held-out greedy"], lines["val (grpo): held-out greedy"]
+    assert list(e3.get_xdata()) == [0.0, 12.0] and list(e3.get_ydata()) == pytest.approx([0.41, 0.55])
+    assert list(val.get_xdata()) == [0.0, 3.0, 6.0, 9.0, 12.0]
+    assert list(val.get_ydata()) == pytest.approx([0.41, 0.42, 0.45, 0.48, 0.51])
+
+
+def test_run_in_progress_takes_the_before_value_from_its_file(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, "live", "e3", with_heldout_every(fake_steps("e3", epochs=1), 2), summary=False)
+    (run_dir / "heldout_before.json").write_text(json.dumps({"accuracy": 0.3}), encoding="utf-8")
+
+    run = load_run(run_dir)
+    html = write_report([run_dir]).read_text(encoding="utf-8")
+
+    assert run.heldout_curve()[0].tolist() == [0.0, 2.0, 4.0]
+    assert "0.300 / n/a" in html
