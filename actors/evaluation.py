@@ -16,10 +16,13 @@ from tasks.math.passk import summarize
 def greedy_accuracy(
     rollouts: Any, scorer: Any, questions: list[Question], prompts: list[list[int]], max_new_tokens: int
 ) -> dict[str, float]:
-    """Share of questions whose greedy answer is correct: `accuracy` overall and `accuracy/<source>`."""
+    """Share of questions whose greedy answer is correct: `accuracy` overall and `accuracy/<source>`.
+
+    Correct as the scorer's `(reward, correct)` results say (the reward function's verdict, or its reward against
+    `reward.correct_threshold`), not by the size of the reward."""
     completions = rollouts.generate_greedy(prompts, max_new_tokens)
-    rewards = scorer.score_texts([c.text for c in completions], [q.ground_truth for q in questions])
-    correct = np.asarray([r >= 1.0 for r in rewards], dtype=float)
+    results = scorer.score_texts([c.text for c in completions], [q.ground_truth for q in questions])
+    correct = np.asarray([bool(is_correct) for _, is_correct in results], dtype=float)
     result = {"accuracy": float(correct.mean())}
     sources = np.asarray([q.data_source for q in questions])
     for source in sorted(set(sources)):
@@ -40,7 +43,8 @@ def sampled_pass_at_k(
     restore_temperature: float,
 ) -> dict[str, float]:
     """pass@k and mean@k (keys `<source>/pass@k`, `all/mean@k`, ...) from `num_samples` answers per question
-    sampled at `temperature`; the workers go back to `restore_temperature` afterwards."""
+    sampled at `temperature`; the workers go back to `restore_temperature` afterwards. An answer counts by the
+    scorer's correctness flag, not its reward."""
     ks = [k for k in ks if k <= num_samples]
     requests = [
         RolloutRequest(q.id, tuple(p), num_samples, max_new_tokens, seed=seed + i, step=0)

@@ -113,6 +113,10 @@ class RewardConfig:
     """Processes that compute rewards in parallel."""
     timeout_s: float = 10.0
     """Per-completion time limit; a reward computation that runs longer is killed and scores 0."""
+    correct_threshold: float = 1.0
+    """A reward function that returns a plain number counts a completion correct when `reward >= this`; one that
+    returns a `(reward, correct)` pair (`core.messages.RewardResult`) decides correctness itself. Correctness, not
+    the reward, feeds the difficulty table, the accuracies and pass@k. 1.0 suits 0/1 rewards."""
     length_bias_mu: float = 0.0
     """E3_SPEC §5: correct answers to easy questions get 1 / (1 + mu * length). 0 turns the bias off."""
     length_bias_threshold: float = 0.1
@@ -317,6 +321,8 @@ def validate(cfg: RunConfig) -> None:
 
     if not 0 < cfg.rollout.gpu_memory_utilization <= 1:
         errors.append(f"rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization}: expected in (0, 1]")
+    if not math.isfinite(cfg.reward.correct_threshold):
+        errors.append(f"reward.correct_threshold={cfg.reward.correct_threshold}: expected a finite number")
     if not 0 <= cfg.reward.length_bias_threshold <= 1:
         errors.append(f"reward.length_bias_threshold={cfg.reward.length_bias_threshold}: expected in [0, 1]")
     if cfg.learner.dual_clip <= 1:

@@ -1,4 +1,5 @@
-"""The messages the actors exchange, as frozen dataclasses.
+"""The messages the actors exchange, as frozen dataclasses (and `RewardResult`, a NamedTuple, so that a reward
+function may answer with a plain `(reward, correct)` tuple).
 
 Each class says who sends it to whom. Every field is named with its unit where it has one, and
 `__post_init__` rejects inconsistent values with an error that prints them. Only `TrainBatch` carries tensors.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -102,6 +104,18 @@ class Rollout:
             f"Rollout {self.question_id!r}: temperature={self.temperature} must be finite and > 0",
         )
         _require(self.weights_version >= 0, f"Rollout {self.question_id!r}: weights_version={self.weights_version} < 0")
+
+
+class RewardResult(NamedTuple):
+    """Reward function -> reward scorer (and the scorer's `score_texts` -> evaluation): one completion's verdict.
+
+    `reward` is what the policy is trained on (it may give partial credit or a bonus); `correct` says whether the
+    answer is right, which is what accuracy, the difficulty table and pass@k count. A reward function may return
+    this, a plain `(reward, correct)` tuple, or just a number (then `reward.correct_threshold` decides).
+    """
+
+    reward: float
+    correct: bool
 
 
 @dataclass(frozen=True)
