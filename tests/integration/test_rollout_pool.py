@@ -1,5 +1,6 @@
 """Rollout workers as a pool on a real local Ray cluster: balanced requests, temperature and weights reaching
-every worker and stamped on every rollout, and a worker process killed mid-step being replaced."""
+every worker and stamped on every rollout, generation following the synced weights, and a worker process killed
+mid-step being replaced (with the current weights)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,42 @@ import signal
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from cluster.build import build_rollout_pool
-from core.messages import RolloutRequest, TemperatureUpdate
+from core.messages import Rollout, RolloutRequest, TemperatureUpdate
 from tests.integration.conftest import run_config
+
+LOGPROB_ATOL = 1e-4
+"""Per token, |engine log-prob - transformers log-prob| for the same float32 weights. Both compute the same
+float32 forward in a different order (vLLM's packed oneDNN GEMMs and fused attention against PyTorch's matmuls):
+rounding of ~1e-7 relative per operation, over a 4-layer model with logits of order 10, measured at most 2e-5 and
+2e-6 on average. An engine generating with other weights (a stale output head after a sync, measured) is off by
+1e-2 and more; the perturbation below moves log-probs by far more than that."""
+
+PERTURBATION = 0.05
+"""Each parameter moves by this many of its own standard deviations times a standard normal draw."""
+
+
+@pytest.fixture(scope="module")
+def perturbed(embedded_task):
+    """The base policy with every parameter perturbed: (state dict as the learner sends it, its transformers
+    model, the unperturbed transformers model)."""
+    base = load_file(
+        str(embedded_task.model / "model.safetensors")
+    )  # tied head: the embedding only, like the learner's
+    generator = torch.Generator().manual_seed(1234)
+    weights = {
+        name: t + PERTURBATION * (t.std() if t.numel() > 1 else t.abs()) * torch.randn(t.shape, generator=generator)
+        for name, t in base.items()
+    }
+    base_model = AutoModelForCausalLM.from_pretrained(embedded_task.model, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(embedded_task.model, dtype=torch.float32).eval()
+    model.load_state_dict(weights, strict=False)
+    assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), base_model.parameters(), strict=True))
+    return weights, model, base_model
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +60,37 @@ def requests(counts: list[int], step: int = 0) -> list[RolloutRequest]:
     return [RolloutRequest(f"q{i}", prompt, n, 24, seed=100 + i, step=step) for i, n in enumerate(counts)]
 
 
-def test_temperature_and_weights_reach_every_worker_and_are_stamped(pool, ray_cluster, embedded_task):
-    weights = load_file(str(embedded_task.model / "model.safetensors"))
+def reference_logprobs(model, rollout: Rollout, temperature: float) -> list[torch.Tensor]:
+    """log softmax(logits / T) of each completion token, by a transformers forward over prompt + completion."""
+    prompt = list(rollout.prompt_token_ids)
+    out = []
+    with torch.no_grad():
+        for c in rollout.completions:
+            ids = torch.tensor([prompt + list(c.token_ids)])
+            logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+            out.append(torch.log_softmax(logits / temperature, dim=-1).gather(-1, ids[0, len(prompt) :, None])[:, 0])
+    return out
+
+
+def assert_generated_with(rollouts: list[Rollout], model, other_model, temperature: float) -> None:
+    """Every sampled token's log-prob is `model`'s within LOGPROB_ATOL, and `other_model`'s is far from it."""
+    gaps, others = [], []
+    for rollout in rollouts:
+        engine = [torch.tensor(c.logprobs) for c in rollout.completions]
+        for got, want, other in zip(
+            engine,
+            reference_logprobs(model, rollout, temperature),
+            reference_logprobs(other_model, rollout, temperature),
+            strict=True,
+        ):
+            gaps.append((got - want).abs().max())
+            others.append((got - other).abs().max())
+    assert max(gaps) <= LOGPROB_ATOL, f"largest log-prob gap to the synced weights: {max(gaps):.2e}"
+    assert max(others) > 100 * LOGPROB_ATOL  # the base weights would not pass
+
+
+def test_temperature_and_weights_reach_every_worker_and_are_stamped(pool, ray_cluster, perturbed):
+    weights, model, base_model = perturbed
     pool.load_weights(ray_cluster.put(weights), version=5)
     pool.set_temperature(TemperatureUpdate(0.7, step=4))
     assert [(i["temperature"], i["weights_version"]) for i in pool.info()] == [(0.7, 5), (0.7, 5)]
@@ -41,9 +102,10 @@ def test_temperature_and_weights_reach_every_worker_and_are_stamped(pool, ray_cl
     assert {r.worker for r in rollouts} == {"rollout-0", "rollout-1"}  # balanced: 16 samples, 8 each
     per_worker = {w: sum(len(r.completions) for r in rollouts if r.worker == w) for w in ("rollout-0", "rollout-1")}
     assert per_worker == {"rollout-0": 8, "rollout-1": 8}
+    assert_generated_with(rollouts, model, base_model, 0.7)  # both workers sample from the synced weights
 
 
-def test_worker_process_killed_during_a_step_is_replaced_and_its_requests_reissued(pool):
+def test_worker_process_killed_during_a_step_is_replaced_and_its_requests_reissued(pool, perturbed):
     pool.set_temperature(TemperatureUpdate(0.9, step=7))
     victim = pool.info()[0]["pid"]
     # the process dies between the step's broadcasts and its generation call (killing it while it generates
@@ -57,6 +119,8 @@ def test_worker_process_killed_during_a_step_is_replaced_and_its_requests_reissu
     assert {r.temperature for r in rollouts} == {0.9} and {r.weights_version for r in rollouts} == {5}
     fresh = pool.info()[0]
     assert fresh["pid"] != victim and fresh["temperature"] == 0.9 and fresh["weights_version"] == 5
+    _, model, base_model = perturbed
+    assert_generated_with([r for r in rollouts if r.worker == "rollout-0"], model, base_model, 0.9)  # not the base
 
 
 def wait_until_gone(pid: int, timeout_s: float = 30.0) -> None:

