@@ -265,6 +265,7 @@ def evaluate(cfg: RunConfig) -> dict:
             )
     finally:
         pool.shutdown()
+        ray.get(scorer_actor.close.remote(), timeout=30)  # its worker processes stop cleanly before the actor goes
         ray.kill(scorer_actor)
         if connected:
             ray.shutdown()

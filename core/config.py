@@ -36,7 +36,8 @@ class DataConfig:
     test_path: str = ""
     """Test questions for `mode=eval`. Empty: the embedded arithmetic test split."""
     reward_fn: str = ""
-    """`module:function` scoring (completion, ground_truth) -> float. Empty: the task's own reward."""
+    """`module:function` scoring (completion, ground_truth) -> a number (correct when >= reward.correct_threshold)
+    or a `(reward, correct)` pair (`core.messages.RewardResult`). Empty: the task's own reward."""
     max_prompt_tokens: int = 256
     """Prompts longer than this (after the chat template) are filtered or rejected, per `overlong_prompts`."""
     overlong_prompts: str = "filter"
