@@ -20,6 +20,9 @@ learner did before; gradients are the analytic ones of the same float32 expressi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 
@@ -110,3 +113,45 @@ def token_logprobs_and_entropy(
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     temperature = temperature.to(device=hidden.device, dtype=_float_dtype(weight))
     return _ChunkedTokenLogprobs.apply(hidden, weight, bias, targets.long(), temperature, chunk_tokens)
+
+
+class ResponseHead(torch.nn.Module):
+    """A causal LM's output head that, while `scoring(...)` is active, returns the tempered log-probs and entropy
+    of the given response tokens (`[T, 2]`) instead of logits for every position (`[n, L, V]`).
+
+    It takes the place of `model.lm_head` and keeps its parameters under the same names (`lm_head.weight`, tied to
+    the input embedding when the model ties them), so checkpoints, weight syncs and FSDP2 sharding see the same
+    model. Because it runs inside the model's own forward, FSDP2 gathers its weight and reduces its gradient as
+    for any other layer. Outside `scoring(...)` it is the plain linear head.
+    """
+
+    def __init__(self, head: torch.nn.Linear, chunk_tokens: int) -> None:
+        super().__init__()
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+        self.weight = head.weight
+        self.bias = head.bias
+        self.chunk_tokens = chunk_tokens
+        self._request: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @contextlib.contextmanager
+    def scoring(
+        self, rows: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor
+    ) -> Iterator[None]:
+        """Within the block, a forward returns `[T, 2]`: log-prob and entropy of token `targets[t]` predicted by
+        the hidden state at `(rows[t], positions[t])`, at `temperature[t]`."""
+        self._request = (rows, positions, targets, temperature)
+        try:
+            yield
+        finally:
+            self._request = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits `[..., V]`, or `[T, 2]` (log-prob, entropy) while `scoring(...)` is active."""
+        if self._request is None:
+            return torch.nn.functional.linear(hidden, self.weight, self.bias)
+        rows, positions, targets, temperature = self._request
+        logprobs, entropy = token_logprobs_and_entropy(
+            hidden[rows, positions], self.weight, targets, temperature, self.chunk_tokens, bias=self.bias
+        )
+        return torch.stack([logprobs, entropy], dim=-1)

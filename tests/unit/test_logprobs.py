@@ -108,3 +108,50 @@ def test_bad_shapes_raise_naming_them() -> None:
         token_logprobs_and_entropy(h, w, targets[:3], temperature, 2)
     with pytest.raises(ValueError, match="chunk_tokens must be >= 1"):
         token_logprobs_and_entropy(h, w, targets, temperature, 0)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_response_head_in_a_qwen2_model_equals_the_full_logits_path(tied: bool) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from core.logprobs import ResponseHead
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=tied,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config).float()
+    input_ids = torch.randint(97, (3, 10))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 7:] = 0  # a shorter, right-padded row
+    response = torch.zeros(3, 10)
+    response[0, 4:10], response[1, 2:6], response[2, 5:7] = 1, 1, 1
+    temperatures = torch.tensor([0.7, 1.0, 1.3])
+    rows, positions = torch.nonzero(response[:, 1:], as_tuple=True)  # position j predicts token j + 1
+
+    def loss_of(values: torch.Tensor) -> torch.Tensor:
+        return (values[:, 0] * torch.linspace(-1, 1, len(values))).sum() + 0.3 * values[:, 1].sum()
+
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    logits = logits / temperatures[:, None, None]
+    full = torch.stack(
+        [token_logprobs(logits, input_ids[:, 1:])[rows, positions], entropy_from_logits(logits)[rows, positions]], -1
+    )
+    loss_of(full).backward()
+    full_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    names_before = list(model.state_dict())
+    model.zero_grad()
+
+    model.lm_head = ResponseHead(model.lm_head, chunk_tokens=4)
+    assert list(model.state_dict()) == names_before  # same parameter names: checkpoints and syncs unchanged
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    with model.lm_head.scoring(rows, positions, input_ids[rows, positions + 1], temperatures[rows]):
+        chunked = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    loss_of(chunked).backward()
+    # float32 throughout and the same kernels but for the head's row batching: rounding-level differences only
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    # outside scoring(...) the head is the plain linear head again
+    assert model(input_ids=input_ids).logits.shape == (3, 10, 97)
