@@ -5,12 +5,18 @@ run one in-process. Every rank holds a shard of the policy (`fully_shard` on eac
 root), so every method that touches the model is a collective: all ranks must call it, in the same order.
 
 A training step on a rank:
-1. measure, without gradient, over micro-batches: each sample's logits divided by the temperature that
-   sampled it, the old log-probs of its response tokens, and the tempered entropy summed over them;
-2. compute the clipped policy loss with grad (`core.grpo.policy_loss`, normalised by the response-token count
-   of the *global* batch), accumulating gradients over micro-batches; FSDP2's gradient reduction is set to a
-   plain sum over ranks (not its default mean), so the summed rank losses are exactly the global token mean;
-3. clip the global gradient norm, take one AdamW step, and reduce the metrics over ranks, so that every rank
+1. pack the shard into micro-batches under `max_tokens_per_micro_batch` padded tokens (`micro_batch_size` rows
+   at most), similar lengths together;
+2. forward each micro-batch with gradient: the output head is `core.logprobs.ResponseHead`, which returns, for
+   response tokens only and `logits_chunk_tokens` rows at a time, the log-prob of each token under its sample's
+   temperature and the tempered entropy (no `[n, L, V]` logits ever exist); compute the clipped policy loss
+   (`core.grpo.policy_loss`, normalised by the response-token count of the *global* batch) and accumulate
+   gradients; FSDP2's gradient reduction is set to a plain sum over ranks (not its default mean), so the summed
+   rank losses are exactly the global token mean. With one optimizer step per training step
+   (`ppo_mini_batches=1`, the paper's setting) the old log-probs are the detached log-probs of this same pass
+   (the ratio is identically 1) and the entropy comes from it too; with more, a no-grad pass measures them
+   first and each mini-batch takes its own optimizer step;
+3. clip the global gradient norm, take the AdamW step, and reduce the metrics over ranks, so that every rank
    returns the same global metrics.
 
 Every rank must run the same number of forward and backward passes (FSDP2 gathers and reduces parameters
@@ -27,6 +33,7 @@ project trains fit comfortably in one host's memory.)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -48,8 +55,10 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
+from core.batch import pack_micro_batches
 from core.config import DTYPES, LearnerConfig
-from core.grpo import entropy_from_logits, policy_loss, token_logprobs
+from core.grpo import policy_loss
+from core.logprobs import ResponseHead
 from core.messages import TrainBatch
 
 MODEL_FILE = "model.safetensors"
@@ -59,14 +68,14 @@ LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 # Metrics summed over micro-batches and ranks (policy_loss divides its metrics by the global token count).
 _ADDITIVE_METRICS = ("loss", "clip_frac", "dual_clip_frac", "approx_kl")
 _COUNTERS = ("entropy_sum", "tokens", "mismatch_sum", "mismatch_tokens")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class _Measured:
-    """What the no-grad pass learns about one micro-batch: old log-probs [n, L-1] and its counters."""
+class _Scored:
+    """One forward pass over a micro-batch: log-probs [n, L-1] (zero off the response) and token counters."""
 
-    batch: TrainBatch
-    old_logprobs: torch.Tensor
+    logprobs: torch.Tensor
     counters: dict[str, float]
 
 
@@ -113,6 +122,7 @@ class Learner:
         self.device = torch.device("cpu")
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self._warned_long = False
 
     # ----------------------------------------------------------------------------------------------- set-up
 
@@ -146,6 +156,8 @@ class Learner:
 
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
         model.config.use_cache = False
+        # Response tokens only, in chunks: no [n, L, V] logits (see core/logprobs.py for the memory arithmetic).
+        model.set_output_embeddings(ResponseHead(model.get_output_embeddings(), self.config.logits_chunk_tokens))
         if self.config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.to(self.device)
@@ -195,14 +207,16 @@ class Learner:
     # -------------------------------------------------------------------------------------------- training
 
     def train_step(self, shard: TrainBatch, global_response_tokens: int) -> dict[str, float]:
-        """Take one optimizer step on this rank's `shard` of a batch with `global_response_tokens` in all.
+        """Take `ppo_mini_batches` optimizer steps on this rank's `shard` of a batch with
+        `global_response_tokens` in all.
 
         Collective: every rank calls it with its own shard and the same `global_response_tokens`. Returns
         global metrics, identical on every rank:
         - `entropy`: token mean, in nats, of the tempered policy before the update;
-        - `loss`, `clip_frac`, `dual_clip_frac`, `approx_kl`: global token means;
-        - `grad_norm`: before clipping; `grad_skipped`: 1 when it was not finite and no step was taken;
-        - `tokens`: response tokens of the global batch;
+        - `loss`, `clip_frac`, `dual_clip_frac`, `approx_kl`: global token means (summed over mini-batches);
+        - `grad_norm`: before clipping (of the last mini-batch); `grad_skipped`: 1 when a step was not taken
+          because its gradient was not finite;
+        - `tokens`: response tokens of the global batch; `micro_batches`: forward passes of the busiest rank;
         - `logprob_mismatch`: mean |learner - sampler| log-prob per token, if shards carry `sampler_logprobs`.
         """
         model, optimizer = self._require_setup()
@@ -211,84 +225,124 @@ class Learner:
         if bool(shard.response_mask[:, 0].any()):
             raise ValueError("train_step: response_mask[:, 0] is set, but a response token needs a prompt before it")
 
-        micro_batches = self._micro_batches(shard)
-        with torch.no_grad():
-            measured = [self._measure(micro) for micro in micro_batches]
-
-        optimizer.zero_grad(set_to_none=True)
+        mini_batches = self._mini_batches(shard)
         totals = dict.fromkeys(_ADDITIVE_METRICS + _COUNTERS, 0.0)
-        for item in measured:
-            logprobs = self._logprobs_and_logits(item.batch)[0]
-            loss, metrics = policy_loss(
-                logprobs,
-                item.old_logprobs,
-                item.batch.advantages.to(self.device),
-                item.batch.response_mask[:, 1:].to(self.device),
-                normalizer=float(global_response_tokens),
-                clip_low=self.config.clip_low,
-                clip_high=self.config.clip_high,
-                dual_clip=self.config.dual_clip,
-            )
-            loss.backward()
-            totals["loss"] += loss.item()
-            for name in _ADDITIVE_METRICS[1:]:
-                totals[name] += metrics[name]
-            for name in _COUNTERS:
-                totals[name] += item.counters[name]
-
-        grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip))
-        skipped = not math.isfinite(grad_norm)
-        if not skipped:
-            optimizer.step()
+        old: list[list[torch.Tensor | None]] = [[None] * len(micros) for micros in mini_batches]
+        if len(mini_batches) > 1:  # the policy moves between mini-batches: measure old log-probs first
+            with torch.no_grad():
+                for m, micros in enumerate(mini_batches):
+                    for k, micro in enumerate(micros):
+                        scored = self._score(micro)
+                        old[m][k] = scored.logprobs
+                        _add(totals, scored.counters)
+        normalizers = self._mini_batch_tokens(mini_batches, global_response_tokens)
+        grad_norm, skipped = 0.0, False
+        for m, micros in enumerate(mini_batches):
+            optimizer.zero_grad(set_to_none=True)
+            for k, micro in enumerate(micros):
+                scored = self._score(micro)
+                if old[m][k] is None:  # one optimizer step: this pass is also the measurement
+                    old[m][k] = scored.logprobs.detach()
+                    _add(totals, scored.counters)
+                loss, metrics = policy_loss(
+                    scored.logprobs,
+                    old[m][k],
+                    micro.advantages.to(self.device),
+                    micro.response_mask[:, 1:].to(self.device),
+                    normalizer=normalizers[m],
+                    clip_low=self.config.clip_low,
+                    clip_high=self.config.clip_high,
+                    dual_clip=self.config.dual_clip,
+                )
+                loss.backward()
+                # each mini-batch's metrics are token means over it: their mean over mini-batches is reported
+                totals["loss"] += loss.item() / len(mini_batches)
+                for name in _ADDITIVE_METRICS[1:]:
+                    totals[name] += metrics[name] / len(mini_batches)
+            grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip))
+            if math.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                skipped = True
         optimizer.zero_grad(set_to_none=True)
+        totals["micro_batches"] = float(sum(len(micros) for micros in mini_batches))
         return self._global_metrics(totals, grad_norm, skipped, with_mismatch=shard.sampler_logprobs is not None)
 
-    def _micro_batches(self, shard: TrainBatch) -> list[TrainBatch]:
-        """Split `shard` into as many micro-batches as the busiest rank needs, similar lengths together.
+    def _mini_batches(self, shard: TrainBatch) -> list[list[TrainBatch]]:
+        """The shard's `ppo_mini_batches` mini-batches, each as micro-batches; every rank gets the same counts.
 
-        Ranks agree on the count with an all-reduce (max). A micro-batch left without rows is the shard's
-        first row with its response mask cleared: it runs the collectives but contributes nothing.
+        Rows are dealt to mini-batches round-robin from the longest, so each gets a similar share of tokens;
+        each mini-batch is packed by `core.batch.pack_micro_batches` under `max_tokens_per_micro_batch` padded
+        tokens and `micro_batch_size` rows. Ranks agree on each mini-batch's micro-batch count with an all-reduce
+        (max): FSDP2 gathers and reduces parameters inside every forward and backward, so all ranks must run the
+        same number. A rank that needs fewer fills up with its shortest sample with the response mask cleared: it
+        runs the collectives but contributes nothing.
         """
-        count = torch.tensor([math.ceil(shard.num_samples / self.config.micro_batch_size)], device=self.device)
-        dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        order = torch.argsort(shard.attention_mask.sum(dim=1), stable=True)
-        micro_batches = []
-        for rows in torch.tensor_split(order, int(count.item())):
-            if len(rows) > 0:
-                micro_batches.append(shard.select(rows))
-            else:
-                first = shard.select([0])
-                micro_batches.append(dataclasses.replace(first, response_mask=torch.zeros_like(first.response_mask)))
-        return micro_batches
+        lengths = shard.attention_mask.sum(dim=1).tolist()
+        count = self.config.ppo_mini_batches
+        by_length = sorted(range(shard.num_samples), key=lambda i: (-lengths[i], i))
+        mini_rows = [sorted(by_length[m::count]) for m in range(count)]
+        packed = []
+        for rows in mini_rows:
+            groups = pack_micro_batches(
+                [lengths[i] for i in rows], self.config.max_tokens_per_micro_batch, self.config.micro_batch_size
+            )
+            packed.append([[rows[j] for j in group] for group in groups])
+        budget = self.config.max_tokens_per_micro_batch
+        if budget and not self._warned_long and any(length > budget for length in lengths):
+            self._warned_long = True
+            log.warning(
+                "a sample of %d tokens exceeds learner.max_tokens_per_micro_batch=%d: it gets a micro-batch of its "
+                "own (logged once)",
+                max(lengths),
+                budget,
+            )
+        counts = torch.tensor([len(groups) for groups in packed], device=self.device)
+        dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+        shortest = min(range(shard.num_samples), key=lambda i: (lengths[i], i))
+        filler = shard.select([shortest])
+        filler = dataclasses.replace(filler, response_mask=torch.zeros_like(filler.response_mask))
+        return [
+            [shard.select(group) for group in groups] + [filler] * (int(needed) - len(groups))
+            for groups, needed in zip(packed, counts.tolist(), strict=True)
+        ]
 
-    def _logprobs_and_logits(self, micro: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs [n, L-1] of tokens 1..L-1 and the tempered float32 logits [n, L-1, V] that predict them.
+    def _mini_batch_tokens(self, mini_batches: list[list[TrainBatch]], global_response_tokens: int) -> list[float]:
+        """Each mini-batch's response tokens over all ranks (its loss normaliser: a token mean per optimizer
+        step); with one mini-batch that is `global_response_tokens` and no collective is needed."""
+        if len(mini_batches) == 1:
+            return [float(global_response_tokens)]
+        local = [float(sum(micro.num_response_tokens for micro in micros)) for micros in mini_batches]
+        summed = torch.tensor(local, dtype=torch.float64, device=self.device)
+        dist.all_reduce(summed)
+        return [max(value, 1.0) for value in summed.tolist()]  # an empty mini-batch contributes a zero loss
 
-        Row i's logits are divided by `micro.temperatures[i]`, the temperature that sampled it.
-        """
+    def _score(self, micro: TrainBatch) -> _Scored:
+        """One forward pass: each response token's log-prob under its sample's temperature, as [n, L-1] (zero
+        elsewhere, differentiable when grad is enabled), and the detached entropy and mismatch counters."""
         model = self._require_setup()[0]
         input_ids = micro.input_ids.to(self.device)
-        output = model(input_ids=input_ids, attention_mask=micro.attention_mask.to(self.device), use_cache=False)
-        temperatures = micro.temperatures.to(self.device, torch.float32)
-        logits = output.logits[:, :-1].float() / temperatures[:, None, None]
-        return token_logprobs(logits, input_ids[:, 1:]), logits
-
-    def _measure(self, micro: TrainBatch) -> _Measured:
-        """The no-grad pass over one micro-batch: old log-probs, tempered entropy and log-prob mismatch."""
-        logprobs, logits = self._logprobs_and_logits(micro)
-        mask = micro.response_mask[:, 1:].to(self.device, torch.float32)
+        mask = micro.response_mask[:, 1:].to(self.device)
+        rows, positions = torch.nonzero(mask, as_tuple=True)  # hidden state j predicts token j + 1
+        temperatures = micro.temperatures.to(self.device, torch.float32)[rows]
+        head = model.get_output_embeddings()
+        with head.scoring(rows, positions, input_ids[rows, positions + 1], temperatures):
+            output = model(input_ids=input_ids, attention_mask=micro.attention_mask.to(self.device), use_cache=False)
+        token_logprobs, entropy = output.logits[:, 0], output.logits[:, 1]
+        logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=self.device).index_put(
+            (rows, positions), token_logprobs
+        )
         counters = {
-            "entropy_sum": float((entropy_from_logits(logits) * mask).sum().item()),
-            "tokens": float(mask.sum().item()),
+            "entropy_sum": float(entropy.detach().sum().item()),
+            "tokens": float(len(rows)),
             "mismatch_sum": 0.0,
             "mismatch_tokens": 0.0,
         }
         if micro.sampler_logprobs is not None:
-            sampler = micro.sampler_logprobs[:, 1:].to(self.device, torch.float32)
-            difference = torch.where(mask.bool(), (logprobs - sampler).abs(), torch.zeros_like(logprobs))
-            counters["mismatch_sum"] = float(difference.sum().item())
+            sampler = micro.sampler_logprobs[:, 1:].to(self.device, torch.float32)[rows, positions]
+            counters["mismatch_sum"] = float((token_logprobs.detach() - sampler).abs().sum().item())
             counters["mismatch_tokens"] = counters["tokens"]
-        return _Measured(batch=micro, old_logprobs=logprobs, counters=counters)
+        return _Scored(logprobs=logprobs, counters=counters)
 
     def _global_metrics(
         self, totals: dict[str, float], grad_norm: float, skipped: bool, with_mismatch: bool
@@ -305,6 +359,7 @@ class Learner:
             tokens=tokens,
             grad_norm=grad_norm,
             grad_skipped=float(skipped),
+            micro_batches=float(totals["micro_batches"]) if "micro_batches" in totals else 0.0,
         )
         if with_mismatch and total["mismatch_tokens"]:
             metrics["logprob_mismatch"] = total["mismatch_sum"] / total["mismatch_tokens"]
@@ -378,6 +433,12 @@ class Learner:
         if self.model is None or self.optimizer is None:
             raise RuntimeError(f"Learner rank {self.rank}: call setup() first (or it was shut down)")
         return self.model, self.optimizer
+
+
+def _add(totals: dict[str, float], counters: dict[str, float]) -> None:
+    """Add a forward pass's counters into the step's totals."""
+    for name, value in counters.items():
+        totals[name] += value
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -97,7 +97,16 @@ class LearnerConfig:
     grad_clip: float = 1.0
     """Gradient-norm clip."""
     micro_batch_size: int = 64
-    """Samples per forward/backward pass on one rank (gradients accumulate over micro-batches)."""
+    """Most samples per forward/backward pass on one rank (gradients accumulate over micro-batches)."""
+    max_tokens_per_micro_batch: int = 0
+    """Most padded tokens (rows x longest prompt + response) per forward/backward pass on one rank; samples are
+    packed longest first under it, and one longer than it gets a pass of its own. 0: rows only."""
+    logits_chunk_tokens: int = 4096
+    """Response tokens whose logits [chunk, V] exist at once in the learner (forward and backward): about
+    2 x chunk x V x 4 bytes of peak memory, 5.0 GB at 4,096 x 151,936 (core/logprobs.py)."""
+    ppo_mini_batches: int = 1
+    """Optimizer steps per training step (the batch split into that many mini-batches). 1, the paper's: the old
+    log-probs and the entropy come from the loss's own forward pass, no separate no-grad pass."""
     clip_low: float = 0.2
     """PPO ratio clip below 1."""
     clip_high: float = 0.2
@@ -284,6 +293,8 @@ def validate(cfg: RunConfig) -> None:
         ("rollout.torch_threads", cfg.rollout.torch_threads),
         ("learner.num_ranks", cfg.learner.num_ranks),
         ("learner.micro_batch_size", cfg.learner.micro_batch_size),
+        ("learner.logits_chunk_tokens", cfg.learner.logits_chunk_tokens),
+        ("learner.ppo_mini_batches", cfg.learner.ppo_mini_batches),
         ("learner.torch_threads", cfg.learner.torch_threads),
         ("learner.lr", cfg.learner.lr),
         ("learner.grad_clip", cfg.learner.grad_clip),
@@ -308,6 +319,7 @@ def validate(cfg: RunConfig) -> None:
         ("learner.num_cpus", cfg.learner.num_cpus),
         ("learner.num_gpus", cfg.learner.num_gpus),
         ("learner.weight_decay", cfg.learner.weight_decay),
+        ("learner.max_tokens_per_micro_batch", cfg.learner.max_tokens_per_micro_batch),
         ("learner.clip_low", cfg.learner.clip_low),
         ("learner.clip_high", cfg.learner.clip_high),
         ("reward.length_bias_mu", cfg.reward.length_bias_mu),
