@@ -2,11 +2,17 @@
 
 The reference is an ordinary (unsharded) Hugging Face model trained with the same formula written out here:
 tempered log-probs, `policy_loss` normalised by the batch's response tokens, grad clipping, one AdamW step.
+
+The learner and the reference compute the same functions in float32 but add in other orders (micro-batches of 2
+against the whole batch, one shard per rank, and on another CPU other kernels: AVX-512/AMX, AVX2, ...), so what
+they share is exact only where no sum is involved; everything else is compared within a rounding bound derived
+below, not measured on one machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +23,7 @@ import torch
 from ray.util import placement_group_table
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from actors.learner import Learner
+from actors.learner import OPTIMIZER_FILE, Learner
 from cluster.learner_group import LearnerGroup
 from core.config import LearnerConfig
 from core.grpo import policy_loss
@@ -25,11 +31,51 @@ from core.messages import TrainBatch
 
 VOCAB = 300
 CONFIG = LearnerConfig(micro_batch_size=2, torch_threads=1, lr=1e-3, grad_clip=1.0, num_cpus=1.0)
-WEIGHT_ATOL = 1e-5  # 1% of one AdamW step (lr)
-# A key-projection bias shifts every attention score of a query equally, and softmax ignores such shifts: its
-# true gradient is 0, and Adam's normalisation turns the float noise left in its place into a step of up to lr
-# either way.
-ZERO_GRADIENT_PARAMETERS = "self_attn.k_proj.bias"
+
+# ------------------------------------------------------------------------ how far float32 rounding moves a result
+#
+# Probabilistic rounding-error analysis (Higham & Mary, SIAM J. Sci. Comput. 41(5), 2019): with rounding errors
+# independent and of random sign, a float32 sum of n terms is within lambda * sqrt(n) * u of the exact sum,
+# relative to the magnitudes of its terms, except with probability 2 exp(-lambda^2 / 2); along a chain of sums the
+# errors add the same way, so a result that n summands feed errs by lambda * sqrt(n) * u relative to its scale.
+# u = 2^-24; lambda = 5 (odds 7e-6 per bound); two computations of one result differ by at most twice that.
+# (Worst-case bounds, n * u, are sqrt(n) / lambda = 7 to 11 times larger here. Measured differences stay below 5%
+# of these bounds with the native AVX-512/AMX kernels, with ATEN_CPU_CAPABILITY=avx2 or default, and with MKL
+# and oneDNN limited to AVX2 or less. ATEN_CPU_CAPABILITY=default with MKL_ENABLE_INSTRUCTIONS=SSE4_2 moves an
+# up_proj weight whose gradient is near 0 by 6.6e-5, as on AMD EPYC: see `assert_adamw_step_matches`.)
+FLOAT32_U = 2.0**-24
+ROUNDING_LAMBDA = 5.0
+HIDDEN, INTERMEDIATE, HEAD_DIM, LAYERS = 64, 128, 16, 2
+POSITIONS = 12  # the batch's width (make_batch): attention sums over at most 12 positions
+# The summands from the embeddings to a tempered logit: per decoder layer its input norm, the q/k/v projections,
+# the attention scores, the softmax and the weighted values, the output projection, the second norm, gate/up and
+# down; then the final norm, the output head, and the vocabulary's logsumexp (or entropy).
+LAYER_SUMS = HIDDEN + HIDDEN + HEAD_DIM + 2 * POSITIONS + HIDDEN + HIDDEN + HIDDEN + INTERMEDIATE
+FORWARD_SUMS = LAYERS * LAYER_SUMS + HIDDEN + HIDDEN + VOCAB  # 1,404
+# A weight's gradient: the forward pass, then back through the vocabulary (softmax and output head), the final
+# norm and the layers (the same sums transposed), then the sum over the batch's 4 x 12 positions.
+GRADIENT_SUMS = FORWARD_SUMS + 2 * VOCAB + HIDDEN + LAYERS * LAYER_SUMS + 4 * POSITIONS  # 3,092
+
+
+def rounding(summands: int) -> float:
+    """How far two float32 computations of one result that `summands` terms feed can differ, relative to its
+    scale (see above)."""
+    return 2 * ROUNDING_LAMBDA * math.sqrt(summands) * FLOAT32_U
+
+
+# A gradient element, relative to the largest element of its tensor (3.3e-5; measured below 40 u = 2.4e-6).
+GRAD_RTOL = rounding(GRADIENT_SUMS)
+# A real error is far larger: one response token more or less in the normaliser moves the gradient by 7%, a
+# wrong temperature or a dropped micro-batch by more. The loss at step 1 does not depend on the weights at all
+# (ratio = exp(logprob - old_logprob) = 1, the same numbers twice), so it is checked against its closed form:
+# each side is a float32 sum of the 15 tokens' -A / 15, whose magnitudes add up to 0.9, within 14 u * 0.9 = 7.5e-7
+# even in the worst case.
+LOSS_ATOL = 2e-6
+# Where a weight's update is compared (see `assert_adamw_step_matches`), Adam's step is certain to within lr / 1400
+# and float32 rounding of the weight (|w| < 2) adds a few 1e-7: 1% of a step (lr) bounds both with room.
+WEIGHT_ATOL = CONFIG.lr / 100
+# A clipped gradient element is "certain" where it is at least this many times its rounding bound (and 100 eps).
+CERTAIN_MULTIPLE = 16
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +83,12 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random Qwen2 policy (tied embeddings, as the project's base policy) saved as a model folder."""
     config = Qwen2Config(
         vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=HEAD_DIM,
         max_position_embeddings=64,
         tie_word_embeddings=True,
         initializer_range=0.2,  # peaked logits, so that the temperature visibly changes the entropy
@@ -62,6 +108,7 @@ def make_batch() -> TrainBatch:
     generator = torch.Generator().manual_seed(1)
     lengths = [(4, 8), (3, 2), (3, 3), (2, 2)]  # (prompt, response) tokens
     width = max(p + r for p, r in lengths)
+    assert width == POSITIONS  # the rounding bounds above count on it
     input_ids = torch.zeros((len(lengths), width), dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
     response_mask = torch.zeros((len(lengths), width), dtype=torch.float32)
@@ -85,12 +132,31 @@ def tempered_logits(model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
     return logits / batch.temperatures[:, None, None]
 
 
+def forward_tolerances(tempered: torch.Tensor) -> dict[str, float]:
+    """Rounding bounds for what the learner computes from the tempered logits `tempered` [tokens, V] (the
+    reference's, at the response tokens): a log-prob's and a mean token entropy's (absolute, in nats).
+
+    A tempered logit z_j moves by at most `logit = rounding(FORWARD_SUMS) * max |z|`. A log-prob
+    z_k - logsumexp(z) moves by at most 2 * logit (logsumexp moves no more than its largest input). The entropy's
+    derivative in z_j is -p_j (z_j - E_p[z]), so it moves by at most std_p(z) * logit (Cauchy-Schwarz), plus the
+    rounding of its own sum over the vocabulary, whose terms -p log p are all positive and add up to the entropy.
+    """
+    z = tempered.double()
+    logit = rounding(FORWARD_SUMS) * float(z.abs().max())
+    p = torch.softmax(z, dim=-1)
+    spread = ((p * (z - (p * z).sum(-1, keepdim=True)) ** 2).sum(-1).sqrt()).max()
+    entropy = (-(p * torch.log_softmax(z, dim=-1)).sum(-1)).max()
+    return {"logprob": 2 * logit, "entropy": float(spread) * logit + rounding(VOCAB) * float(entropy)}
+
+
 def reference_step(policy_dir: str, batch: TrainBatch, config: LearnerConfig) -> dict:
     """One training step on an unsharded copy of the policy, written out without the learner's code."""
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    initial = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     mask = batch.response_mask[:, 1:]
     with torch.no_grad():
-        log_probs = torch.log_softmax(tempered_logits(model, batch), dim=-1)
+        tempered = tempered_logits(model, batch)
+        log_probs = torch.log_softmax(tempered, dim=-1)
         entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
         token_entropy = float((entropy * mask).sum() / mask.sum())
     logits = tempered_logits(model, batch)
@@ -106,19 +172,89 @@ def reference_step(policy_dir: str, batch: TrainBatch, config: LearnerConfig) ->
         dual_clip=config.dual_clip,
     )
     loss.backward()
+    parameters = dict(model.named_parameters())  # the tied output head once, as the embedding
+    grads = {name: parameter.grad.detach().clone() for name, parameter in parameters.items()}
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
     optimizer.step()
     state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    # The gradient norm's relative bound: to first order norm(g') - norm(g) = <g, g' - g> / norm(g), and every
+    # element of g' - g is within GRAD_RTOL of its tensor's largest; plus the rounding of the norm's own sum of
+    # squares (halved by the square root).
+    deviation = sum(GRAD_RTOL * float(g.abs().max()) * float(g.abs().sum()) for g in grads.values()) / grad_norm
+    largest = max(g.numel() for g in grads.values())
     return {
         "loss": float(loss.detach()),
         "grad_norm": grad_norm,
+        "grad_norm_rtol": deviation / grad_norm + rounding(largest) / 2,
         "entropy": token_entropy,
+        "forward": forward_tolerances(tempered[mask.bool()]),
         "logprobs": logprobs.detach(),
+        "initial": initial,
         "state": state,
+        "moments": {name: optimizer.state[parameter] for name, parameter in parameters.items()},
     }
+
+
+def closed_form_loss(batch: TrainBatch) -> float:
+    """The policy loss at ratio 1: -sum over response tokens of the sample's advantage, over the token count."""
+    tokens = batch.response_mask[:, 1:].double().sum(dim=1)
+    return -float((batch.advantages.double() * tokens).sum() / tokens.sum())
+
+
+def assert_adamw_step_matches(
+    state: dict[str, torch.Tensor], optimizer_state: dict, grad_norm: float, expected: dict
+) -> None:
+    """The learner's first AdamW step (`state`, `optimizer_state` as in its checkpoint, its `grad_norm`) is the
+    reference's, to within rounding.
+
+    At step 1 AdamW's moments are exp_avg = (1 - b1) g and exp_avg_sq = (1 - b2) g^2 of the clipped gradient
+    g = c * grad, c = grad_clip / (grad_norm + 1e-6): comparing them compares the gradients. An element of g may
+    differ by `delta` = GRAD_RTOL times its tensor's largest, plus `rho` (the grad norm's relative bound, through c)
+    times itself; g^2 by (2 |g| + delta) delta, within 3 delta times the largest, plus 2 rho (and rho^2) times itself.
+
+    The weights moved by -lr * wd * w plus Adam's step -lr * g / (|g| + eps), which is about lr * sign(g): an
+    element of g near 0, whose last bits differ between two float32 computations, may flip it by 2 lr. So the
+    weights are compared only where |g| >= CERTAIN_MULTIPLE * delta (and 100 eps): there both sides' g have the
+    same sign and differ by at most D = |g| (1/16 + rho), and the step g / (|g| + eps) by at most
+    eps * D / ((|g| + eps) (|g| - D)) < eps / (14 |g|) < 1 / 1400 of lr. Everywhere, Adam's step is at most lr.
+    """
+    (group,) = optimizer_state["param_groups"]
+    lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
+    beta1, beta2 = group["betas"]
+    assert set(optimizer_state["state"]) == set(expected["moments"])
+    assert set(expected["state"]) - set(state) <= {"lm_head.weight"}
+    rho = expected["grad_norm_rtol"]
+    # (The clipped gradient hides a common factor on the gradient, such as a wrong normaliser: the norm shows it.)
+    assert grad_norm == pytest.approx(expected["grad_norm"], rel=rho)
+    compared = total = 0
+    for name, reference in expected["moments"].items():
+        moments = optimizer_state["state"][name]
+        assert float(moments["step"]) == float(reference["step"]) == 1.0, name
+        clipped = reference["exp_avg"] / (1 - beta1)
+        delta = GRAD_RTOL * float(clipped.abs().max())
+        torch.testing.assert_close(
+            moments["exp_avg"], reference["exp_avg"], rtol=rho, atol=(1 - beta1) * delta, msg=f"exp_avg of {name}"
+        )
+        torch.testing.assert_close(
+            moments["exp_avg_sq"],
+            reference["exp_avg_sq"],
+            rtol=3 * rho,
+            atol=(1 - beta2) * 3 * delta * float(clipped.abs().max()),
+            msg=f"exp_avg_sq of {name}",
+        )
+        decayed = expected["initial"][name] * (1 - lr * decay)
+        assert float((state[name] - decayed).abs().max()) <= lr + WEIGHT_ATOL, name
+        certain = clipped.abs() >= max(CERTAIN_MULTIPLE * delta, 100 * eps)
+        torch.testing.assert_close(
+            state[name][certain], expected["state"][name][certain], rtol=0, atol=WEIGHT_ATOL, msg=name
+        )
+        assert float(certain.float().mean()) >= 0.5, f"{name}: most gradients are not well above rounding"
+        compared += int(certain.sum())
+        total += certain.numel()
+    assert compared >= 0.85 * total, f"only {compared} of {total} weights have a gradient well above rounding"
 
 
 def free_port() -> int:
@@ -146,18 +282,15 @@ def single_rank(policy_dir: str) -> Iterator[Learner]:
     learner.shutdown()
 
 
-def assert_state_matches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    """`state` holds every expected tensor (a tied lm_head may be left out) with equal values."""
-    assert set(expected) - set(state) <= {"lm_head.weight"}
-    for name, tensor in state.items():
-        atol = 2 * CONFIG.lr if name.endswith(ZERO_GRADIENT_PARAMETERS) else WEIGHT_ATOL
-        torch.testing.assert_close(tensor, expected[name], atol=atol, rtol=0, msg=name)
-
-
 # ------------------------------------------------------------------------------------------------ one rank
 
 
-def test_single_rank_step_matches_a_plain_unsharded_step(single_rank: Learner, policy_dir: str) -> None:
+def load_optimizer_state(folder: Path) -> dict:
+    """The AdamW state a learner checkpoint holds (full, unsharded, Hugging Face parameter names)."""
+    return torch.load(folder / OPTIMIZER_FILE, weights_only=True)
+
+
+def test_single_rank_step_matches_a_plain_unsharded_step(single_rank: Learner, policy_dir: str, tmp_path: Path) -> None:
     batch = make_batch()
     expected = reference_step(policy_dir, batch, CONFIG)
     sampler_logprobs = torch.zeros_like(batch.response_mask)
@@ -169,17 +302,20 @@ def test_single_rank_step_matches_a_plain_unsharded_step(single_rank: Learner, p
     )
 
     assert all(torch.isfinite(torch.tensor(value)) for value in metrics.values()), metrics
-    assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-6)
-    assert metrics["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
-    assert metrics["grad_norm"] > CONFIG.grad_clip  # the clip is active, and matched
-    assert metrics["entropy"] == pytest.approx(expected["entropy"], rel=1e-5)
+    assert metrics["loss"] == pytest.approx(closed_form_loss(batch), abs=LOSS_ATOL)
+    assert expected["loss"] == pytest.approx(closed_form_loss(batch), abs=LOSS_ATOL)
+    assert metrics["grad_norm"] > CONFIG.grad_clip  # the clip is active, and matched below
+    assert metrics["entropy"] == pytest.approx(expected["entropy"], abs=expected["forward"]["entropy"])
     assert metrics["tokens"] == batch.num_response_tokens == 15
-    assert metrics["logprob_mismatch"] == pytest.approx(0.25, abs=1e-5)
-    assert metrics["approx_kl"] == pytest.approx(0.0, abs=1e-7)  # old log-probs: same weights, same numbers
+    # The mean of |logprob - (reference - 0.25)| over the tokens: 0.25 plus at most one log-prob's rounding.
+    assert metrics["logprob_mismatch"] == pytest.approx(0.25, abs=expected["forward"]["logprob"])
+    # The old log-probs come from the same weights, micro-batch and kernels as the new ones: the same numbers.
+    assert metrics["approx_kl"] == pytest.approx(0.0, abs=1e-7)
     assert metrics["clip_frac"] == 0.0 and metrics["grad_skipped"] == 0.0
     after = single_rank.full_state_dict()
-    assert_state_matches(after, expected["state"])
     assert any(not torch.equal(after[name], before[name]) for name in before)
+    single_rank.save(str(tmp_path))
+    assert_adamw_step_matches(after, load_optimizer_state(tmp_path), metrics["grad_norm"], expected)
 
 
 def test_entropy_uses_each_samples_own_temperature(single_rank: Learner, policy_dir: str) -> None:
@@ -194,11 +330,12 @@ def test_entropy_uses_each_samples_own_temperature(single_rank: Learner, policy_
         t: float(torch.distributions.Categorical(logits=logits / t).entropy().mean()) for t in (0.5, 2.0)
     }
     assert per_temperature[2.0] > per_temperature[0.5] + 0.1  # the test can tell the temperatures apart
+    atol = max(forward_tolerances(logits / t)["entropy"] for t in (0.5, 2.0))
 
     metrics = single_rank.train_step(batch, batch.num_response_tokens)
 
     expected = (per_temperature[0.5] + per_temperature[2.0]) / 2
-    assert metrics["entropy"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["entropy"] == pytest.approx(expected, abs=atol)
 
 
 def test_save_then_load_restores_policy_and_optimizer(single_rank: Learner, tmp_path: Path) -> None:
@@ -219,8 +356,11 @@ def test_save_then_load_restores_policy_and_optimizer(single_rank: Learner, tmp_
     replayed = single_rank.train_step(batch, batch.num_response_tokens)
 
     # The second AdamW step depends on the first step's moments: equal results need the optimizer state back.
-    assert replayed == pytest.approx(second, rel=1e-6, abs=1e-9)
-    assert_state_matches(single_rank.full_state_dict(), after_second)
+    # The replay is the same computation (same process, kernels, thread count, inputs), so it is equal to the bit.
+    assert replayed == second
+    replayed_state = single_rank.full_state_dict()
+    assert replayed_state.keys() == after_second.keys()
+    assert all(torch.equal(replayed_state[name], after_second[name]) for name in after_second)
 
 
 def test_bfloat16_policy_keeps_float32_master_weights(policy_dir: str) -> None:
@@ -246,7 +386,10 @@ def test_bfloat16_policy_keeps_float32_master_weights(policy_dir: str) -> None:
         learner.shutdown()
 
     expected = reference_step(policy_dir, batch, CONFIG)
-    assert metrics["entropy"] == pytest.approx(expected["entropy"], rel=1e-2)  # bf16 forward pass
+    # A bfloat16 forward and backward pass against the float32 reference: bfloat16 keeps 8 bits (u = 2^-8 = 3.9e-3),
+    # so these are sanity bounds of about 2.5 u and 13 u, not rounding bounds; measured: 7e-4..9e-4 and 3e-3..4e-3
+    # with AMX, AVX-512 and AVX2 kernels (oneDNN and ATen limited by ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY).
+    assert metrics["entropy"] == pytest.approx(expected["entropy"], rel=1e-2)
     assert metrics["grad_norm"] == pytest.approx(expected["grad_norm"], rel=5e-2)
     assert master_dtypes == {torch.float32}
     assert {tensor.dtype for tensor in after.values()} == {torch.bfloat16}
@@ -280,11 +423,11 @@ def test_two_ray_ranks_match_one_unsharded_step(policy_dir: str, tmp_path: Path)
         group.shutdown()
 
     assert result.weights_version == 4
-    assert result.entropy == pytest.approx(expected["entropy"], rel=1e-5)
-    assert result.metrics["loss"] == pytest.approx(expected["loss"], abs=1e-6)
-    assert result.metrics["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
+    assert result.entropy == pytest.approx(expected["entropy"], abs=expected["forward"]["entropy"])
+    assert result.metrics["loss"] == pytest.approx(closed_form_loss(batch), abs=LOSS_ATOL)
     assert result.metrics["tokens"] == batch.num_response_tokens
-    assert_state_matches(state, expected["state"])
+    written = load_optimizer_state(tmp_path)
+    assert_adamw_step_matches(state, written, result.metrics["grad_norm"], expected)
 
     # The gathered state dict is a Hugging Face state dict: it loads strictly, but for the tied output head.
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
@@ -305,9 +448,19 @@ def test_two_ray_ranks_match_one_unsharded_step(policy_dir: str, tmp_path: Path)
     learner.setup()
     try:
         learner.load(str(tmp_path))
-        assert_state_matches(learner.full_state_dict(), expected["state"])
+        restored = learner.full_state_dict()
+        learner.save(str(tmp_path / "again"))
     finally:
         learner.shutdown()
+    # Loading copies numbers, it computes nothing: the weights and the optimizer state come back to the bit.
+    assert restored.keys() == state.keys()
+    assert all(torch.equal(restored[name], state[name]) for name in state)
+    again = load_optimizer_state(tmp_path / "again")
+    # (set_optimizer_state_dict hands the betas back as a list)
+    assert [{**g, "betas": tuple(g["betas"])} for g in again["param_groups"]] == written["param_groups"]
+    assert again["state"].keys() == written["state"].keys()
+    for name, moments in written["state"].items():
+        assert all(torch.equal(again["state"][name][key], value) for key, value in moments.items()), name
 
 
 @pytest.mark.usefixtures("ray_cluster")
