@@ -116,6 +116,35 @@ def heldout_before(run_dir: Path, resumed: bool, evaluate: Callable[[], dict[str
     return before
 
 
+def memory_plan(cfg: RunConfig, model_path: Path):
+    """The run's memory per GPU from the model's `config.json` (no weights loaded), and what does not fit."""
+    from core.plan import GB, ModelShape, fit_problems, plan_memory
+
+    try:
+        shape = ModelShape.from_config(json.loads((model_path / "config.json").read_text(encoding="utf-8")))
+    except KeyError as err:
+        raise ConfigError(
+            f"{model_path / 'config.json'} lacks {err} (the memory plan reads Qwen2/Llama fields)"
+        ) from err
+    longest = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    plan = plan_memory(shape, cfg.learner, cfg.rollout, cfg.model.dtype, longest)
+    gpu_bytes = cfg.learner.gpu_memory_gb * GB
+    return plan, fit_problems(plan, gpu_bytes, cfg.rollout.gpu_memory_utilization, longest)
+
+
+def print_plan(cfg: RunConfig) -> list[str]:
+    """`mode=plan`: print the memory of each GPU and whether it fits; return the problems (empty: it fits)."""
+    from core.plan import GB, plan_table
+    from tasks.registry import prepare_task
+
+    files = prepare_task(cfg)
+    plan, problems = memory_plan(cfg, files.model)
+    print(f"# Memory plan for {files.model}\n")
+    print(plan_table(plan, cfg.learner.gpu_memory_gb * GB, cfg.rollout.gpu_memory_utilization))
+    print("\n".join(f"does not fit: {p}" for p in problems) if problems else "fits.")
+    return problems
+
+
 def train(cfg: RunConfig) -> dict:
     """Run training end to end and return the run's summary (also written to `<run_dir>/summary.json`)."""
     import ray
@@ -133,6 +162,12 @@ def train(cfg: RunConfig) -> dict:
     files = prepare_task(cfg)
     tokenizer = AutoTokenizer.from_pretrained(files.model)
     check_fits_model(cfg, files.model)
+    if cfg.learner.num_gpus > 0:  # a GPU run: stop before any actor starts if the plan does not fit
+        problems = memory_plan(cfg, files.model)[1]
+        if problems:
+            raise ConfigError(
+                "the run does not fit its GPUs (python launch.py mode=plan ... shows the plan): " + "; ".join(problems)
+            )
     questions, prompts = load_split(files.train, tokenizer, cfg, limit=cfg.data.max_train_questions)
     use_heldout = files.valid is not None and cfg.data.valid_size > 0
     heldout = load_split(files.valid, tokenizer, cfg, limit=cfg.data.valid_size) if use_heldout else None
@@ -375,6 +410,8 @@ def main(raw: DictConfig) -> None:
         cfg = to_run_config(raw)
         if not cfg.ray.address:  # a local cluster: keep every port on loopback (read when Ray is imported)
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if cfg.mode == "plan":
+            sys.exit(1 if print_plan(cfg) else 0)
         evaluate(cfg) if cfg.mode == "eval" else train(cfg)
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)

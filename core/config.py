@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ALGOS = ("e3", "grpo")
-MODES = ("train", "eval")
+MODES = ("train", "eval", "plan")
 ENGINES = ("auto", "vllm", "hf")
 TASKS = ("arithmetic", "math")
 TIES = ("average", "index")
@@ -104,6 +104,9 @@ class LearnerConfig:
     logits_chunk_tokens: int = 4096
     """Response tokens whose logits [chunk, V] exist at once in the learner (forward and backward): about
     2 x chunk x V x 4 bytes of peak memory, 5.0 GB at 4,096 x 151,936 (core/logprobs.py)."""
+    gpu_memory_gb: float = 80.0
+    """Memory of each GPU, for the plan (`mode=plan`); a GPU run whose plan does not fit stops before any actor
+    starts."""
     ppo_mini_batches: int = 1
     """Optimizer steps per training step (the batch split into that many mini-batches). 1, the paper's: the old
     log-probs and the entropy come from the loss's own forward pass, no separate no-grad pass."""
@@ -234,7 +237,8 @@ class RunConfig:
     algo: str = "e3"
     """`e3` (dynamic budget + adaptive temperature) or `grpo` (uniform n, fixed temperature, same budget)."""
     mode: str = "train"
-    """`train`, or `eval` (pass@k on the test questions with the model at `model.path`)."""
+    """`train`; `eval` (pass@k on the test questions with the model at `model.path`); or `plan` (print the memory
+    of each GPU from the model's config and this config, and whether it fits; nothing starts)."""
     output_dir: str = "runs"
     """Parent folder of run directories."""
     cache_dir: str = ".cache"
@@ -319,6 +323,7 @@ def validate(cfg: RunConfig) -> None:
         ("learner.num_cpus", cfg.learner.num_cpus),
         ("learner.num_gpus", cfg.learner.num_gpus),
         ("learner.weight_decay", cfg.learner.weight_decay),
+        ("learner.gpu_memory_gb", cfg.learner.gpu_memory_gb),
         ("learner.max_tokens_per_micro_batch", cfg.learner.max_tokens_per_micro_batch),
         ("learner.clip_low", cfg.learner.clip_low),
         ("learner.clip_high", cfg.learner.clip_high),

@@ -1,0 +1,154 @@
+"""Will it fit? The memory of each GPU of a run, from the model's config and the run's config (no weights loaded).
+
+`plan_memory` estimates, per learner GPU: the float32 master weights, gradients and AdamW state (sharded over
+the FSDP2 ranks), the unsharded compute-dtype copies FSDP2 gathers, the activations of the largest micro-batch
+(with or without gradient checkpointing), the logits chunk of the output head (core/logprobs.py) and the head's
+float32 gradient accumulator; per rollout GPU: the weights and the KV cache vLLM is left; and the bytes moved per
+weight sync. `fit_problems` names each term that does not fit and the config key that would fix it.
+
+Activations are an estimate, not a measurement: per token and decoder layer a Qwen2/Llama block keeps about
+`ACTIVATION_HIDDEN_COPIES` hidden-sized and `ACTIVATION_INTERMEDIATE_COPIES` intermediate-sized tensors for its
+backward (norm inputs and outputs, q/k/v/o, the residuals; gate, up and their product); with gradient
+checkpointing only each layer's input is kept, plus one layer's full set while it is recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GB = 1e9
+ACTIVATION_HIDDEN_COPIES = 10
+ACTIVATION_INTERMEDIATE_COPIES = 3
+BYTES = {"float32": 4, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan needs of a causal LM's config (a Hugging Face `config.json`)."""
+
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelShape:
+        """Read a Qwen2/Llama-style config dict; KeyError names a missing field."""
+        heads = int(config["num_attention_heads"])
+        return cls(
+            vocab=int(config["vocab_size"]),
+            hidden=int(config["hidden_size"]),
+            intermediate=int(config["intermediate_size"]),
+            layers=int(config["num_hidden_layers"]),
+            heads=heads,
+            kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or config["hidden_size"] // heads),
+            tied=bool(config.get("tie_word_embeddings", False)),
+        )
+
+    @property
+    def layer_parameters(self) -> int:
+        """Parameters of one decoder layer: q/k/v (with biases, as Qwen2), o, gate/up/down, two norms."""
+        h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return h * q + q + 2 * (h * kv + kv) + q * h + 3 * h * self.intermediate + 2 * h
+
+    @property
+    def parameters(self) -> int:
+        """All parameters: embeddings, layers, final norm and (untied) output head."""
+        head = 0 if self.tied else self.vocab * self.hidden
+        return self.vocab * self.hidden + self.layers * self.layer_parameters + self.hidden + head
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per GPU of the learner and of a rollout worker, and per weight sync, term by term."""
+
+    learner: dict[str, float]
+    rollout: dict[str, float]
+    sync_bytes: float
+    tokens_per_micro_batch: int
+
+    @property
+    def learner_total(self) -> float:
+        """Peak bytes on one learner GPU (the sum of its terms)."""
+        return sum(self.learner.values())
+
+
+def plan_memory(shape: ModelShape, learner: Any, rollout: Any, dtype: str, max_sequence: int) -> MemoryPlan:
+    """The memory of one learner GPU and one rollout GPU for `shape` under the learner and rollout configs.
+
+    `max_sequence` is the longest prompt + response; a micro-batch holds `learner.max_tokens_per_micro_batch`
+    tokens, or `micro_batch_size * max_sequence` when that is 0 (or smaller).
+    """
+    compute = BYTES[dtype]
+    params = shape.parameters
+    ranks = learner.num_ranks
+    tokens = learner.micro_batch_size * max_sequence
+    if learner.max_tokens_per_micro_batch:
+        tokens = min(tokens, max(learner.max_tokens_per_micro_batch, max_sequence))
+    per_token_layer = (
+        ACTIVATION_HIDDEN_COPIES * shape.hidden + ACTIVATION_INTERMEDIATE_COPIES * shape.intermediate
+    ) * compute
+    if learner.gradient_checkpointing:
+        activations = tokens * (shape.layers * shape.hidden * compute + per_token_layer)
+    else:
+        activations = tokens * shape.layers * per_token_layer
+    root = shape.vocab * shape.hidden * (1 if shape.tied else 2)  # FSDP2's root unit: embeddings (and head)
+    learner_terms = {
+        "weights, gradients and AdamW state (float32, sharded)": 16 * params / ranks,
+        "gathered compute-dtype weights (root unit + one layer)": (root + shape.layer_parameters) * compute,
+        "activations of one micro-batch": float(activations),
+        "logits chunk (2 x chunk x V x 4 B)": 2 * min(learner.logits_chunk_tokens, tokens) * shape.vocab * 4,
+        "output head's float32 gradient": shape.vocab * shape.hidden * 4,
+    }
+    weights = params * compute
+    kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * compute
+    rollout_terms = {"weights": float(weights), "kv cache bytes per token": float(kv_per_token)}
+    return MemoryPlan(learner_terms, rollout_terms, float(weights), tokens)
+
+
+def fit_problems(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float, max_sequence: int) -> list[str]:
+    """What does not fit a GPU of `gpu_bytes`, each with the config key that would fix it; empty if it fits."""
+    problems = []
+    if plan.learner_total > gpu_bytes:
+        largest = max(plan.learner, key=plan.learner.get)
+        fix = {
+            "weights, gradients and AdamW state (float32, sharded)": "learner.num_ranks",
+            "gathered compute-dtype weights (root unit + one layer)": "model.dtype",
+            "activations of one micro-batch": "learner.max_tokens_per_micro_batch (or learner.gradient_checkpointing)",
+            "logits chunk (2 x chunk x V x 4 B)": "learner.logits_chunk_tokens",
+            "output head's float32 gradient": "learner.num_ranks",
+        }[largest]
+        problems.append(
+            f"learner: {plan.learner_total / GB:.1f} GB per GPU > {gpu_bytes / GB:.1f} GB; the largest term is "
+            f"{largest} ({plan.learner[largest] / GB:.1f} GB): lower it with {fix}"
+        )
+    kv_bytes = gpu_memory_utilization * gpu_bytes - plan.rollout["weights"]
+    if kv_bytes < max_sequence * plan.rollout["kv cache bytes per token"]:
+        problems.append(
+            f"rollout: {gpu_memory_utilization:.2f} x {gpu_bytes / GB:.1f} GB leaves {max(kv_bytes, 0) / GB:.1f} GB "
+            f"for the KV cache, less than one sequence of {max_sequence} tokens needs: raise "
+            "rollout.gpu_memory_utilization or lower rollout.max_new_tokens"
+        )
+    return problems
+
+
+def plan_table(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float) -> str:
+    """The plan as a Markdown table for `mode=plan`."""
+    lines = ["| per GPU | GB |", "|---|---:|"]
+    lines += [f"| learner: {name} | {value / GB:.2f} |" for name, value in plan.learner.items()]
+    lines.append(f"| **learner total** (micro-batch of {plan.tokens_per_micro_batch:,} tokens) | "
+                 f"**{plan.learner_total / GB:.2f}** |")  # fmt: skip
+    kv = gpu_memory_utilization * gpu_bytes - plan.rollout["weights"]
+    capacity = max(kv, 0) / plan.rollout["kv cache bytes per token"]
+    lines.append(f"| rollout: weights | {plan.rollout['weights'] / GB:.2f} |")
+    lines.append(f"| rollout: KV cache ({capacity:,.0f} tokens at {gpu_memory_utilization:.2f} utilisation) | "
+                 f"{max(kv, 0) / GB:.2f} |")  # fmt: skip
+    lines.append(f"| bytes moved per weight sync, per rollout worker | {plan.sync_bytes / GB:.2f} |")
+    lines.append(f"| GPU memory assumed (`learner.gpu_memory_gb`) | {gpu_bytes / GB:.1f} |")
+    return "\n".join(lines) + "\n"

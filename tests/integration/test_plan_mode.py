@@ -1,0 +1,54 @@
+"""`mode=plan` prints the memory of each GPU from a model's config.json (no weights anywhere), and a GPU run whose
+plan does not fit stops before Ray or any actor starts, naming what does not fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize
+
+import launch
+from core.config import ConfigError
+from tests.integration.conftest import run_config
+from tests.unit.test_plan import QWEN_1P5B
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "e3"
+
+
+def paper_config(tmp_path: Path, *overrides: str):
+    """The paper's 1.5B recipe with a config-only model directory (config.json, no weights)."""
+    model = tmp_path / "qwen-1.5b-shape"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({**QWEN_1P5B, "model_type": "qwen2"}))
+    with initialize(version_base="1.3", config_path="../../conf"):
+        raw = compose(
+            "config",
+            overrides=[
+                "+experiment=paper_e3_1p5b", "mode=plan", f"output_dir={tmp_path}", f"model.path={model}",
+                f"data.train_path={SHARED / 'train_data.parquet'}", f"data.valid_path={SHARED / 'valid_data.parquet'}",
+                *overrides,
+            ],
+        )  # fmt: skip
+    return launch.to_run_config(raw)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs shared/datasets/e3 beside the checkout")
+def test_plan_of_the_paper_recipe_fits_an_80_gb_gpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert launch.print_plan(paper_config(tmp_path)) == []
+    out = capsys.readouterr().out
+    assert "learner total" in out and "micro-batch of 32,768 tokens" in out and out.rstrip().endswith("fits.")
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs shared/datasets/e3 beside the checkout")
+def test_plan_names_what_does_not_fit(tmp_path: Path) -> None:
+    problems = launch.print_plan(paper_config(tmp_path, "learner.num_ranks=1", "learner.gpu_memory_gb=24"))
+    assert any("learner.num_ranks" in p for p in problems)
+
+
+def test_a_gpu_run_that_does_not_fit_stops_before_anything_starts(tmp_path: Path, embedded_task) -> None:
+    cfg = run_config(tmp_path, "learner.num_gpus=1", "learner.gpu_memory_gb=0.001")
+    with pytest.raises(ConfigError, match="does not fit its GPUs"):
+        launch.train(cfg)
+    assert not (tmp_path / cfg.run_name).exists()  # nothing was written: it stopped before the run directory
