@@ -603,8 +603,7 @@ def render(results: BenchResults, command: str) -> str:
         "",
         f"Produced by `{command}` on {when}, from the repository root.",
         "",
-        f"Machine: {m['cpu']}, {m['ram']} RAM, GPU: {m['gpu']}; Python {m['python']}; "
-        f"{m['libraries']}.",
+        f"Machine: {m['cpu']}, {m['ram']} RAM, GPU: {m['gpu']}; Python {m['python']}; {m['libraries']}.",
         f"**Shared machine**: other jobs ran on the same {m['nproc']} cores during this benchmark (load average "
         f"{m['load average (1, 5, 15 min) at start']} at the start, {m['load average (1, 5, 15 min) at end']} at "
         "the end), so absolute numbers are noisy; ratios within this run are the meaningful part.",
