@@ -240,7 +240,7 @@ class Learner:
         Collective: every rank calls it with its own shard and the same `global_response_tokens`. Returns
         global metrics, identical on every rank:
         - `entropy`: token mean, in nats, of the tempered policy before the update;
-        - `loss`, `clip_frac`, `dual_clip_frac`, `approx_kl`: global token means (summed over mini-batches);
+        - `loss`, `clip_frac`, `dual_clip_frac`, `approx_kl`: global token means (averaged over mini-batches);
         - `grad_norm`: before clipping (of the last mini-batch); `grad_skipped`: 1 when a step was not taken
           because its gradient was not finite;
         - `tokens`: response tokens of the global batch; `micro_batches`: forward passes of the busiest rank;
