@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -127,7 +128,7 @@ def memory_plan(cfg: RunConfig, model_path: Path):
             f"{model_path / 'config.json'} lacks {err} (the memory plan reads Qwen2/Llama fields)"
         ) from err
     longest = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-    plan = plan_memory(shape, cfg.learner, cfg.rollout, cfg.model.dtype, longest)
+    plan = plan_memory(shape, cfg.learner, cfg.model.dtype, longest)
     gpu_bytes = cfg.learner.gpu_memory_gb * GB
     return plan, fit_problems(plan, gpu_bytes, cfg.rollout.gpu_memory_utilization, longest)
 
@@ -341,9 +342,7 @@ def eval_results(
     are, so a name may contain `/`; the figures are looked up under the exact keys the evaluation wrote."""
     from tasks.math.passk import OVERALL
 
-    counts: dict[str, int] = {}
-    for source in sources_of_questions:
-        counts[source] = counts.get(source, 0) + 1
+    counts = Counter(sources_of_questions)
 
     def row(source: str | None) -> dict[str, float]:
         figures: dict[str, float] = {

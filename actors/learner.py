@@ -386,7 +386,7 @@ class Learner:
             tokens=tokens,
             grad_norm=grad_norm,
             grad_skipped=float(skipped),
-            micro_batches=float(totals["micro_batches"]) if "micro_batches" in totals else 0.0,
+            micro_batches=totals["micro_batches"],  # the same on every rank: the ranks agreed on the count
         )
         if with_mismatch and total["mismatch_tokens"]:
             metrics["logprob_mismatch"] = total["mismatch_sum"] / total["mismatch_tokens"]

@@ -29,18 +29,13 @@ GAUGES = {
 }
 
 
-def _scalar_items(metrics: dict[str, Any]) -> dict[str, float]:
-    """The metrics that are plain finite-or-not numbers (lists and None left out)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-
-
-def _flat_scalars(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numbers of a nested dict, keyed by their path (`heldout_before` -> `{"accuracy": 0.5}` becomes
-    `heldout_before/accuracy`); lists, strings and None left out."""
+def _scalar_items(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The plain (finite or not) numbers of a dict, nested dicts keyed by their path (`heldout_before` ->
+    `{"accuracy": 0.5}` becomes `heldout_before/accuracy`); lists, strings, booleans and None left out."""
     flat: dict[str, float] = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flat_scalars(value, f"{prefix}{key}/"))
+            flat.update(_scalar_items(value, f"{prefix}{key}/"))
         elif isinstance(value, int | float) and not isinstance(value, bool):
             flat[f"{prefix}{key}"] = float(value)
     return flat
@@ -194,7 +189,7 @@ class RunLog:
         self._open()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         if self._wandb is not None:
-            self._wandb.summary.update(_flat_scalars(summary))
+            self._wandb.summary.update(_scalar_items(summary))
 
     def close(self) -> None:
         """Flush and close every sink (nothing to do if nothing was logged)."""

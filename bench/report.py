@@ -100,6 +100,12 @@ class Run:
         """The step numbers at which an epoch ended."""
         return [float(s.get("step", i)) for i, s in enumerate(self.steps) if s.get("end_of_epoch")]
 
+    def heldout_during(self) -> list[tuple[float, float]]:
+        """(steps done, held-out greedy accuracy) of every step line that has a finite `heldout/accuracy`: the
+        line of step s holds the policy after s + 1 steps."""
+        points = [(float(s.get("step", i)) + 1, _as_float(s.get(HELDOUT_KEY))) for i, s in enumerate(self.steps)]
+        return [(x, y) for x, y in points if math.isfinite(y)]
+
     def heldout_curve(self) -> tuple[np.ndarray, np.ndarray]:
         """Held-out greedy accuracy against the number of training steps done, in step order: before training at
         0, each step line's `heldout/accuracy` at its step + 1, and after training at the summary's `steps` (left
@@ -108,10 +114,7 @@ class Run:
         before = _as_float((self.heldout_before or {}).get("accuracy"))
         if math.isfinite(before):
             points[0.0] = before
-        for i, s in enumerate(self.steps):
-            value = _as_float(s.get(HELDOUT_KEY))
-            if math.isfinite(value):
-                points[float(s.get("step", i)) + 1] = value
+        points.update(self.heldout_during())
         summary = self.summary or {}
         after, done = _as_float((summary.get("heldout_after") or {}).get("accuracy")), _as_float(summary.get("steps"))
         if math.isfinite(after) and math.isfinite(done):
@@ -294,8 +297,7 @@ def summary_rows(run: Run) -> list[tuple[str, str]]:
     shares = {p: 100 * s / total for p, s in phases.items() if total > 0 and s > 0}
     breakdown = ", ".join(f"{p} {share:.0f}%" if share >= 1 else f"{p} <1%" for p, share in shares.items())
     status = "finished" if run.summary is not None else "no summary.json (in progress or stopped)"
-    during = [(float(s.get("step", i)) + 1, _as_float(s.get(HELDOUT_KEY))) for i, s in enumerate(run.steps)]
-    during = [(x, y) for x, y in during if math.isfinite(y)]
+    during = run.heldout_during()
     best = max(during, key=lambda point: point[1]) if during else None
     return [
         ("status", status),

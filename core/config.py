@@ -133,7 +133,8 @@ class RewardConfig:
     length_bias_mu: float = 0.0
     """E3_SPEC §5: correct answers to easy questions get 1 / (1 + mu * length). 0 turns the bias off."""
     length_bias_threshold: float = 0.1
-    """E3_SPEC §5: the bias applies to questions with difficulty rank <= this."""
+    """E3_SPEC §5: the bias applies to the easiest this fraction of the questions (index rank <= this, ties
+    broken by table order)."""
 
 
 @dataclass

@@ -78,9 +78,13 @@ class MemoryPlan:
         """Peak bytes on one learner GPU (the sum of its terms)."""
         return sum(self.learner.values())
 
+    def kv_cache_bytes(self, gpu_bytes: float, gpu_memory_utilization: float) -> float:
+        """What vLLM leaves for the KV cache on a rollout GPU: its share of the GPU minus the weights (>= 0)."""
+        return max(gpu_memory_utilization * gpu_bytes - self.rollout["weights"], 0.0)
 
-def plan_memory(shape: ModelShape, learner: Any, rollout: Any, dtype: str, max_sequence: int) -> MemoryPlan:
-    """The memory of one learner GPU and one rollout GPU for `shape` under the learner and rollout configs.
+
+def plan_memory(shape: ModelShape, learner: Any, dtype: str, max_sequence: int) -> MemoryPlan:
+    """The memory of one learner GPU (under the learner config) and one rollout GPU for `shape` in `dtype`.
 
     `max_sequence` is the longest prompt + response; a micro-batch holds `learner.max_tokens_per_micro_batch`
     tokens, or `micro_batch_size * max_sequence` when that is 0 (or smaller).
@@ -128,10 +132,10 @@ def fit_problems(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: flo
             f"learner: {plan.learner_total / GB:.1f} GB per GPU > {gpu_bytes / GB:.1f} GB; the largest term is "
             f"{largest} ({plan.learner[largest] / GB:.1f} GB): lower it with {fix}"
         )
-    kv_bytes = gpu_memory_utilization * gpu_bytes - plan.rollout["weights"]
+    kv_bytes = plan.kv_cache_bytes(gpu_bytes, gpu_memory_utilization)
     if kv_bytes < max_sequence * plan.rollout["kv cache bytes per token"]:
         problems.append(
-            f"rollout: {gpu_memory_utilization:.2f} x {gpu_bytes / GB:.1f} GB leaves {max(kv_bytes, 0) / GB:.1f} GB "
+            f"rollout: {gpu_memory_utilization:.2f} x {gpu_bytes / GB:.1f} GB leaves {kv_bytes / GB:.1f} GB "
             f"for the KV cache, less than one sequence of {max_sequence} tokens needs: raise "
             "rollout.gpu_memory_utilization or lower rollout.max_new_tokens"
         )
@@ -144,11 +148,11 @@ def plan_table(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float
     lines += [f"| learner: {name} | {value / GB:.2f} |" for name, value in plan.learner.items()]
     lines.append(f"| **learner total** (micro-batch of {plan.tokens_per_micro_batch:,} tokens) | "
                  f"**{plan.learner_total / GB:.2f}** |")  # fmt: skip
-    kv = gpu_memory_utilization * gpu_bytes - plan.rollout["weights"]
-    capacity = max(kv, 0) / plan.rollout["kv cache bytes per token"]
+    kv = plan.kv_cache_bytes(gpu_bytes, gpu_memory_utilization)
+    capacity = kv / plan.rollout["kv cache bytes per token"]
     lines.append(f"| rollout: weights | {plan.rollout['weights'] / GB:.2f} |")
     lines.append(f"| rollout: KV cache ({capacity:,.0f} tokens at {gpu_memory_utilization:.2f} utilisation) | "
-                 f"{max(kv, 0) / GB:.2f} |")  # fmt: skip
+                 f"{kv / GB:.2f} |")  # fmt: skip
     lines.append(f"| bytes moved per weight sync, per rollout worker | {plan.sync_bytes / GB:.2f} |")
     lines.append(f"| GPU memory assumed (`learner.gpu_memory_gb`) | {gpu_bytes / GB:.1f} |")
     return "\n".join(lines) + "\n"

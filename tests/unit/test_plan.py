@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import LearnerConfig, RolloutConfig
+from core.config import LearnerConfig
 from core.plan import GB, ModelShape, fit_problems, plan_memory
 
 QWEN_1P5B = {  # DeepSeek-R1-Distill-Qwen-1.5B's config.json (the fields the plan reads)
@@ -33,7 +33,7 @@ def test_hand_computed_terms_of_the_1p5b_recipe() -> None:
         num_ranks=2, micro_batch_size=4, gradient_checkpointing=True, max_tokens_per_micro_batch=32768,
         logits_chunk_tokens=4096,
     )  # fmt: skip
-    plan = plan_memory(shape, learner, RolloutConfig(), "bfloat16", max_sequence=8192)
+    plan = plan_memory(shape, learner, "bfloat16", max_sequence=8192)
     terms = plan.learner
     assert plan.tokens_per_micro_batch == 32768
     assert terms["weights, gradients and AdamW state (float32, sharded)"] == 16 * shape.parameters / 2  # 14.2 GB
@@ -49,11 +49,10 @@ def test_hand_computed_terms_of_the_1p5b_recipe() -> None:
 def test_what_does_not_fit_is_named_with_the_key_that_fixes_it() -> None:
     shape = ModelShape.from_config(QWEN_7B)
     learner = LearnerConfig(num_ranks=1, micro_batch_size=4, gradient_checkpointing=True)
-    plan = plan_memory(shape, learner, RolloutConfig(), "bfloat16", max_sequence=8192)
+    plan = plan_memory(shape, learner, "bfloat16", max_sequence=8192)
     (problem,) = fit_problems(plan, 80 * GB, 0.85, 8192)
     assert "weights, gradients and AdamW state" in problem and "learner.num_ranks" in problem  # 122 GB on 1 rank
-    wide = plan_memory(shape, replace(learner, num_ranks=8, gradient_checkpointing=False), RolloutConfig(),
-                       "bfloat16", max_sequence=8192)  # fmt: skip
+    wide = plan_memory(shape, replace(learner, num_ranks=8, gradient_checkpointing=False), "bfloat16", 8192)
     assert "learner.max_tokens_per_micro_batch" in fit_problems(wide, 80 * GB, 0.85, 8192)[0]
     # a rollout GPU whose utilisation leaves no room for one sequence's KV cache
     assert "rollout.gpu_memory_utilization" in fit_problems(plan, 16 * GB, 0.9, 8192)[-1]
@@ -67,7 +66,7 @@ def test_plan_agrees_with_the_learner_benchmark() -> None:
     shape = ModelShape(vocab=151936, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, head_dim=16,
                        tied=False)  # fmt: skip
     learner = LearnerConfig(num_ranks=1, micro_batch_size=4, logits_chunk_tokens=256)
-    plan = plan_memory(shape, learner, RolloutConfig(), "float32", max_sequence=512)
+    plan = plan_memory(shape, learner, "float32", max_sequence=512)
     predicted = (
         plan.learner["logits chunk (2 x chunk x V x 4 B)"]
         + plan.learner["output head's float32 gradient"]
