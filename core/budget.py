@@ -24,9 +24,12 @@ ranks the even spread makes the artefact harmless (all-equal ranks get exactly t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from core.config import BudgetConfig
 
 _WEIGHT_EPS = 1e-8
 """Added to the rank sum before normalising, as in the reference code (keeps its floor results bit-identical; see
@@ -174,6 +177,12 @@ class BudgetBounds:
         self._n_high = n_high
         self._n_update = n_update
         self._n_min, self._n_max = (n_low, n_high) if start_wide else (n, n)
+
+    @classmethod
+    def from_config(cls, config: BudgetConfig) -> BudgetBounds:
+        """The schedule `config` describes (its `n`, `n_low`, `n_high`, `n_update`, `start_wide`); the same as
+        passing each as its argument. Raises ValueError as the constructor does."""
+        return cls(config.n, config.n_low, config.n_high, config.n_update, start_wide=config.start_wide)
 
     @property
     def n(self) -> int:

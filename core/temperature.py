@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.config import TemperatureConfig
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,25 @@ class TemperatureController:
         self._initial_target = target_entropy
         self._init_entropies: list[float] = []
         self._last_clamped = False
+
+    @classmethod
+    def from_config(cls, config: TemperatureConfig, vocab_size: int, max_steps: int) -> TemperatureController:
+        """A controller set up as `config` says, for a policy of `vocab_size` tokens and a run of `max_steps`
+        steps (the annealing schedule's end); the same as passing each field as its keyword. Raises ValueError
+        as the constructor does."""
+        return cls(
+            vocab_size=vocab_size,
+            initial_temperature=config.initial,
+            init_steps=config.init_steps,
+            target_entropy=config.target_entropy,
+            enabled=config.enabled,
+            annealing=config.annealing,
+            max_steps=max_steps,
+            annealing_ratio=config.annealing_ratio,
+            annealing_factor=config.annealing_factor,
+            min_temperature=config.min_temperature,
+            max_temperature=config.max_temperature,
+        )
 
     @property
     def temperature(self) -> float:

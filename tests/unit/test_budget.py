@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.budget import BudgetBounds, _repair, allocate_rollouts
+from core.config import BudgetConfig
 
 
 def reference_allocation(ranks: list[float], total: int, n_min: int, n_max: int) -> list[int]:
@@ -250,3 +251,17 @@ def test_bounds_refuse_state_outside_their_limits() -> None:
     with pytest.raises(ValueError, match=r"missing keys \['n_max'\]"):
         bounds.load_state_dict({"n_min": 8})
     assert (bounds.n_min, bounds.n_max) == (8, 8)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [BudgetConfig(), BudgetConfig(n=6, n_low=2, n_high=9, n_update=3, start_wide=True), BudgetConfig(n_update=0)],
+)
+def test_bounds_from_config_equal_the_positional_construction(config: BudgetConfig) -> None:
+    built = BudgetBounds.from_config(config)
+    by_hand = BudgetBounds(config.n, config.n_low, config.n_high, config.n_update, start_wide=config.start_wide)
+    for _ in range(4):
+        assert (built.n, built.n_min, built.n_max) == (by_hand.n, by_hand.n_min, by_hand.n_max)
+        assert built.end_epoch() == by_hand.end_epoch()
+    with pytest.raises(ValueError, match=r"n_low=9, n=8, n_high=12"):
+        BudgetBounds.from_config(BudgetConfig(n_low=9))

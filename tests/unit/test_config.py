@@ -1,12 +1,30 @@
 """The run schema: defaults validate, bad values are named, GRPO resolves to a uniform budget, Hydra composes."""
 
 import dataclasses
+import json
+from dataclasses import asdict
 
 import pytest
-from hydra import compose, initialize
+import torch
+from hydra import compose, initialize, initialize_config_dir
+from omegaconf import OmegaConf
 
 import launch
-from core.config import ConfigError, RunConfig, resolve, validate
+from core.config import (
+    DTYPES,
+    Algo,
+    Bounds,
+    Choice,
+    ConfigError,
+    Dtype,
+    EngineName,
+    Mode,
+    RunConfig,
+    Ties,
+    field_errors,
+    resolve,
+    validate,
+)
 
 
 def test_defaults_are_valid():
@@ -30,6 +48,28 @@ def test_defaults_are_valid():
         (lambda c: setattr(c.eval, "every_steps", -1), "eval.every_steps=-1"),
         (lambda c: (setattr(c.eval, "every_steps", 5), setattr(c.data, "valid_size", 0)), "eval.every_steps=5"),
         (lambda c: (setattr(c, "mode", "eval"), setattr(c.eval, "ks", [32])), "eval.ks=[32]"),
+        (lambda c: setattr(c.eval, "ks", []), "eval.ks=[]: expected at least 1 value(s), each >= 1"),
+        (
+            lambda c: setattr(c.learner, "betas", (0.9, 1.0)),
+            "learner.betas=(0.9, 1.0): expected 2 values, each in [0, 1)",
+        ),
+        (lambda c: setattr(c.learner, "dual_clip", 1.0), "learner.dual_clip=1.0: expected > 1"),
+        (lambda c: setattr(c.learner, "lr", float("nan")), "learner.lr=nan: expected > 0"),
+        (
+            lambda c: setattr(c.rollout, "gpu_memory_utilization", 1.5),
+            "rollout.gpu_memory_utilization=1.5: expected in (0, 1]",
+        ),
+        (
+            lambda c: setattr(c.temperature, "target_entropy", 0.0),
+            "temperature.target_entropy=0.0: expected > 0 or null",
+        ),
+        (lambda c: setattr(c.temperature, "init_steps", 0), "temperature.init_steps=0: expected >= 1"),
+        (
+            lambda c: setattr(c.reward, "correct_threshold", float("inf")),
+            "reward.correct_threshold=inf: expected a finite",
+        ),
+        (lambda c: setattr(c.model, "dtype", "float16"), "model.dtype='float16': expected one of float32, bfloat16"),
+        (lambda c: setattr(c.budget, "ties", "random"), "budget.ties='random': expected one of average, index"),
     ],
 )
 def test_bad_values_are_named(change, named):
@@ -38,6 +78,21 @@ def test_bad_values_are_named(change, named):
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert named in str(err.value)
+
+
+def test_max_steps_takes_minus_one_or_a_positive_count():
+    for good in (-1, 1, 7):
+        validate(dataclasses.replace(RunConfig(), train=dataclasses.replace(RunConfig().train, max_steps=good)))
+    assert field_errors(dataclasses.replace(RunConfig().train, max_steps=-2)) == ["max_steps=-2: expected -1 or >= 1"]
+
+
+def test_bounds_describe_what_they_admit():
+    assert Bounds(gt=0).describe() == "> 0" and Bounds(ge=0).describe() == ">= 0" and Bounds(le=2).describe() == "<= 2"
+    assert Bounds(gt=0, le=1).describe() == "in (0, 1]" and Bounds(ge=0, lt=1).describe() == "in [0, 1)"
+    assert Bounds(ge=1, also=(-1,)).describe() == "-1 or >= 1" and Bounds().describe() == "a finite number"
+    assert Bounds(gt=0, optional=True).admits(None) and not Bounds(gt=0).admits(None)
+    assert not Bounds(ge=0).admits(True) and not Bounds(ge=0).admits("1")  # a bool or a string is no number
+    assert Bounds(ge=0, lt=1, length=2).admits((0.0, 0.5)) and not Bounds(ge=0, lt=1, length=2).admits((0.5,))
 
 
 def test_all_problems_reported_at_once():
@@ -104,3 +159,80 @@ def test_heldout_during_training_is_off_by_default_and_needs_a_validation_file_o
     cfg.data.task = "math"
     with pytest.raises(ConfigError, match="eval.every_steps=10 with data.task='math' needs data.valid_path"):
         validate(cfg)
+
+
+# ------------------------------------------------------------------------------------------ choices are Enums
+
+
+def test_choices_behave_as_their_strings():
+    assert Mode.eval == "eval" and "eval" == Mode.eval and Mode.eval != "train"
+    assert {"float32": 1, "bfloat16": 2}[Dtype.bfloat16] == 2 and Dtype.float32 in DTYPES
+    assert f"{EngineName.vllm}" == str(EngineName.vllm) == "vllm" and f"{Algo.e3:>4}" == "  e3"
+    assert repr(Ties.index) == "'index'" and f"ties={Ties.index!r}" == "ties='index'"
+    assert json.dumps({"algo": Algo.grpo}) == '{"algo": "grpo"}'
+    assert getattr(torch, Dtype.bfloat16) is torch.bfloat16
+    assert Dtype("float32") is Dtype["float32"] is Dtype.float32  # named by value, as OmegaConf looks them up
+
+
+def test_every_choice_member_is_named_by_its_value():
+    for kind in Choice.__subclasses__():
+        assert [m.name for m in kind] == list(kind.values()), kind
+
+
+def compose_run(*overrides: str) -> RunConfig:
+    with initialize(version_base="1.3", config_path="../../conf"):
+        return launch.to_run_config(compose("config", overrides=list(overrides)))
+
+
+def test_hydra_turns_yaml_strings_and_overrides_into_members():
+    cfg = compose_run(
+        "+experiment=smoke", "mode=eval", "rollout.engine=hf", "budget.ties=index", "model.dtype=bfloat16"
+    )
+    assert (cfg.mode, cfg.rollout.engine, cfg.budget.ties, cfg.model.dtype) == ("eval", "hf", "index", "bfloat16")
+    assert cfg.mode is Mode.eval and cfg.model.dtype is Dtype.bfloat16 and cfg.algo is Algo.e3
+    with initialize(version_base="1.3", config_path="../../conf"):
+        paper = compose("config", overrides=["+experiment=paper_grpo_7b"])
+    assert OmegaConf.to_object(paper).model.dtype is Dtype.bfloat16  # a YAML file's string, too
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("mode=evaluate", "mode"),
+        ("algo=ppo", "algo"),
+        ("rollout.engine=sglang", "rollout.engine"),
+        ("model.dtype=float16", "model.dtype"),
+        ("budget.ties=random", "budget.ties"),
+        ("data.overlong_prompts=truncate", "data.overlong_prompts"),
+        ("data.task=code", "data.task"),
+        ("wandb.mode=cloud", "wandb.mode"),
+    ],
+)
+def test_hydra_rejects_a_bad_choice_while_composing_and_names_the_key(override, key):
+    bad = override.split("=")[1]
+    with initialize(version_base="1.3", config_path="../../conf"):
+        with pytest.raises(Exception) as err:
+            compose("config", overrides=[override])
+    message = f"{err.value}\n{err.value.__cause__}"  # Hydra prints both: "Error merging override ..." and why
+    assert f"full_key: {key}" in message and f"Invalid value '{bad}'" in message, message
+
+
+def test_hydra_rejects_a_bad_choice_in_a_yaml_file_and_names_the_key(tmp_path):
+    (tmp_path / "config.yaml").write_text("defaults:\n  - run_schema\n  - _self_\nmodel:\n  dtype: fp16\n")
+    with initialize_config_dir(version_base="1.3", config_dir=str(tmp_path)):
+        with pytest.raises(Exception) as err:
+            compose("config")
+    message = f"{err.value}\n{err.value.__cause__}"
+    assert "full_key: model.dtype" in message and "Invalid value 'fp16'" in message, message
+
+
+def test_saved_config_is_plain_and_composes_back(tmp_path):
+    cfg = compose_run("+experiment=smoke", "algo=grpo", "rollout.engine=hf", "model.dtype=bfloat16")
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))  # what launch.py writes to config.yaml
+    assert "algo: grpo\n" in text and "engine: hf\n" in text and "dtype: bfloat16\n" in text and "!!" not in text
+    plain = json.loads(json.dumps(asdict(cfg), default=str))  # what launch.py gives W&B
+    assert plain["algo"] == "grpo" and plain["model"]["dtype"] == "bfloat16" and plain["budget"]["ties"] == "average"
+    saved = tmp_path / "config.yaml"
+    saved.write_text(text)
+    back = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(saved)))
+    assert back == cfg and back.algo is Algo.grpo

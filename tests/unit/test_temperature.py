@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.config import TemperatureConfig
 from core.temperature import TemperatureController
 
 QWEN2_VOCAB = 151936
@@ -164,3 +165,47 @@ def test_load_state_dict_rejects_bad_state_without_changing() -> None:
     with pytest.raises(ValueError, match=r"neither a target entropy nor entropies"):
         controller.load_state_dict({**good, "step": 5})
     assert controller.state_dict() == good
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TemperatureConfig(),
+        TemperatureConfig(
+            enabled=False,
+            initial=0.7,
+            init_steps=2,
+            target_entropy=0.9,
+            annealing=True,
+            annealing_ratio=0.5,
+            annealing_factor=0.6,
+            min_temperature=0.1,
+            max_temperature=2.0,
+        ),
+        TemperatureConfig(initial=1.2, init_steps=3, annealing=True, max_temperature=1.3),
+    ],
+)
+def test_from_config_equals_the_keyword_construction(config: TemperatureConfig) -> None:
+    built = TemperatureController.from_config(config, vocab_size=1000, max_steps=10)
+    by_hand = TemperatureController(
+        vocab_size=1000,
+        initial_temperature=config.initial,
+        init_steps=config.init_steps,
+        target_entropy=config.target_entropy,
+        enabled=config.enabled,
+        annealing=config.annealing,
+        max_steps=10,
+        annealing_ratio=config.annealing_ratio,
+        annealing_factor=config.annealing_factor,
+        min_temperature=config.min_temperature,
+        max_temperature=config.max_temperature,
+    )
+    assert repr(built) == repr(by_hand) and built.annealing_start_step == by_hand.annealing_start_step
+    for entropy in [0.8, 0.7, 0.5, 1.1, 0.9, 0.6, 0.75, 1.0, 0.4, 0.8, 0.8, 0.8]:  # past max_steps as well
+        assert built.update(entropy) == by_hand.update(entropy)
+        assert built.state_dict() == by_hand.state_dict()
+
+
+def test_from_config_rejects_what_the_constructor_rejects() -> None:
+    with pytest.raises(ValueError, match=r"max_steps > 0, got max_steps=-1"):
+        TemperatureController.from_config(TemperatureConfig(annealing=True), vocab_size=100, max_steps=-1)
