@@ -1,13 +1,31 @@
-"""Shared fixtures of the integration tests: the embedded base policy (built once, cached under .cache/ like
-the demo's) and one local Ray cluster on loopback for the whole session."""
+"""Shared fixtures of the integration tests: tiny random policies (built once per shape), the embedded base
+policy (built once, cached under .cache/ like the demo's) and one local Ray cluster on loopback for the whole
+session."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
-from hydra import compose, initialize
 
 import launch
 from core.config import RayConfig, RunConfig
+from tests.tiny_policy import TinyPolicy, save_tiny_policy
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Callable[[TinyPolicy], Path]:
+    """`tiny_policy(shape)`: the folder of a tiny random Qwen2 of that shape with the project's tokenizer
+    (tests/tiny_policy.py), built on the first call for each shape and shared by the session after."""
+    built: dict[TinyPolicy, Path] = {}
+
+    def get(shape: TinyPolicy) -> Path:
+        if shape not in built:
+            built[shape] = save_tiny_policy(tmp_path_factory.mktemp("tiny-policy"), shape)
+        return built[shape]
+
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +50,4 @@ def ray_cluster():
 
 def run_config(tmp_path, *overrides: str) -> RunConfig:
     """The smoke experiment, writing under `tmp_path`, with `overrides` on top (as on the command line)."""
-    with initialize(version_base="1.3", config_path="../../conf"):
-        raw = compose(
-            "config",
-            overrides=["+experiment=smoke", f"output_dir={tmp_path}", "wandb.mode=offline", *overrides],
-        )
-    return launch.to_run_config(raw)
+    return launch.compose_run_config(["+experiment=smoke", f"output_dir={tmp_path}", "wandb.mode=offline", *overrides])

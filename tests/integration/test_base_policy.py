@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from cluster.environment import OFFLINE_ENV
 from tasks.arithmetic import build_base
 from tasks.arithmetic.build_base import BasePolicyConfig, ensure_base_policy
 from tasks.arithmetic.cache import STAMP_FILE
@@ -38,6 +39,8 @@ TINY = BasePolicyConfig(
     probe_per_level=2,
 )
 PROMPT = [{"role": "user", "content": "Compute 47 + 85."}]
+
+pytestmark = pytest.mark.slow  # builds the base policy (a reduced one, but the whole pipeline)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +126,7 @@ def test_loads_in_vllm_and_matches_transformers_greedy(model_dir: Path, tmp_path
         **os.environ,
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_CPU_KVCACHE_SPACE": "1",
-        "HF_HUB_OFFLINE": "1",
+        **OFFLINE_ENV,
         "VLLM_HOST_IP": "127.0.0.1",
         "TMPDIR": str(tmp_path),  # vLLM leaves files in the temp folder
     }

@@ -15,15 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    GenerationConfig,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
-from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from actors.engines import Engine, resolve_engine_name
 from actors.engines.hf_engine import HfEngine
@@ -31,9 +23,10 @@ from actors.engines.vllm_engine import configure_environment, vllm_import_error
 from actors.rollout_worker import RolloutWorker
 from core.config import RolloutConfig
 from core.messages import Completion, RolloutRequest, TemperatureUpdate
+from tests.tiny_policy import EOS_ID, TinyPolicy
+from tests.tiny_policy import random_policy as tiny_random_policy
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-PAD_ID, EOS_ID = 0, 2
+pytestmark = pytest.mark.slow  # the engines end to end (vLLM takes seconds to start)
 MAX_MODEL_LEN = 128
 PROMPTS = [[5, 6, 7], [40, 41, 42, 43, 44, 45], [9]]
 
@@ -67,59 +60,28 @@ def logit_atol(logits: torch.Tensor, summands: int = LOGIT_SUMS) -> float:
     return 2 * ROUNDING_LAMBDA * math.sqrt(summands) * FLOAT32_U * float(logits.abs().max())
 
 
+# A tiny Qwen2 with peaked output distributions (wide init) that often, not always, ends early.
+POLICY = TinyPolicy(
+    hidden_size=HIDDEN,
+    intermediate_size=INTERMEDIATE,
+    num_layers=LAYERS,
+    num_heads=HEADS,
+    num_kv_heads=1,
+    head_dim=HEAD_DIM,
+    max_positions=256,
+    eos_scale=2.5,
+)
+
+
 def random_policy(vocab_size: int, seed: int) -> Qwen2ForCausalLM:
-    """A tiny Qwen2 with peaked output distributions (wide init) that often, not always, ends early."""
-    config = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=1,
-        head_dim=HEAD_DIM,  # vLLM's CPU attention supports head sizes from 32 up
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-        bos_token_id=None,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).eval()
-    with torch.no_grad():
-        model.model.embed_tokens.weight[EOS_ID] *= 2.5
-    model.generation_config = GenerationConfig(eos_token_id=[EOS_ID], pad_token_id=PAD_ID)
-    return model
+    """The test's policy shape with other random weights (`seed`)."""
+    return tiny_random_policy(dataclasses.replace(POLICY, seed=seed), vocab_size)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Hugging Face directory: byte-level BPE trained with Qwen2's split regex and NFC; a random policy."""
-    out = tmp_path_factory.mktemp("tiny-policy")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(
-        [f"what is {a} plus {b}? it is {a + b}." for a in range(40) for b in range(40)], trainer
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token=SPECIAL_TOKENS[EOS_ID], pad_token=SPECIAL_TOKENS[PAD_ID]
-    )
-    fast.save_pretrained(out)
-    random_policy(tokenizer.get_vocab_size(), seed=0).save_pretrained(out)
-    return out
+def model_dir(tiny_policy) -> Path:
+    """A Hugging Face directory: the project's byte-level BPE (Qwen2's split regex and NFC); a random policy."""
+    return tiny_policy(POLICY)
 
 
 @pytest.fixture(scope="module")

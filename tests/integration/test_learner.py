@@ -21,13 +21,16 @@ import pytest
 import ray
 import torch
 from ray.util import placement_group_table
-from transformers import AutoModelForCausalLM, Qwen2Config
+from transformers import AutoModelForCausalLM
 
 from actors.learner import OPTIMIZER_FILE, Learner
 from cluster.learner_group import LearnerGroup
 from core.config import LearnerConfig
 from core.grpo import policy_loss
 from core.messages import TrainBatch
+from tests.tiny_policy import TinyPolicy
+
+pytestmark = pytest.mark.slow  # the learner end to end, on one rank and as a two-rank Ray group
 
 VOCAB = 300
 CONFIG = LearnerConfig(micro_batch_size=2, torch_threads=1, lr=1e-3, grad_clip=1.0, num_cpus=1.0)
@@ -78,25 +81,24 @@ WEIGHT_ATOL = CONFIG.lr / 100
 CERTAIN_MULTIPLE = 16
 
 
+# A tiny random Qwen2 (tied embeddings, as the project's base policy) with peaked logits (wide init), so that the
+# temperature visibly changes the entropy; its vocabulary padded to VOCAB rows.
+POLICY = TinyPolicy(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    intermediate_size=INTERMEDIATE,
+    num_layers=LAYERS,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=HEAD_DIM,
+    max_positions=64,
+)
+
+
 @pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny random Qwen2 policy (tied embeddings, as the project's base policy) saved as a model folder."""
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=HEAD_DIM,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        initializer_range=0.2,  # peaked logits, so that the temperature visibly changes the entropy
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("policy")
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    return str(path)
+def policy_dir(tiny_policy) -> str:
+    """The policy's model folder (shared by the session)."""
+    return str(tiny_policy(POLICY))
 
 
 def make_batch() -> TrainBatch:
@@ -342,12 +344,15 @@ def test_save_then_load_restores_policy_and_optimizer(single_rank: Learner, tmp_
     batch = make_batch()
     single_rank.train_step(batch, batch.num_response_tokens)
     single_rank.save(str(tmp_path))
-    # the weights and optimizer state, plus the base model's config files: the folder is a model directory
+    # the weights and optimizer state, plus the base model's config and tokenizer files: a model directory
     assert {p.name for p in tmp_path.iterdir()} == {
         "model.safetensors",
         "optimizer.pt",
         "config.json",
         "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
     }
     second = single_rank.train_step(batch, batch.num_response_tokens)
     after_second = single_rank.full_state_dict()

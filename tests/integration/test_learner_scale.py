@@ -11,10 +11,13 @@ import torch
 
 from actors.learner import Learner
 from core.config import LearnerConfig
-from tests.integration import test_learner
-from tests.integration.test_learner import CONFIG, FORWARD_SUMS, GRADIENT_SUMS, free_port, make_batch, rounding
+from tests.integration.test_learner import CONFIG, FORWARD_SUMS, GRADIENT_SUMS, POLICY, free_port, make_batch, rounding
 
-policy_dir = test_learner.policy_dir  # the same tiny policy fixture
+
+@pytest.fixture(scope="module")
+def policy_dir(tiny_policy) -> str:
+    """test_learner's tiny policy (the session builds it once)."""
+    return str(tiny_policy(POLICY))
 
 
 def one_step(policy_dir: str, config: LearnerConfig) -> tuple[dict[str, float], Learner]:
@@ -30,6 +33,7 @@ def one_step(policy_dir: str, config: LearnerConfig) -> tuple[dict[str, float], 
     return metrics | {"optimizer_steps": float(max(steps))}, learner
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("budget", "chunk"),
     [
@@ -59,6 +63,7 @@ def test_token_budget_and_chunks_give_the_same_step(
     assert packed["grad_norm"] == pytest.approx(plain["grad_norm"], rel=rounding(GRADIENT_SUMS))
 
 
+@pytest.mark.slow
 def test_two_mini_batches_take_two_optimizer_steps(policy_dir: str) -> None:
     one, _ = one_step(policy_dir, CONFIG)
     two, _ = one_step(policy_dir, dataclasses.replace(CONFIG, ppo_mini_batches=2))
