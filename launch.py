@@ -13,8 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from cluster.environment import keep_ray_on_loopback
 from core.config import ConfigError, RunConfig, register_configs, resolve, validate
 from tasks.dataset import DatasetError
 
@@ -37,40 +37,16 @@ def to_run_config(raw: DictConfig) -> RunConfig:
     return resolve(cfg)
 
 
-def load_split(path: Path, tokenizer, cfg: RunConfig, limit: int = 0):
-    """Questions of one file and their prompt token ids, over-long prompts filtered or rejected per config, then
-    the first `limit` of them (0: all)."""
-    from tasks.dataset import filter_by_prompt_length, load_questions
-    from tasks.prompts import encode_prompts
-
-    questions = load_questions(path, empty_answer="drop")
-    prompts = encode_prompts(tokenizer, questions)
-    kept, dropped = filter_by_prompt_length(
-        questions, [len(p) for p in prompts], cfg.data.max_prompt_tokens, cfg.data.overlong_prompts
-    )
-    if dropped:
-        log.warning(
-            "%s: %d prompts longer than data.max_prompt_tokens=%d dropped", path, dropped, cfg.data.max_prompt_tokens
-        )
-        keep = {q.id for q in kept}
-        prompts = [p for q, p in zip(questions, prompts, strict=True) if q.id in keep]
-    if limit:
-        kept, prompts = kept[:limit], prompts[:limit]
-    return kept, prompts
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
-def check_fits_model(cfg: RunConfig, model_path: Path) -> None:
-    """Refuse prompt and response lengths that the model's position range cannot hold."""
-    from transformers import AutoConfig
+def compose_run_config(overrides: Sequence[str] = ()) -> RunConfig:
+    """The run config as `python launch.py <overrides>` would compose it from conf/, validated and resolved, for
+    callers other than the command line (benchmarks, tests)."""
+    from hydra import compose, initialize_config_dir
 
-    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
-    wanted = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-    if limit is not None and wanted > limit:
-        raise ConfigError(
-            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} + rollout.max_new_tokens="
-            f"{cfg.rollout.max_new_tokens} = {wanted} exceeds the model's max_position_embeddings={limit} "
-            f"({model_path})"
-        )
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return to_run_config(compose("config", overrides=list(overrides)))
 
 
 def prepare_run_dir(cfg: RunConfig) -> tuple[Path, Path | None]:
@@ -150,29 +126,26 @@ def train(cfg: RunConfig) -> dict:
     """Run training end to end and return the run's summary (also written to `<run_dir>/summary.json`)."""
     import ray
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
+    from actors.report import write_report
     from actors.run_log import RunLog
     from actors.scheduler import StepPlan, latest_checkpoint
-    from bench.report import write_report
-    from cluster.build import build_cluster, required_cpus, start_ray
+    from cluster.build import build_cluster, ray_session, required_cpus
     from core.sampler import EpochSampler
-    from tasks.registry import prepare_task
+    from tasks.prepare import prepare_inputs
 
     started = time.perf_counter()
-    files = prepare_task(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(files.model)
-    check_fits_model(cfg, files.model)
+    inputs = prepare_inputs(cfg)
     if cfg.learner.num_gpus > 0:  # a GPU run: stop before any actor starts if the plan does not fit
-        problems = memory_plan(cfg, files.model)[1]
+        problems = memory_plan(cfg, inputs.files.model)[1]
         if problems:
             raise ConfigError(
                 "the run does not fit its GPUs (python launch.py mode=plan ... shows the plan): " + "; ".join(problems)
             )
-    questions, prompts = load_split(files.train, tokenizer, cfg, limit=cfg.data.max_train_questions)
-    use_heldout = files.valid is not None and cfg.data.valid_size > 0
-    heldout = load_split(files.valid, tokenizer, cfg, limit=cfg.data.valid_size) if use_heldout else None
-    steps_per_epoch = EpochSampler(len(questions), cfg.train.questions_per_step, cfg.train.seed).steps_per_epoch
+    train_split = inputs.split(inputs.files.train, cfg.data, limit=cfg.data.max_train_questions)
+    use_heldout = inputs.files.valid is not None and cfg.data.valid_size > 0
+    heldout = inputs.split(inputs.files.valid, cfg.data, limit=cfg.data.valid_size) if use_heldout else None
+    steps_per_epoch = EpochSampler(len(train_split), cfg.train.questions_per_step, cfg.train.seed).steps_per_epoch
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps > 0:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -181,10 +154,10 @@ def train(cfg: RunConfig) -> dict:
     log.info(
         "%s: %d training questions (%d steps/epoch, %d steps), model %s, outputs in %s",
         cfg.algo,
-        len(questions),
+        len(train_split),
         steps_per_epoch,
         total_steps,
-        files.model,
+        inputs.files.model,
         run_dir,
     )
 
@@ -193,8 +166,8 @@ def train(cfg: RunConfig) -> dict:
         total_steps=total_steps,
         max_new_tokens=cfg.rollout.max_new_tokens,
         seed=cfg.train.seed,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        vocab_size=len(tokenizer),
+        pad_token_id=inputs.pad_token_id,
+        vocab_size=len(inputs.tokenizer),
         heldout_samples=cfg.eval.heldout_samples,
         eval_temperature=cfg.eval.temperature,
         checkpoint_dir=str(run_dir / "checkpoints"),
@@ -204,55 +177,56 @@ def train(cfg: RunConfig) -> dict:
     run_log = RunLog(
         run_dir, cfg.run_name, cfg.wandb, json.loads(json.dumps(asdict(cfg), default=str)), resume=cfg.resume
     )
-    connected = start_ray(cfg.ray, required_cpus(cfg))
-    cluster = build_cluster(
-        cfg,
-        files.model,
-        files.reward_fn,
-        dict(questions=questions, prompt_token_ids=prompts, plan=plan, heldout=heldout, run_log=run_log),
-    )
-    scheduler = cluster.scheduler
-    try:
-        first_step = ray.get(scheduler.restore.remote(str(resume_from))) if resume_from else 0
-        before = heldout_before(
-            run_dir, resumed=resume_from is not None, evaluate=lambda: ray.get(scheduler.evaluate.remote())
+    with ray_session(cfg.ray, required_cpus(cfg)):
+        cluster = build_cluster(
+            cfg,
+            inputs.files.model,
+            inputs.files.reward_fn,
+            train=train_split,
+            plan=plan,
+            heldout=heldout,
+            run_log=run_log,
         )
-        bar = tqdm(range(first_step, total_steps), desc=cfg.run_name, unit="step", dynamic_ncols=True)
-        last: dict = {}
-        for _ in bar:
-            last = ray.get(scheduler.step.remote())
-            bar.set_postfix(
-                epoch=last["epoch"],
-                reward=f"{last['reward_mean']:.3f}",
-                T=f"{last['temperature']:.3f}",
-                H=f"{last['entropy']:.3f}",
-                refresh=False,
+        scheduler = cluster.scheduler
+        try:
+            first_step = ray.get(scheduler.restore.remote(str(resume_from))) if resume_from else 0
+            before = heldout_before(
+                run_dir, resumed=resume_from is not None, evaluate=lambda: ray.get(scheduler.evaluate.remote())
             )
-        ray.get(scheduler.checkpoint.remote())
-        after = ray.get(scheduler.evaluate.remote())
-        summary = {
-            "run_name": cfg.run_name,
-            "algo": cfg.algo,
-            "steps": total_steps,
-            "heldout_before": before,
-            "heldout_after": after,
-            "final_temperature": last.get("next_temperature"),
-            "wall_s": time.perf_counter() - started,
-            "run_dir": str(run_dir),
-        }
-        ray.get(scheduler.finish.remote(summary))
-    except ray.exceptions.RayError:
-        checkpoint = latest_checkpoint(run_dir / "checkpoints")
-        log.error(
-            "the run failed; last good checkpoint: %s. Resume with: python launch.py run_name=%s resume=true",
-            checkpoint or "none (rerun from the start)",
-            cfg.run_name,
-        )
-        raise
-    finally:
-        cluster.shutdown()
-        if connected:
-            ray.shutdown()
+            bar = tqdm(range(first_step, total_steps), desc=cfg.run_name, unit="step", dynamic_ncols=True)
+            last = None
+            for _ in bar:
+                last = ray.get(scheduler.step.remote())
+                bar.set_postfix(
+                    epoch=last.epoch,
+                    reward=f"{last.reward_mean:.3f}",
+                    T=f"{last.temperature:.3f}",
+                    H=f"{last.entropy:.3f}",
+                    refresh=False,
+                )
+            ray.get(scheduler.checkpoint.remote())
+            after = ray.get(scheduler.evaluate.remote())
+            summary = {
+                "run_name": cfg.run_name,
+                "algo": cfg.algo,
+                "steps": total_steps,
+                "heldout_before": before,
+                "heldout_after": after,
+                "final_temperature": last.next_temperature if last is not None else None,
+                "wall_s": time.perf_counter() - started,
+                "run_dir": str(run_dir),
+            }
+            ray.get(scheduler.finish.remote(summary))
+        except ray.exceptions.RayError:
+            checkpoint = latest_checkpoint(run_dir / "checkpoints")
+            log.error(
+                "the run failed; last good checkpoint: %s. Resume with: python launch.py run_name=%s resume=true",
+                checkpoint or "none (rerun from the start)",
+                cfg.run_name,
+            )
+            raise
+        finally:
+            cluster.shutdown()
     report = write_report([run_dir])
     if before and after:
         print(f"held-out greedy accuracy: {before['accuracy']:.3f} before, {after['accuracy']:.3f} after training")
@@ -264,53 +238,48 @@ def evaluate(cfg: RunConfig) -> dict:
     """`mode=eval`: greedy accuracy, and the accuracy and pass@k of `eval.num_samples` sampled answers, overall
     and per source, of the model at `model.path` (or the embedded base policy) on the test questions; written to
     `<run_dir>/eval.json` (laid out as `eval_results` says) and `eval.md` (one table row per source)."""
-    import ray
-    from transformers import AutoTokenizer
-
+    from actors.eval_report import eval_markdown, eval_results
     from actors.evaluation import greedy_accuracy, sampled_pass_at_k
-    from cluster.build import Remote, build_rollout_pool, build_scorer, start_ray
-    from tasks.registry import prepare_task
+    from cluster.build import LIGHT_ACTOR_CPUS, build_eval_cluster, ray_session
+    from tasks.prepare import prepare_inputs
 
-    files = prepare_task(cfg)
-    if files.test is None:
+    inputs = prepare_inputs(cfg)
+    if inputs.files.test is None:
         raise ConfigError("mode=eval needs data.test_path")
-    tokenizer = AutoTokenizer.from_pretrained(files.model)
-    check_fits_model(cfg, files.model)
-    questions, prompts = load_split(files.test, tokenizer, cfg)
+    test = inputs.split(inputs.files.test, cfg.data)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     ks = sorted({k for k in cfg.eval.ks if k <= cfg.eval.num_samples})
-    connected = start_ray(cfg.ray, cfg.rollout.num_workers * cfg.rollout.num_cpus + 1)
-    pool, scorer_actor = build_rollout_pool(cfg, files.model), build_scorer(cfg, files.reward_fn)
-    scorer = Remote(scorer_actor)
-    try:
-        greedy = greedy_accuracy(pool, scorer, questions, prompts, cfg.rollout.max_new_tokens)
-        sampled = None
-        if cfg.eval.num_samples:
-            sampled = sampled_pass_at_k(
-                pool,
-                scorer,
-                questions,
-                prompts,
-                cfg.rollout.max_new_tokens,
-                cfg.eval.num_samples,
-                cfg.eval.temperature,
-                ks,
-                cfg.train.seed,
-                cfg.eval.temperature,
+    with ray_session(cfg.ray, cfg.rollout.num_workers * cfg.rollout.num_cpus + LIGHT_ACTOR_CPUS):
+        workers = build_eval_cluster(cfg, inputs.files.model, inputs.files.reward_fn)
+        try:
+            greedy = greedy_accuracy(
+                rollout_pool=workers.rollout_pool,
+                scorer=workers.scorer,
+                split=test,
+                max_new_tokens=cfg.rollout.max_new_tokens,
             )
-    finally:
-        pool.shutdown()
-        ray.get(scorer_actor.close.remote(), timeout=30)  # its worker processes stop cleanly before the actor goes
-        ray.kill(scorer_actor)
-        if connected:
-            ray.shutdown()
+            sampled = None
+            if cfg.eval.num_samples:
+                sampled = sampled_pass_at_k(
+                    rollout_pool=workers.rollout_pool,
+                    scorer=workers.scorer,
+                    split=test,
+                    max_new_tokens=cfg.rollout.max_new_tokens,
+                    num_samples=cfg.eval.num_samples,
+                    temperature=cfg.eval.temperature,
+                    ks=ks,
+                    seed=cfg.train.seed,
+                    restore_temperature=cfg.eval.temperature,
+                )
+        finally:
+            workers.shutdown()
     results = eval_results(
-        str(files.model),
-        str(files.test),
-        [q.data_source for q in questions],
-        greedy,
-        sampled,
+        model=str(inputs.files.model),
+        test=str(inputs.files.test),
+        sources_of_questions=[q.data_source for q in test.questions],
+        greedy=greedy,
+        sampled=sampled,
         num_samples=cfg.eval.num_samples,
         temperature=cfg.eval.temperature,
         ks=ks,
@@ -322,85 +291,6 @@ def evaluate(cfg: RunConfig) -> dict:
     return results
 
 
-def eval_results(
-    model: str,
-    test: str,
-    sources_of_questions: list[str],
-    greedy: dict[str, float],
-    sampled: dict[str, float] | None,
-    num_samples: int,
-    temperature: float,
-    ks: list[int],
-) -> dict[str, Any]:
-    """The evaluation laid out by source, as `eval.json` holds it.
-
-    `greedy` is `greedy_accuracy`'s result, `sampled` that of `sampled_pass_at_k` with `ks` (None: no sampled
-    answers). Returns `model`, `test`, `questions`, `num_samples`, `temperature`, `ks`, and under `overall` and
-    under `sources[<source>]` (every data source of the questions, sorted) one row each: `questions`,
-    `greedy_accuracy`, and with sampled answers `sampled_accuracy` (the mean share of correct answers per
-    question, which is mean@k for every k) and `pass@<k>` for each k. Rows are keyed by the source names as they
-    are, so a name may contain `/`; the figures are looked up under the exact keys the evaluation wrote."""
-    from tasks.math.passk import OVERALL
-
-    counts = Counter(sources_of_questions)
-
-    def row(source: str | None) -> dict[str, float]:
-        figures: dict[str, float] = {
-            "questions": len(sources_of_questions) if source is None else counts[source],
-            "greedy_accuracy": greedy["accuracy" if source is None else f"accuracy/{source}"],
-        }
-        if sampled is not None:
-            prefix = OVERALL if source is None else source
-            figures["sampled_accuracy"] = sampled[f"{prefix}/mean@{ks[-1]}"]
-            figures.update({f"pass@{k}": sampled[f"{prefix}/pass@{k}"] for k in ks})
-        return figures
-
-    return {
-        "model": model,
-        "test": test,
-        "questions": len(sources_of_questions),
-        "num_samples": num_samples if sampled is not None else 0,
-        "temperature": temperature,
-        "ks": list(ks) if sampled is not None else [],
-        "overall": row(None),
-        "sources": {source: row(source) for source in sorted(counts)},
-    }
-
-
-def eval_markdown(results: dict[str, Any]) -> str:
-    """`eval_results` as Markdown: one table row for all questions, then one per data source (its name as it is),
-    with the greedy accuracy, and with sampled answers their accuracy once and pass@k for each k."""
-    sampled = results["num_samples"] > 0
-    columns = ["questions", "greedy_accuracy"]
-    headers = ["questions", "greedy"]
-    if sampled:
-        columns += ["sampled_accuracy", *(f"pass@{k}" for k in results["ks"])]
-        headers += [f"sampled (mean of {results['num_samples']})", *(f"pass@{k}" for k in results["ks"])]
-    lines = [
-        f"# Evaluation of {results['model']} on {results['test']} ({results['questions']} questions)",
-        "",
-        f"Greedy accuracy: {results['overall']['greedy_accuracy']:.3f}",
-        "",
-    ]
-    if sampled:
-        lines += [
-            f"{results['num_samples']} answers sampled per question at temperature {results['temperature']}: "
-            "*sampled* is the mean share of them that is correct (mean@k, the same for every k); pass@k is the "
-            "unbiased estimator of the chance that at least one of k of them is correct.",
-            "",
-        ]
-    lines += [
-        "| source | " + " | ".join(headers) + " |",
-        "|---|" + "---:|" * len(headers),
-    ]
-    rows = [("all", results["overall"]), *results["sources"].items()]
-    for name, row in rows:
-        cells = [str(int(row[c])) if c == "questions" else f"{row[c]:.3f}" for c in columns]
-        escaped = name.replace("|", "\\|")  # a `|` in a source name would end its cell
-        lines.append(f"| {escaped} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(raw: DictConfig) -> None:
     """Entry point: validate the config before anything starts, then train."""
@@ -408,7 +298,7 @@ def main(raw: DictConfig) -> None:
     try:
         cfg = to_run_config(raw)
         if not cfg.ray.address:  # a local cluster: keep every port on loopback (read when Ray is imported)
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            keep_ray_on_loopback()
         if cfg.mode == "plan":
             sys.exit(1 if print_plan(cfg) else 0)
         evaluate(cfg) if cfg.mode == "eval" else train(cfg)

@@ -4,37 +4,37 @@ overall and per data source. Runs on the rollout pool and the reward scorer that
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import numpy as np
 
+from actors.protocols import RolloutPoolLike, ScorerLike
 from core.messages import RolloutRequest, TemperatureUpdate
-from tasks.dataset import Question
-from tasks.math.passk import summarize
+from core.passk import summarize
+from tasks.prepare import Split
 
 
 def greedy_accuracy(
-    rollouts: Any, scorer: Any, questions: list[Question], prompts: list[list[int]], max_new_tokens: int
+    *, rollout_pool: RolloutPoolLike, scorer: ScorerLike, split: Split, max_new_tokens: int
 ) -> dict[str, float]:
-    """Share of questions whose greedy answer is correct: `accuracy` overall and `accuracy/<source>`.
+    """Share of `split`'s questions whose greedy answer is correct: `accuracy` overall and `accuracy/<source>`.
 
     Correct as the scorer's `(reward, correct)` results say (the reward function's verdict, or its reward against
     `reward.correct_threshold`), not by the size of the reward."""
-    completions = rollouts.generate_greedy(prompts, max_new_tokens)
-    results = scorer.score_texts([c.text for c in completions], [q.ground_truth for q in questions])
+    completions = rollout_pool.generate_greedy(split.prompt_token_ids, max_new_tokens)
+    results = scorer.score_texts([c.text for c in completions], [q.ground_truth for q in split.questions])
     correct = np.asarray([bool(is_correct) for _, is_correct in results], dtype=float)
     result = {"accuracy": float(correct.mean())}
-    sources = np.asarray([q.data_source for q in questions])
+    sources = np.asarray([q.data_source for q in split.questions])
     for source in sorted(set(sources)):
         result[f"accuracy/{source}"] = float(correct[sources == source].mean())
     return result
 
 
 def sampled_pass_at_k(
-    rollouts: Any,
-    scorer: Any,
-    questions: list[Question],
-    prompts: list[list[int]],
+    *,
+    rollout_pool: RolloutPoolLike,
+    scorer: ScorerLike,
+    split: Split,
     max_new_tokens: int,
     num_samples: int,
     temperature: float,
@@ -48,15 +48,15 @@ def sampled_pass_at_k(
     ks = [k for k in ks if k <= num_samples]
     requests = [
         RolloutRequest(q.id, tuple(p), num_samples, max_new_tokens, seed=seed + i, step=0)
-        for i, (q, p) in enumerate(zip(questions, prompts, strict=True))
+        for i, (q, p) in enumerate(zip(split.questions, split.prompt_token_ids, strict=True))
     ]
-    rollouts.set_temperature(TemperatureUpdate(temperature, step=0))
+    rollout_pool.set_temperature(TemperatureUpdate(temperature, step=0))
     try:
-        generated = rollouts.generate(requests)
+        generated = rollout_pool.generate(requests)
     finally:
-        rollouts.set_temperature(TemperatureUpdate(restore_temperature, step=0))
-    scored = scorer.score(generated, [q.ground_truth for q in questions])
+        rollout_pool.set_temperature(TemperatureUpdate(restore_temperature, step=0))
+    scored = scorer.score(generated, [q.ground_truth for q in split.questions])
     per_source: dict[str, list[list[bool]]] = defaultdict(list)
-    for question, item in zip(questions, scored, strict=True):
+    for question, item in zip(split.questions, scored, strict=True):
         per_source[question.data_source].append(list(item.correct))
     return summarize(per_source, ks)

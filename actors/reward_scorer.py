@@ -31,7 +31,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pebble import ProcessPool
@@ -100,6 +100,14 @@ def _score_one(spec: str, completion: str, ground_truth: str, correct_threshold:
     return as_reward_result(spec, load_reward_fn(spec)(completion, ground_truth), correct_threshold)
 
 
+class _Outcome(NamedTuple):
+    """How scoring one completion went: its result, and whether it was killed at the time limit or raised."""
+
+    result: RewardResult
+    timed_out: bool = False
+    raised: bool = False
+
+
 def _keep_barrier(barrier: threading.Barrier) -> None:
     """Worker initializer: keep the scorer's shutdown barrier (it can only reach a worker at start-up)."""
     global _BARRIER
@@ -127,8 +135,7 @@ class RewardScorer:
         load_reward_fn(reward_fn)  # fail here, with the spec in the message, rather than in a worker
         self.reward_fn = reward_fn
         self.config = config
-        self.timeouts_total = 0
-        self.errors_total = 0
+        self._warned_error = False
         context = multiprocessing.get_context("spawn")
         self._barrier = context.Barrier(config.num_workers)
         self._pool = ProcessPool(
@@ -151,19 +158,20 @@ class RewardScorer:
             scored.append(
                 ScoredRollouts(
                     rollout=rollout,
-                    rewards=tuple(result.reward for result, _ in group),
-                    correct=tuple(result.correct for result, _ in group),
-                    timeouts=sum(timed_out for _, timed_out in group),
+                    rewards=tuple(outcome.result.reward for outcome in group),
+                    correct=tuple(outcome.result.correct for outcome in group),
+                    timeouts=sum(outcome.timed_out for outcome in group),
+                    errors=sum(outcome.raised for outcome in group),
                 )
             )
         return scored
 
     def score_texts(self, texts: list[str], ground_truths: list[str]) -> list[RewardResult]:
         """Score plain completion texts (evaluation): one (reward, correct) result per text, same time limit."""
-        return [result for result, _ in self._run(texts, ground_truths)]
+        return [outcome.result for outcome in self._run(texts, ground_truths)]
 
-    def _run(self, texts: list[str], ground_truths: list[str]) -> list[tuple[RewardResult, bool]]:
-        """(result, timed out) per text; a timeout or an exception scores 0, not correct."""
+    def _run(self, texts: list[str], ground_truths: list[str]) -> list[_Outcome]:
+        """One outcome per text; a timeout or an exception scores 0, not correct."""
         self._started = True
         threshold = self.config.correct_threshold
         futures = [
@@ -173,22 +181,17 @@ class RewardScorer:
         results = []
         for future in futures:
             try:
-                results.append((future.result(), False))
+                results.append(_Outcome(future.result()))
             except FutureTimeout:
-                self.timeouts_total += 1
-                results.append((RewardResult(0.0, False), True))
+                results.append(_Outcome(RewardResult(0.0, False), timed_out=True))
             except RewardContractError:
                 raise  # the function's contract, not a completion's content: stop, with the message
             except Exception as err:  # noqa: BLE001 - a reward function's bug must not stop training
-                if self.errors_total == 0:
+                if not self._warned_error:
                     log.warning("reward function %s raised (further errors are only counted): %r", self.reward_fn, err)
-                self.errors_total += 1
-                results.append((RewardResult(0.0, False), False))
+                    self._warned_error = True
+                results.append(_Outcome(RewardResult(0.0, False), raised=True))
         return results
-
-    def stats(self) -> dict[str, int]:
-        """Totals since start: completions killed at the time limit and reward functions that raised."""
-        return {"reward/timeouts_total": self.timeouts_total, "reward/errors_total": self.errors_total}
 
     def close(self) -> None:
         """Stop the worker processes, none of them caught starting (see the module docstring).

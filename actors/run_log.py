@@ -9,24 +9,27 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from core.config import WandbConfig
 from core.difficulty import DifficultyTable
+from core.step_record import StepRecord
 
 log = logging.getLogger(__name__)
 
-GAUGES = {
-    "step": "e3_step",
-    "temperature": "e3_temperature",
-    "entropy": "e3_entropy",
-    "target_entropy": "e3_target_entropy",
-    "accuracy": "e3_accuracy",
-    "all_wrong_fraction": "e3_all_wrong_fraction",
-    "throughput/generated_tokens_per_s": "e3_generated_tokens_per_s",
-    "heldout/accuracy": "e3_heldout_accuracy",
+GAUGES: dict[str, Callable[[StepRecord], float | None]] = {
+    "e3_step": lambda r: r.step,
+    "e3_temperature": lambda r: r.temperature,
+    "e3_entropy": lambda r: r.entropy,
+    "e3_target_entropy": lambda r: r.target_entropy,
+    "e3_accuracy": lambda r: r.accuracy,
+    "e3_all_wrong_fraction": lambda r: r.all_wrong_fraction,
+    "e3_generated_tokens_per_s": lambda r: r.tokens_per_s,
+    "e3_heldout_accuracy": lambda r: r.heldout_accuracy,
 }
+"""The Ray gauges set after every step (Prometheus names), and what each shows of the step's record."""
 
 
 def _scalar_items(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -112,7 +115,7 @@ class RunLog:
             kept = []
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
-                    if json.loads(line)["step"] < step:
+                    if StepRecord.from_log(json.loads(line)).step < step:
                         kept.append(line)
                 except (ValueError, KeyError):  # a line cut short by the crash that is being resumed from
                     continue
@@ -128,25 +131,23 @@ class RunLog:
             return {}
         if not ray.is_initialized():
             return {}
-        return {key: Gauge(name, description=f"E3 run: {key}") for key, name in GAUGES.items()}
+        return {name: Gauge(name, description=f"E3 run: {name.removeprefix('e3_')}") for name in GAUGES}
 
-    def log_step(self, metrics: dict[str, Any]) -> None:
-        """Record one step's metrics everywhere."""
+    def log_step(self, record: StepRecord) -> None:
+        """Record one step everywhere: its line in `metrics.jsonl`, its numbers in W&B, the gauges."""
         self._open()
-        line = json.dumps(
-            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-        )
+        line = record.to_log()
         with self._lock:
-            self._metrics.write(line + "\n")
+            self._metrics.write(json.dumps(line) + "\n")
             self._metrics.flush()
-        scalars = _scalar_items(metrics)
-        for key, gauge in self._gauges.items():
-            if key in scalars and math.isfinite(scalars[key]):
-                gauge.set(scalars[key])
+        for name, gauge in self._gauges.items():
+            value = GAUGES[name](record)
+            if value is not None and math.isfinite(value):
+                gauge.set(value)
         if self._wandb is not None:
-            self._wandb.log(scalars, step=int(metrics["step"]))
+            self._wandb.log(_scalar_items(line), step=record.step)
 
-    def log_epoch(self, epoch: int, step: int, table: DifficultyTable, metrics_of_epoch: list[dict[str, Any]]) -> Path:
+    def log_epoch(self, epoch: int, step: int, table: DifficultyTable, records: list[StepRecord]) -> Path:
         """Save the difficulty table (`difficulty.parquet`, plus a copy per epoch) and send epoch views to W&B."""
         self._open()
         path = self.run_dir / "difficulty.parquet"
@@ -154,26 +155,26 @@ class RunLog:
         (self.run_dir / "difficulty").mkdir(exist_ok=True)
         table.write_parquet(self.run_dir / "difficulty" / f"epoch_{epoch}.parquet")
         if self._wandb is not None:
-            self._log_epoch_wandb(epoch, step, table, metrics_of_epoch)
+            self._log_epoch_wandb(epoch, step, table, records)
         return path
 
-    def _log_epoch_wandb(self, epoch: int, step: int, table: DifficultyTable, steps: list[dict[str, Any]]) -> None:
+    def _log_epoch_wandb(self, epoch: int, step: int, table: DifficultyTable, records: list[StepRecord]) -> None:
         import wandb
 
         rows = table.to_rows()
         columns = list(rows[0]) if rows else []
         allocation = wandb.Table(
             columns=["rank", "rollouts"],
-            data=[[r, n] for m in steps for r, n in zip(m["question_ranks"], m["rollouts_per_question"], strict=True)],
+            data=[[x, n] for r in records for x, n in zip(r.question_ranks, r.rollouts_per_question, strict=True)],
         )
         self._wandb.log(
             {
                 "epoch/difficulty_table": wandb.Table(columns=columns, data=[list(r.values()) for r in rows]),
                 "epoch/rollouts_vs_rank": wandb.plot.scatter(allocation, "rank", "rollouts", title=f"epoch {epoch}"),
-                "epoch/rollouts_hist": wandb.Histogram([n for m in steps for n in m["rollouts_per_question"]]),
+                "epoch/rollouts_hist": wandb.Histogram([n for r in records for n in r.rollouts_per_question]),
                 "epoch/entropy_vs_target": wandb.plot.line_series(
-                    xs=[m["step"] for m in steps],
-                    ys=[[m["entropy"] for m in steps], [m["target_entropy"] or math.nan for m in steps]],
+                    xs=[r.step for r in records],
+                    ys=[[r.entropy for r in records], [r.target_entropy or math.nan for r in records]],
                     keys=["entropy", "target"],
                     title="entropy against target",
                     xname="step",

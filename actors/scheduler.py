@@ -18,59 +18,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from actors.evaluation import greedy_accuracy, sampled_pass_at_k
-from core.batch import build_train_batch
+from actors.protocols import LearnerGroupLike, RolloutPoolLike, RunLogLike, ScorerLike
+from core.batch import BatchStats, build_train_batch
 from core.budget import BudgetBounds, allocate_rollouts
 from core.config import BudgetConfig, RewardConfig, TemperatureConfig
 from core.difficulty import DifficultyTable
-from core.messages import (
-    Completion,
-    LearnerResult,
-    Rollout,
-    RolloutRequest,
-    ScoredRollouts,
-    TemperatureUpdate,
-    TrainBatch,
-)
-from core.sampler import EpochSampler
+from core.messages import LearnerResult, Rollout, RolloutRequest, ScoredRollouts, TemperatureUpdate, TrainBatch
+from core.sampler import EpochBatch, EpochSampler
+from core.step_record import StepRecord
 from core.temperature import TemperatureController
 from tasks.dataset import Question, dataset_fingerprint
+from tasks.prepare import Split
 
 log = logging.getLogger(__name__)
-
-
-class RolloutPoolLike(Protocol):
-    def generate(self, requests: list[RolloutRequest]) -> list[Rollout]: ...
-    def generate_greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]: ...
-    def load_weights(self, state_dict_ref: Any, version: int) -> None: ...
-    def set_temperature(self, update: TemperatureUpdate) -> None: ...
-
-
-class LearnerGroupLike(Protocol):
-    def train(self, batch: TrainBatch, weights_version: int) -> LearnerResult: ...
-    def state_dict_ref(self) -> Any: ...
-    def save(self, path: str) -> None: ...
-    def load(self, path: str) -> None: ...
-
-
-class ScorerLike(Protocol):
-    def score(self, rollouts: list[Rollout], ground_truths: list[str]) -> list[ScoredRollouts]: ...
-    def score_texts(self, texts: list[str], ground_truths: list[str]) -> list[tuple[float, bool]]: ...
-
-
-@dataclass(frozen=True)
-class RunLogLike(Protocol):
-    def log_step(self, metrics: dict[str, Any]) -> None: ...
-    def rewind(self, step: int) -> None: ...
-    def log_summary(self, summary: dict[str, Any]) -> None: ...
-    def close(self) -> None: ...
-    def log_epoch(
-        self, epoch: int, step: int, table: DifficultyTable, metrics_of_epoch: list[dict[str, Any]]
-    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -98,11 +63,11 @@ class StepPlan:
     checkpoint_every: int = 0
     """Checkpoint after every K-th step (the driver also checkpoints at the end); 0: only at the end."""
     heldout_every: int = 0
-    """Greedy held-out accuracy after every K-th step, on that step's metrics as `heldout/...`; 0: never."""
+    """Greedy held-out accuracy after every K-th step, in that step's record; 0: never."""
 
 
 class PhaseTimer:
-    """Times named phases of one step into `timing/<phase>_s`."""
+    """Times named phases of one step, in seconds, in the order they first ran."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -111,7 +76,7 @@ class PhaseTimer:
     def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
         yield
-        self.seconds[f"timing/{phase}_s"] = self.seconds.get(f"timing/{phase}_s", 0.0) + time.perf_counter() - start
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def request_seed(seed: int, step: int, position: int) -> int:
@@ -119,44 +84,63 @@ def request_seed(seed: int, step: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, step, position]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+@dataclass(frozen=True)
+class _Sampled:
+    """The step's batch of questions, their difficulty ranks and the budget bounds when it was drawn."""
+
+    batch: EpochBatch
+    questions: list[Question]
+    ranks: list[float]
+    n_min: int
+    n_max: int
+
+
+@dataclass(frozen=True)
+class _Control:
+    """What the temperature controller did after a step."""
+
+    next_temperature: float
+    target_entropy: float | None
+    """The target the step's entropy was held against (None while unset)."""
+    clamped: bool
+
+
 class Scheduler:
     """Runs E3 steps: sample questions, allocate rollouts, generate, score, learn, sync, adapt the temperature."""
 
     def __init__(
         self,
-        questions: list[Question],
-        prompt_token_ids: list[list[int]],
+        train: Split,
         plan: StepPlan,
         budget: BudgetConfig,
         temperature: TemperatureConfig,
         reward: RewardConfig,
-        rollouts: RolloutPoolLike,
-        learner: LearnerGroupLike,
+        rollout_pool: RolloutPoolLike,
+        learner_group: LearnerGroupLike,
         scorer: ScorerLike,
-        heldout: tuple[list[Question], list[list[int]]] | None = None,
+        heldout: Split | None = None,
         run_log: RunLogLike | None = None,
     ) -> None:
-        """`heldout` is the (questions, prompt ids) pair `evaluate()` scores; `run_log` receives every step."""
-        if len(questions) != len(prompt_token_ids):
-            raise ValueError(f"Scheduler: {len(questions)} questions but {len(prompt_token_ids)} prompts")
-        self.questions = questions
-        self.prompt_token_ids = prompt_token_ids
+        """`train` holds the questions steps draw from, `heldout` those `evaluate()` scores; `run_log` receives
+        every step's record."""
+        self.train = train
         self.plan = plan
         self.budget_config = budget
         self.reward_config = reward
-        self.rollouts = rollouts
-        self.learner = learner
+        self.rollout_pool = rollout_pool
+        self.learner_group = learner_group
         self.scorer = scorer
         self.heldout = heldout
         self.run_log = run_log
-        self._epoch_metrics: list[dict[str, Any]] = []
-        self.fingerprint = dataset_fingerprint(questions)
+        self._epoch_records: list[StepRecord] = []
 
+        questions = train.questions
         self.sampler = EpochSampler(len(questions), plan.questions_per_step, seed=plan.seed)
         self.table = DifficultyTable(
             [q.id for q in questions],
             initial_ranks=[math.nan if q.rank is None else q.rank for q in questions],
             ties=budget.ties,
+            fingerprint=dataset_fingerprint(questions),
         )
         self.bounds = BudgetBounds(budget.n, budget.n_low, budget.n_high, budget.n_update, start_wide=budget.start_wide)
         self.controller = TemperatureController(
@@ -177,130 +161,170 @@ class Scheduler:
 
     # -- the step -------------------------------------------------------------------------------------------
 
-    def step(self) -> dict[str, Any]:
-        """Run one training step and return its metrics (see the README for every key)."""
+    def step(self) -> StepRecord:
+        """Run one training step and return its record (core/step_record.py says what each field means)."""
         timer = PhaseTimer()
         with timer("step"):
-            step = self.step_count
-            temperature = self.controller.temperature
+            step, temperature = self.step_count, self.controller.temperature
             with timer("sample"):
-                batch = self.sampler.next_batch()
-                questions = [self.questions[i] for i in batch.indices]
-                ranks = self.table.ranks([q.id for q in questions])
+                sampled = self._sample()
             with timer("allocate"):
-                counts = allocate_rollouts(ranks, self.bounds.n * len(questions), self.bounds.n_min, self.bounds.n_max)
-                requests = self._requests(batch.indices, counts, step)
+                requests = self._allocate(sampled, step)
             with timer("generate"):
-                rollouts = self.rollouts.generate(requests)
+                rollouts = self.rollout_pool.generate(requests)
             with timer("score"):
-                scored = self.scorer.score(rollouts, [q.ground_truth for q in questions])
+                scored = self.scorer.score(rollouts, [q.ground_truth for q in sampled.questions])
             with timer("update_table"):
-                self.table.observe(
-                    [s.rollout.question_id for s in scored for _ in s.correct],
-                    [c for s in scored for c in s.correct],
-                    step=step,
-                )
+                self._observe(scored, step)
             with timer("build_batch"):
-                train_batch, stats = build_train_batch(
-                    scored,
-                    self.table.index_ranks([q.id for q in questions]),
-                    self.plan.pad_token_id,
-                    self.reward_config.length_bias_mu,
-                    self.reward_config.length_bias_threshold,
-                )
+                train_batch, stats = self._train_batch(scored, sampled.questions)
             with timer("train"):
-                result = self.learner.train(train_batch, self.weights_version)
+                result = self.learner_group.train(train_batch, self.weights_version)
             with timer("sync"):
-                self.rollouts.load_weights(self.learner.state_dict_ref(), result.weights_version)
-                self.weights_version = result.weights_version
+                self._sync_weights(result.weights_version)
             with timer("temperature"):
-                target_before = self.controller.target_entropy
-                next_temperature = self.controller.update(result.entropy)
-                # the target this step's entropy was held against: fixed during this update if it was unset
-                target_used = target_before if target_before is not None else self.controller.target_entropy
-                self.rollouts.set_temperature(TemperatureUpdate(next_temperature, step))
+                control = self._adapt_temperature(result.entropy, step)
             with timer("epoch_end"):
-                self._maybe_recompute(batch.end_of_epoch, step)
+                self._maybe_recompute(sampled.batch.end_of_epoch, step)
             self.step_count += 1
-            every = self.plan.checkpoint_every
-            if every and self.plan.checkpoint_dir and self.step_count % every == 0:
-                with timer("checkpoint"):
-                    self.checkpoint()
+            self._checkpoint_if_due(timer)
         heldout = self._heldout_if_due(timer)
+        record = self._record(step, temperature, sampled, requests, scored, stats, result, control, timer, heldout)
+        self._log(record)
+        return record
 
-        generated_tokens = sum(len(c.token_ids) for r in rollouts for c in r.completions)
-        metrics: dict[str, Any] = {
-            "step": step,
-            "epoch": batch.epoch,
-            "end_of_epoch": batch.end_of_epoch,
-            "temperature": temperature,
-            "next_temperature": next_temperature,
-            "temperature_clamped": self.controller.last_clamped,
-            "target_entropy": target_used,
-            "entropy": result.entropy,
-            "reward_mean": stats.reward_mean,
-            "accuracy": stats.accuracy,
-            "all_wrong_fraction": stats.all_wrong_fraction,
-            "all_correct_fraction": stats.all_correct_fraction,
-            "zero_advantage_fraction": stats.zero_advantage_fraction,
-            "truncated_fraction": stats.truncated_fraction,
-            "rollouts_total": int(sum(counts)),
-            "rollouts_min": int(min(counts)),
-            "rollouts_max": int(max(counts)),
-            "rollouts_per_question": [int(c) for c in counts],
-            "question_ranks": [float(r) for r in ranks],
-            "question_ids": [q.id for q in questions],
-            "budget_n_min": self.bounds.n_min,
-            "budget_n_max": self.bounds.n_max,
-            "response_length_mean": stats.response_length_mean,
-            "generated_tokens": generated_tokens,
-            "weights_version": self.weights_version,
-            "reward/timeouts": sum(s.timeouts for s in scored),
-            **{f"learner/{k}": v for k, v in result.metrics.items()},
-            **heldout,
-            **timer.seconds,
-        }
-        metrics["throughput/generated_tokens_per_s"] = generated_tokens / max(metrics["timing/generate_s"], 1e-9)
-        self._record(metrics)
-        return metrics
+    def _sample(self) -> _Sampled:
+        """Draw the step's questions and read their current ranks."""
+        batch = self.sampler.next_batch()
+        questions = [self.train.questions[i] for i in batch.indices]
+        ranks = self.table.ranks([q.id for q in questions])
+        return _Sampled(batch, questions, ranks, self.bounds.n_min, self.bounds.n_max)
+
+    def _allocate(self, sampled: _Sampled, step: int) -> list[RolloutRequest]:
+        """The step's budget of `n * B` rollouts, shared out by rank within the bounds, as seeded requests."""
+        total = self.bounds.n * len(sampled.questions)
+        counts = allocate_rollouts(sampled.ranks, total, sampled.n_min, sampled.n_max)
+        return [
+            RolloutRequest(
+                question_id=self.train.questions[i].id,
+                prompt_token_ids=tuple(self.train.prompt_token_ids[i]),
+                num_samples=int(count),
+                max_new_tokens=self.plan.max_new_tokens,
+                seed=request_seed(self.plan.seed, step, position),
+                step=step,
+            )
+            for position, (i, count) in enumerate(zip(sampled.batch.indices, counts, strict=True))
+        ]
+
+    def _observe(self, scored: list[ScoredRollouts], step: int) -> None:
+        """Count every sample's correctness into the difficulty table."""
+        self.table.observe(
+            [s.rollout.question_id for s in scored for _ in s.correct], [c for s in scored for c in s.correct], step
+        )
+
+    def _train_batch(self, scored: list[ScoredRollouts], questions: list[Question]) -> tuple[TrainBatch, BatchStats]:
+        """The learner's batch, with the length bias judged on the questions' index ranks."""
+        return build_train_batch(
+            scored,
+            self.table.index_ranks([q.id for q in questions]),
+            self.plan.pad_token_id,
+            length_bias_mu=self.reward_config.length_bias_mu,
+            length_bias_threshold=self.reward_config.length_bias_threshold,
+        )
+
+    def _sync_weights(self, version: int) -> None:
+        """Publish the learner's weights `version` to every rollout worker."""
+        self.rollout_pool.load_weights(self.learner_group.state_dict_ref(), version)
+        self.weights_version = version
+
+    def _adapt_temperature(self, entropy: float, step: int) -> _Control:
+        """Feed the step's entropy to the controller and send the temperature it sets to the rollout workers."""
+        target_before = self.controller.target_entropy
+        next_temperature = self.controller.update(entropy)
+        self.rollout_pool.set_temperature(TemperatureUpdate(next_temperature, step))
+        # the target this step's entropy was held against: fixed during this update if it was unset
+        target = target_before if target_before is not None else self.controller.target_entropy
+        return _Control(next_temperature, target, self.controller.last_clamped)
+
+    def _checkpoint_if_due(self, timer: PhaseTimer) -> None:
+        """Checkpoint after every `plan.checkpoint_every`-th step, timed as the `checkpoint` phase."""
+        every = self.plan.checkpoint_every
+        if every and self.plan.checkpoint_dir and self.step_count % every == 0:
+            with timer("checkpoint"):
+                self.checkpoint()
 
     def _heldout_if_due(self, timer: PhaseTimer) -> dict[str, float]:
         """After every `plan.heldout_every`-th step: greedy held-out accuracy of the policy just trained (the
-        step's `weights_version`) as `heldout/accuracy` and `heldout/accuracy/<source>`; {} on other steps.
+        step's `weights_version`), overall and per source; {} on other steps.
 
-        Timed as `timing/heldout_s`, outside `timing/step_s`, so that step times stay comparable between runs that
+        Timed as the `heldout` phase, outside the step, so that step times stay comparable between runs that
         validate and runs that do not. Greedy decoding draws on no sampling seed, so it leaves the training
         rollouts as they would have been without it."""
         every = self.plan.heldout_every
         if not every or self.heldout is None or self.step_count % every:
             return {}
         with timer("heldout"):
-            questions, prompts = self.heldout
-            accuracy = greedy_accuracy(self.rollouts, self.scorer, questions, prompts, self.plan.max_new_tokens)
-        return {f"heldout/{key}": value for key, value in accuracy.items()}
-
-    def _record(self, metrics: dict[str, Any]) -> None:
-        """Send the step to the run log; at epoch end also the difficulty table and the epoch's steps."""
-        self._epoch_metrics.append(metrics)
-        if self.run_log is not None:
-            self.run_log.log_step(metrics)
-        if metrics["end_of_epoch"]:
-            if self.run_log is not None:
-                self.run_log.log_epoch(metrics["epoch"], metrics["step"], self.table, self._epoch_metrics)
-            self._epoch_metrics = []
-
-    def _requests(self, indices: list[int], counts: list[int], step: int) -> list[RolloutRequest]:
-        return [
-            RolloutRequest(
-                question_id=self.questions[i].id,
-                prompt_token_ids=tuple(self.prompt_token_ids[i]),
-                num_samples=count,
+            return greedy_accuracy(
+                rollout_pool=self.rollout_pool,
+                scorer=self.scorer,
+                split=self.heldout,
                 max_new_tokens=self.plan.max_new_tokens,
-                seed=request_seed(self.plan.seed, step, position),
-                step=step,
             )
-            for position, (i, count) in enumerate(zip(indices, counts, strict=True))
-        ]
+
+    def _record(
+        self,
+        step: int,
+        temperature: float,
+        sampled: _Sampled,
+        requests: list[RolloutRequest],
+        scored: list[ScoredRollouts],
+        stats: BatchStats,
+        result: LearnerResult,
+        control: _Control,
+        timer: PhaseTimer,
+        heldout: dict[str, float],
+    ) -> StepRecord:
+        """The step's record from what its phases produced."""
+        rollouts: list[Rollout] = [s.rollout for s in scored]
+        return StepRecord(
+            step=step,
+            epoch=sampled.batch.epoch,
+            end_of_epoch=sampled.batch.end_of_epoch,
+            weights_version=self.weights_version,
+            question_ids=tuple(q.id for q in sampled.questions),
+            rollouts_per_question=tuple(r.num_samples for r in requests),
+            generated_tokens=sum(len(c.token_ids) for r in rollouts for c in r.completions),
+            response_length_mean=stats.response_length_mean,
+            truncated_fraction=stats.truncated_fraction,
+            reward_mean=stats.reward_mean,
+            accuracy=stats.accuracy,
+            all_wrong_fraction=stats.all_wrong_fraction,
+            all_correct_fraction=stats.all_correct_fraction,
+            zero_advantage_fraction=stats.zero_advantage_fraction,
+            reward_timeouts=sum(s.timeouts for s in scored),
+            reward_errors=sum(s.errors for s in scored),
+            question_ranks=tuple(float(r) for r in sampled.ranks),
+            n_min=sampled.n_min,
+            n_max=sampled.n_max,
+            temperature=temperature,
+            next_temperature=control.next_temperature,
+            temperature_clamped=control.clamped,
+            target_entropy=control.target_entropy,
+            entropy=result.entropy,
+            learner={name: value for name, value in result.metrics.items() if name != "entropy"},
+            timing=dict(timer.seconds),
+            heldout=heldout,
+        )
+
+    def _log(self, record: StepRecord) -> None:
+        """Send the record to the run log; at epoch end also the difficulty table and the epoch's records."""
+        self._epoch_records.append(record)
+        if self.run_log is not None:
+            self.run_log.log_step(record)
+        if record.end_of_epoch:
+            if self.run_log is not None:
+                self.run_log.log_epoch(record.epoch, record.step, self.table, self._epoch_records)
+            self._epoch_records = []
 
     def _maybe_recompute(self, end_of_epoch: bool, step: int) -> None:
         """At epoch end: recompute ranks and widen the bounds; every K steps (if configured): recompute ranks."""
@@ -316,24 +340,27 @@ class Scheduler:
 
     def evaluate(self) -> dict[str, float]:
         """The current policy on the held-out questions: greedy accuracy (overall, per source) and, when the plan
-        asks for it, mean@k and pass@k from k sampled answers each."""
+        asks for it, mean@k and pass@k from k sampled answers each (as `sampled/<key>`)."""
         if self.heldout is None:
             return {}
-        questions, prompts = self.heldout
-        result = greedy_accuracy(self.rollouts, self.scorer, questions, prompts, self.plan.max_new_tokens)
+        result = greedy_accuracy(
+            rollout_pool=self.rollout_pool,
+            scorer=self.scorer,
+            split=self.heldout,
+            max_new_tokens=self.plan.max_new_tokens,
+        )
         k = self.plan.heldout_samples
         if k:
             sampled = sampled_pass_at_k(
-                self.rollouts,
-                self.scorer,
-                questions,
-                prompts,
-                self.plan.max_new_tokens,
-                k,
-                self.plan.eval_temperature,
-                [1, k],
-                self.plan.seed + 7919,
-                self.controller.temperature,
+                rollout_pool=self.rollout_pool,
+                scorer=self.scorer,
+                split=self.heldout,
+                max_new_tokens=self.plan.max_new_tokens,
+                num_samples=k,
+                temperature=self.plan.eval_temperature,
+                ks=[1, k],
+                seed=self.plan.seed + 7919,
+                restore_temperature=self.controller.temperature,
             )
             result.update({f"sampled/{key}": value for key, value in sampled.items()})
         return result
@@ -357,7 +384,7 @@ class Scheduler:
         partial = root / f".step_{self.step_count}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        self.learner.save(str(partial / "policy"))
+        self.learner_group.save(str(partial / "policy"))
         self.table.write_parquet(partial / "difficulty.parquet")
         (partial / "scheduler.json").write_text(json.dumps(self.state_dict(), indent=1), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
@@ -369,34 +396,28 @@ class Scheduler:
         """Load a checkpoint written by `checkpoint()`, push its weights and temperature to the rollout workers,
         and return the step it continues from."""
         path = Path(directory)
-        state = json.loads((path / "scheduler.json").read_text(encoding="utf-8"))
-        self.load_state_dict(state)
-        self.table.read_parquet(path / "difficulty.parquet")
-        self.learner.load(str(path / "policy"))
-        self.rollouts.load_weights(self.learner.state_dict_ref(), self.weights_version)
-        self.rollouts.set_temperature(TemperatureUpdate(self.controller.temperature, self.step_count))
+        self.table.read_parquet(path / "difficulty.parquet")  # first: it refuses a table of other questions
+        self.load_state_dict(json.loads((path / "scheduler.json").read_text(encoding="utf-8")))
+        self.learner_group.load(str(path / "policy"))
+        self._sync_weights(self.weights_version)
+        self.rollout_pool.set_temperature(TemperatureUpdate(self.controller.temperature, self.step_count))
         if self.run_log is not None:
             self.run_log.rewind(self.step_count)
         return self.step_count
 
     def state_dict(self) -> dict[str, Any]:
-        """The algorithmic state but the difficulty table (saved as Parquet beside it): plain JSON values."""
+        """The algorithmic state but the difficulty table (saved as Parquet beside it, with the dataset's
+        fingerprint): plain JSON values."""
         return {
             "step": self.step_count,
             "weights_version": self.weights_version,
-            "fingerprint": self.fingerprint,
             "sampler": self.sampler.state_dict(),
             "bounds": self.bounds.state_dict(),
             "controller": self.controller.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`; refuses a state saved for a different dataset."""
-        if state["fingerprint"] != self.fingerprint:
-            raise ValueError(
-                f"checkpoint was saved for dataset fingerprint {state['fingerprint'][:12]}..., "
-                f"this run's dataset is {self.fingerprint[:12]}...: refusing to resume on different questions"
-            )
+        """Restore `state_dict()` (the difficulty table, read first, has refused a checkpoint of other questions)."""
         self.step_count = int(state["step"])
         self.weights_version = int(state["weights_version"])
         self.sampler.load_state_dict(state["sampler"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import cpu_description
+from cluster.environment import keep_ray_on_loopback
+from core.markdown import markdown_table
 
 ALGOS = ("grpo", "e3")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,25 +30,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def run_metrics(run_dir: Path) -> dict[str, Any]:
     """The comparison's numbers for one finished run, from its metrics.jsonl and summary.json."""
-    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    last_epoch = max(m["epoch"] for m in steps)
-    last = [m for m in steps if m["epoch"] == last_epoch]
-    targets = [m for m in last if m["target_entropy"] is not None]
+    from actors.report import load_run
+
+    run = load_run(run_dir)
+    steps, summary = run.steps, run.summary or {}
+    last = [r for r in steps if r.epoch == steps[-1].epoch]
+    targets = [r for r in last if r.target_entropy is not None]
     after = summary["heldout_after"]
     return {
-        "all_wrong_last_epoch": statistics.fmean(m["all_wrong_fraction"] for m in last),
+        "all_wrong_last_epoch": statistics.fmean(r.all_wrong_fraction for r in last),
         "heldout_greedy_accuracy": after["accuracy"],
         "heldout_mean_at_8": after.get("sampled/all/mean@8"),
         "heldout_greedy_accuracy_before": summary["heldout_before"]["accuracy"],
-        "entropy_first_step": steps[0]["entropy"],
-        "entropy_last_epoch": statistics.fmean(m["entropy"] for m in last),
-        "entropy_relative_drift": statistics.fmean(m["entropy"] for m in last) / steps[0]["entropy"] - 1,
+        "entropy_first_step": steps[0].entropy,
+        "entropy_last_epoch": statistics.fmean(r.entropy for r in last),
+        "entropy_relative_drift": statistics.fmean(r.entropy for r in last) / steps[0].entropy - 1,
         "entropy_off_target_last_epoch": (
-            statistics.fmean(abs(m["entropy"] / m["target_entropy"] - 1) for m in targets) if targets else None
+            statistics.fmean(abs(r.entropy / r.target_entropy - 1) for r in targets) if targets else None
         ),
         "final_temperature": summary["final_temperature"],
-        "rollouts_total": sum(m["rollouts_total"] for m in steps),
+        "rollouts_total": sum(r.rollouts_total for r in steps),
         "steps": len(steps),
         "wall_s": summary["wall_s"],
     }
@@ -88,11 +90,14 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "",
         "Means over seeds (per-seed values in ab.json).",
         "",
-        "| metric | GRPO | E3 |",
-        "|---|---|---|",
+        *markdown_table(
+            ["metric", "GRPO", "E3"],
+            [
+                [label, fmt(spec, results["grpo"].get(key)), fmt(spec, results["e3"].get(key))]
+                for label, key, spec in rows
+            ],
+        ),
     ]
-    for label, key, spec in rows:
-        lines.append(f"| {label} | {fmt(spec, results['grpo'].get(key))} | {fmt(spec, results['e3'].get(key))} |")
     lines += ["", "Overlay of the first seed's runs: [ab_report.html](ab_report.html).", ""]
     return "\n".join(lines)
 
@@ -105,20 +110,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs", type=Path, default=Path("runs/ab"))
     parser.add_argument("overrides", nargs="*", help="config overrides for both algorithms (after --)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported: loopback only
-
-    import ray
-    from hydra import compose, initialize_config_dir
+    keep_ray_on_loopback()  # before Ray is imported
 
     import launch
-    from bench.report import write_report
-    from cluster.build import start_ray
+    from actors.report import write_report
+    from cluster.build import ray_session
     from core.config import RayConfig
 
     started = time.perf_counter()
-    start_ray(RayConfig(), needed_cpus=4)
     run_dirs: dict[tuple[str, int], Path] = {}
-    try:
+    with ray_session(RayConfig(), needed_cpus=4):
         for seed in args.seeds:
             for algo in ALGOS:
                 name = f"{algo}-seed{seed}"
@@ -130,12 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "wandb.mode=disabled",
                     *args.overrides,
                 ]
-                with initialize_config_dir(version_base="1.3", config_dir=str(Path(launch.__file__).parent / "conf")):
-                    cfg = launch.to_run_config(compose("config", overrides=overrides))
-                launch.train(cfg)
+                launch.train(launch.compose_run_config(overrides))
                 run_dirs[algo, seed] = args.runs / name
-    finally:
-        ray.shutdown()
 
     results: dict[str, Any] = {
         algo: aggregate([run_metrics(run_dirs[algo, seed]) for seed in args.seeds]) for algo in ALGOS

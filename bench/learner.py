@@ -95,7 +95,6 @@ def synthetic_batch(rows: int, prompt: tuple[int, int], response: tuple[int, int
         response_mask=response_mask,
         advantages=torch.randn(rows, generator=generator),
         temperatures=1.0 + 0.1 * torch.rand(rows, generator=generator),
-        group_ids=torch.arange(rows) // 8,
     )
 
 

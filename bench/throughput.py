@@ -8,13 +8,13 @@ breakdown, and the weight sync against model size, written as one Markdown repor
     `RolloutWorker` actors, for each engine. Every path is warmed up once, then timed `repeats` times; the
     median is reported. Seeds are fixed, so every path samples the same completions.
 (b) Step breakdown: `launch.train` on the embedded default (smoke overrides, more steps and questions), the
-    mean of each `timing/*_s` phase of `metrics.jsonl`, step 0 (warm-up) left out.
+    mean of each timed phase of its step records, step 0 (warm-up) left out.
 (c) Weight sync: `LearnerGroup.state_dict_ref()` and `RolloutPool.load_weights` (the path the scheduler
     takes every step) for the policy and for a wider copy (same tokenizer, random weights) about 10x larger.
 
 Everything runs on one local Ray cluster on loopback, stopped at the end (an already running one, as in tests,
 is used and left running). Ray, vLLM and the actors are imported inside functions: Ray must not be imported
-before `main` has set the loopback switch (`cluster.build.LOOPBACK_ENV`).
+before `main` has set the loopback switch (`cluster.environment.keep_ray_on_loopback`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import json
 import logging
 import math
 import os
@@ -40,8 +39,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from actors.report import OTHER, load_run
 from bench.machine import cpu_description
-from bench.report import OTHER, PHASES
+from cluster.environment import keep_ray_on_loopback
+from core.markdown import markdown_table
+from core.step_record import StepRecord, step_phases
 
 if TYPE_CHECKING:
     from core.config import RunConfig
@@ -50,14 +52,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "throughput.md"
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-"""Same switch as `cluster.build.LOOPBACK_ENV`, named here because that module imports Ray."""
 RAY_CPUS = 4
 """Logical CPUs of the local cluster (more than the machine's cores: the actors mostly take turns)."""
 CORE_PHASES = ("generate", "score", "train", "sync")
-"""The step phases that do the work; the rest of `timing/step_s` is scheduler overhead."""
+"""The step phases that do the work; the rest of the step's time is scheduler overhead."""
 ACTOR_RATIO_TARGET = 0.9
 OVERHEAD_TARGET = 0.05
 SYNC_TARGET = 0.10
@@ -157,7 +156,7 @@ class StepBreakdown:
     """Mean seconds per phase over the counted steps of the short training run."""
 
     phases: dict[str, float]
-    """`PHASES` that were recorded, `step`, and `other` (step time outside every phase)."""
+    """The phases the steps timed, `step`, and `other` (step time outside every phase)."""
     steps: int
     """Steps averaged (the first step of the run is left out as a warm-up)."""
     samples_per_step: float
@@ -213,16 +212,6 @@ def timed_median(run: Callable[[], int], repeats: int) -> tuple[float, int]:
     return statistics.median(seconds), int(statistics.median(counts))
 
 
-def compose_config(overrides: Sequence[str]) -> RunConfig:
-    """The run config `launch.py` would build from `conf/` with these command-line overrides."""
-    from hydra import compose, initialize_config_dir
-
-    import launch
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return launch.to_run_config(compose("config", overrides=list(overrides)))
-
-
 def bench_generation(settings: BenchSettings, model: Path, train_file: Path) -> list[GenerationRow]:
     """(a) For each engine: the raw engine in this process, then the pool with each worker count."""
     from transformers import AutoTokenizer
@@ -233,7 +222,7 @@ def bench_generation(settings: BenchSettings, model: Path, train_file: Path) -> 
     rows = []
     for engine in settings.engines:
         base = [f"model.path={model}", f"rollout.engine={engine}", f"rollout.max_new_tokens={settings.max_new_tokens}"]
-        cfg = compose_config(base)
+        cfg = launch.compose_run_config(base)
         _, prompts = launch.load_split(train_file, AutoTokenizer.from_pretrained(model), cfg, limit=settings.questions)
         requests = [
             RolloutRequest(f"q{i}", tuple(prompt), settings.samples, settings.max_new_tokens, seed=1000 + i, step=0)
@@ -241,7 +230,7 @@ def bench_generation(settings: BenchSettings, model: Path, train_file: Path) -> 
         ]
         rows.append(attempt(engine, 0, partial(measure_raw_engine, cfg, model, requests, settings.repeats)))
         for workers in settings.worker_counts:
-            pool_cfg = compose_config([*base, f"rollout.num_workers={workers}"])
+            pool_cfg = launch.compose_run_config([*base, f"rollout.num_workers={workers}"])
             rows.append(attempt(engine, workers, partial(measure_pool, pool_cfg, model, requests, settings.repeats)))
     return rows
 
@@ -310,7 +299,7 @@ def bench_steps(settings: BenchSettings, model: Path, work_dir: Path) -> StepBre
     """(b) A short `launch.train` run; its per-step timings, summarised by `summarize_steps`."""
     import launch
 
-    cfg = compose_config(
+    cfg = launch.compose_run_config(
         [
             "+experiment=smoke",
             "run_name=throughput",
@@ -327,30 +316,29 @@ def bench_steps(settings: BenchSettings, model: Path, work_dir: Path) -> StepBre
         ]
     )
     launch.train(cfg)
-    lines = (cfg.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return summarize_steps([json.loads(line) for line in lines if line.strip()])
+    return summarize_steps(load_run(cfg.run_dir).steps)
 
 
-def summarize_steps(records: Sequence[dict[str, Any]]) -> StepBreakdown:
+def summarize_steps(records: Sequence[StepRecord]) -> StepBreakdown:
     """Mean seconds of each timed phase over every step but the first (a warm-up), and the time left over.
 
-    Raises ValueError when fewer than two steps were recorded or a step lacks `timing/step_s`.
+    Raises ValueError when fewer than two steps were recorded or a step was not timed as a whole.
     """
     if len(records) < 2:
         raise ValueError(f"summarize_steps: {len(records)} steps recorded; need at least 2 (step 0 is a warm-up)")
     counted = records[1:]
-    missing = [r.get("step") for r in counted if "timing/step_s" not in r]
+    missing = [r.step for r in counted if not math.isfinite(r.step_seconds)]
     if missing:
-        raise ValueError(f"summarize_steps: steps {missing} have no timing/step_s")
-    mean = lambda key: statistics.fmean(r.get(key, 0.0) for r in counted)  # noqa: E731
-    phases = {p: mean(f"timing/{p}_s") for p in PHASES if any(f"timing/{p}_s" in r for r in counted)}
-    phases["step"] = mean("timing/step_s")
-    phases[OTHER] = phases["step"] - sum(phases[p] for p in PHASES if p in phases)
+        raise ValueError(f"summarize_steps: steps {missing} have no step time")
+    mean = lambda of: statistics.fmean(of(r) for r in counted)  # noqa: E731
+    phases = {p: mean(lambda r, p=p: r.step_phases.get(p, 0.0)) for p in step_phases(counted)}
+    phases["step"] = mean(lambda r: r.step_seconds)
+    phases[OTHER] = phases["step"] - sum(v for p, v in phases.items() if p != "step")
     return StepBreakdown(
         phases=phases,
         steps=len(counted),
-        samples_per_step=mean("rollouts_total"),
-        tokens_per_step=mean("generated_tokens"),
+        samples_per_step=mean(lambda r: r.rollouts_total),
+        tokens_per_step=mean(lambda r: r.generated_tokens),
     )
 
 
@@ -387,10 +375,13 @@ def bench_sync(settings: BenchSettings, model: Path, work_dir: Path) -> list[Syn
 
 def measure_sync(model: Path, label: str, settings: BenchSettings) -> SyncRow:
     """Median times of `state_dict_ref()` (gather), `load_weights` (load) and both, after one warm-up sync."""
+    import launch
     from cluster.build import build_rollout_pool
     from cluster.learner_group import LearnerGroup
 
-    cfg = compose_config([f"model.path={model}", f"rollout.engine={settings.sync_engine}", f"ray.num_cpus={RAY_CPUS}"])
+    cfg = launch.compose_run_config(
+        [f"model.path={model}", f"rollout.engine={settings.sync_engine}", f"ray.num_cpus={RAY_CPUS}"]
+    )
     learner = LearnerGroup(str(model), cfg.learner, cfg.model.dtype, cfg.train.seed)
     with contextlib.ExitStack() as stack:
         stack.callback(learner.shutdown)
@@ -452,7 +443,7 @@ def machine_info() -> dict[str, str]:
 @contextlib.contextmanager
 def local_ray() -> Iterator[None]:
     """A local Ray cluster on loopback for the block (one already running in this process is used and kept)."""
-    os.environ.setdefault(LOOPBACK_ENV, "0")
+    keep_ray_on_loopback()
     import ray
 
     from cluster.build import start_ray
@@ -468,7 +459,7 @@ def local_ray() -> Iterator[None]:
 
 def run(settings: BenchSettings, model: Path | None = None) -> BenchResults:
     """Run (a), (b) and (c) on `model` (default: the embedded base policy, built if missing)."""
-    os.environ.setdefault(LOOPBACK_ENV, "0")
+    keep_ray_on_loopback()
     from core.config import ModelConfig, RunConfig
     from tasks.registry import prepare_task
 
@@ -503,53 +494,47 @@ def _verdict(ok: bool) -> str:
     return "meets" if ok else "**misses**"
 
 
-def generation_table(rows: Sequence[GenerationRow]) -> list[str]:
+def generation_table(rows_in: Sequence[GenerationRow]) -> list[str]:
     """(a) as Markdown lines: one row per path, with the ratio to the same engine's raw throughput."""
-    raw = {r.engine: r.tokens_per_s for r in rows if r.workers == 0}
-    lines = [
-        "| engine | path | tokens / run | median s | tokens/s | actor / raw |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
+    raw = {r.engine: r.tokens_per_s for r in rows_in if r.workers == 0}
+    rows = []
+    for r in rows_in:
         path = (
             "raw engine, in-process"
             if r.workers == 0
             else f"RolloutPool, {r.workers} worker actor{'s' * (r.workers > 1)}"
         )
         if r.error:
-            lines.append(f"| {r.engine} | {path} | failed: `{r.error}` | | | |")
+            rows.append([r.engine, path, f"failed: `{r.error}`", "", "", ""])
             continue
         ratio = "1.00" if r.workers == 0 else f"{r.tokens_per_s / raw[r.engine]:.2f}"
-        lines.append(f"| {r.engine} | {path} | {r.tokens} | {r.seconds:.2f} | {r.tokens_per_s:,.0f} | {ratio} |")
-    return lines
+        rows.append([r.engine, path, r.tokens, f"{r.seconds:.2f}", f"{r.tokens_per_s:,.0f}", ratio])
+    headers = ["engine", "path", "tokens / run", "median s", "tokens/s", "actor / raw"]
+    return markdown_table(headers, rows, left_columns=2)
 
 
 def steps_table(steps: StepBreakdown) -> list[str]:
     """(b) as Markdown lines: mean seconds and share of the step per phase, then the derived overheads."""
-    lines = ["| phase | mean s | share of step |", "|---|---:|---:|"]
-    for phase in (*PHASES, OTHER, "step"):
-        if phase in steps.phases:
-            seconds = steps.phases[phase]
-            lines.append(f"| {phase} | {seconds:.3f} | {steps.share(seconds):.1%} |")
-    lines.append(
-        f"| **scheduler overhead** = step - (generate + score + train + sync) | {steps.overhead_s:.3f} "
-        f"| {steps.share(steps.overhead_s):.1%} |"
-    )
-    return lines
+    order = [p for p in steps.phases if p not in (OTHER, "step")] + [OTHER, "step"]
+    rows = [[p, f"{steps.phases[p]:.3f}", f"{steps.share(steps.phases[p]):.1%}"] for p in order]
+    overhead = "**scheduler overhead** = step - (generate + score + train + sync)"
+    rows.append([overhead, f"{steps.overhead_s:.3f}", f"{steps.share(steps.overhead_s):.1%}"])
+    return markdown_table(["phase", "mean s", "share of step"], rows)
 
 
 def sync_table(rows: Sequence[SyncRow]) -> list[str]:
     """(c) as Markdown lines: one row per model."""
-    lines = [
-        "| model | params | MB | state_dict_ref() s | load_weights s | together s | together ms / M params |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+    headers = ["model", "params", "MB", "state_dict_ref() s", "load_weights s", "together s", "together ms / M params"]
+    cells = lambda r: [  # noqa: E731
+        r.label,
+        f"{r.params / 1e6:.2f} M",
+        f"{r.megabytes:.1f}",
+        f"{r.gather_s:.3f}",
+        f"{r.load_s:.3f}",
+        f"{r.total_s:.3f}",
+        f"{1e3 * r.total_s / (r.params / 1e6):.1f}",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r.label} | {r.params / 1e6:.2f} M | {r.megabytes:.1f} | {r.gather_s:.3f} | {r.load_s:.3f} "
-            f"| {r.total_s:.3f} | {1e3 * r.total_s / (r.params / 1e6):.1f} |"
-        )
-    return lines
+    return markdown_table(headers, [cells(r) for r in rows])
 
 
 def reading(results: BenchResults) -> list[str]:
@@ -575,7 +560,7 @@ def reading(results: BenchResults) -> list[str]:
     s = results.steps
     overhead, sync = s.share(s.overhead_s), s.share(s.phases.get("sync", 0.0))
     biggest = max(CORE_PHASES, key=lambda p: s.phases.get(p, 0.0))
-    rest = ", ".join(f"{p} {s.phases[p]:.3f} s" for p in (*PHASES, OTHER) if p in s.phases and p not in CORE_PHASES)
+    rest = ", ".join(f"{p} {v:.3f} s" for p, v in s.phases.items() if p not in (*CORE_PHASES, "step"))
     lines += [
         f"- Step: {s.phases['step']:.2f} s on average ({s.samples_per_step:.0f} samples, {s.tokens_per_step:,.0f} "
         f"generated tokens); {biggest} is the largest phase ({s.share(s.phases[biggest]):.0%} of the step).",

@@ -7,47 +7,34 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.protocols import RunLogLike
 from actors.reward_scorer import RewardScorer
 from actors.rollout_worker import RolloutWorker
-from actors.scheduler import Scheduler
+from actors.scheduler import Scheduler, StepPlan
+from cluster.environment import LOOPBACK_ENV, ray_on_loopback, worker_env
 from cluster.learner_group import LearnerGroup
+from cluster.reward_client import RewardScorerClient
 from cluster.rollout_pool import RolloutPool
-from core.config import RayConfig, RunConfig
+from core.config import RayConfig, RewardConfig, RolloutConfig, RunConfig
 from core.messages import TemperatureUpdate
+from tasks.prepare import Split
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEDULER_NAME = "e3/scheduler"
 SCORER_NAME = "e3/reward-scorer"
 ROLLOUT_NAME = "e3/rollout-{index}"
 LIGHT_ACTOR_CPUS = 0.1
-# Ray reads this when it is imported; "0" keeps a local cluster's ports on 127.0.0.1 (measured: without it, Ray
-# listens on every interface). Set it before the first `import ray` of a process that starts a local cluster.
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # the scheduler and the scorer's front end mostly wait on others
-
-
-def worker_env() -> dict[str, str]:
-    """Environment of every Ray worker process: the repo importable, no hub access, quiet libraries."""
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = {
-        "PYTHONPATH": path,
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
-        "TQDM_DISABLE": "1",
-        "WANDB_SILENT": "true",
-        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore"),
-    }
-    return env
+"""CPUs reserved by the scheduler and the reward scorer's front end: they mostly wait on the others."""
 
 
 def required_cpus(cfg: RunConfig) -> float:
@@ -71,7 +58,7 @@ def start_ray(cfg: RayConfig, needed_cpus: float) -> bool:
     if cfg.address:
         ray.init(address=cfg.address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
         return True
-    if os.environ.get(LOOPBACK_ENV) != "0":
+    if not ray_on_loopback():
         log.warning("%s=0 was not set before Ray was imported: Ray may listen on every interface", LOOPBACK_ENV)
     num_cpus = cfg.num_cpus if cfg.num_cpus is not None else max(os.cpu_count() or 1, math.ceil(needed_cpus))
     ray.init(
@@ -87,8 +74,19 @@ def start_ray(cfg: RayConfig, needed_cpus: float) -> bool:
     return True
 
 
+@contextmanager
+def ray_session(cfg: RayConfig, needed_cpus: float) -> Iterator[None]:
+    """`start_ray` for the block, and a disconnect at its end when this call connected."""
+    connected = start_ray(cfg, needed_cpus)
+    try:
+        yield
+    finally:
+        if connected:
+            ray.shutdown()
+
+
 def spawn_rollout_worker(
-    index: int, model_path: str, cfg: Any, dtype: str, seed: int, max_model_len: int
+    index: int, model_path: str, cfg: RolloutConfig, dtype: str, seed: int, max_model_len: int
 ) -> ray.actor.ActorHandle:
     """Create rollout worker `index` as the named actor `e3/rollout-<index>`."""
     actor = ray.remote(RolloutWorker).options(
@@ -100,21 +98,17 @@ def spawn_rollout_worker(
     return actor.remote(model_path, cfg, dtype, seed, max_model_len, name=f"rollout-{index}")
 
 
-class Remote:
-    """Calls a Ray actor's methods as if it were local: each call is one remote call and a bounded wait."""
+@dataclass
+class EvalCluster:
+    """The actors that evaluate a policy: the rollout workers and the reward scorer (`mode=eval`)."""
 
-    def __init__(self, handle: ray.actor.ActorHandle, timeout_s: float | None = None) -> None:
-        self._handle = handle
-        self._timeout_s = timeout_s
+    rollout_pool: RolloutPool
+    scorer: RewardScorerClient
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        method = getattr(self._handle, name)
-        return lambda *args, **kwargs: ray.get(method.remote(*args, **kwargs), timeout=self._timeout_s)
-
-    def __reduce__(self) -> tuple:
-        return (Remote, (self._handle, self._timeout_s))
+    def shutdown(self) -> None:
+        """Stop the scorer (its worker processes first) and the rollout workers."""
+        self.scorer.shutdown()
+        self.rollout_pool.shutdown()
 
 
 @dataclass
@@ -122,20 +116,15 @@ class Cluster:
     """The run's actors: the scheduler (driven by launch.py), and the parts it drives."""
 
     scheduler: ray.actor.ActorHandle
-    rollouts: RolloutPool
-    learner: LearnerGroup
-    scorer: ray.actor.ActorHandle
+    rollout_pool: RolloutPool
+    learner_group: LearnerGroup
+    scorer: RewardScorerClient
 
     def shutdown(self) -> None:
         """Stop every actor of the run (the Ray cluster itself stays up)."""
-        try:
-            ray.get(self.scorer.close.remote(), timeout=30)
-        except Exception as err:  # noqa: BLE001 - shutting down what is left matters more
-            log.warning("reward scorer did not close cleanly: %r", err)
-        for handle in (self.scheduler, self.scorer):
-            ray.kill(handle, no_restart=True)
-        self.rollouts.shutdown()
-        self.learner.shutdown()
+        ray.kill(self.scheduler, no_restart=True)
+        EvalCluster(self.rollout_pool, self.scorer).shutdown()
+        self.learner_group.shutdown()
 
 
 def build_rollout_pool(cfg: RunConfig, model_path: Path) -> RolloutPool:
@@ -153,30 +142,48 @@ def build_rollout_pool(cfg: RunConfig, model_path: Path) -> RolloutPool:
     return pool
 
 
-def build_scorer(cfg: RunConfig, reward_fn: str) -> ray.actor.ActorHandle:
-    """Start the named reward scorer actor."""
-    return ray.remote(RewardScorer).options(name=SCORER_NAME, num_cpus=LIGHT_ACTOR_CPUS).remote(reward_fn, cfg.reward)
+def build_scorer(config: RewardConfig, reward_fn: str) -> RewardScorerClient:
+    """Start the named reward scorer actor, behind a client whose calls have deadlines."""
+    handle = ray.remote(RewardScorer).options(name=SCORER_NAME, num_cpus=LIGHT_ACTOR_CPUS).remote(reward_fn, config)
+    return RewardScorerClient(handle, config)
 
 
-def build_cluster(cfg: RunConfig, model_path: Path, reward_fn: str, scheduler_args: dict[str, Any]) -> Cluster:
-    """Start the rollout workers, the learner group, the reward scorer and the scheduler, and wait until the
-    workers have their engines. `scheduler_args` are the Scheduler's data and plan (questions, prompts, ...)."""
-    learner = LearnerGroup(str(model_path), cfg.learner, cfg.model.dtype, cfg.train.seed)
-    scorer = build_scorer(cfg, reward_fn)
-    rollouts = build_rollout_pool(cfg, model_path)
-    rollouts.set_temperature(TemperatureUpdate(cfg.temperature.initial, step=0))
+def build_eval_cluster(cfg: RunConfig, model_path: Path, reward_fn: str) -> EvalCluster:
+    """Start the rollout workers on `model_path` and the reward scorer, as training does, for an evaluation."""
+    return EvalCluster(build_rollout_pool(cfg, model_path), build_scorer(cfg.reward, reward_fn))
+
+
+def build_cluster(
+    cfg: RunConfig,
+    model_path: Path,
+    reward_fn: str,
+    *,
+    train: Split,
+    plan: StepPlan,
+    heldout: Split | None,
+    run_log: RunLogLike | None,
+) -> Cluster:
+    """Start the rollout workers, the learner group, the reward scorer and the scheduler (holding `train`, the
+    `plan`, the `heldout` questions and the `run_log`), and wait until the workers have their engines."""
+    learner_group = LearnerGroup(str(model_path), cfg.learner, cfg.model.dtype, cfg.train.seed)
+    scorer = build_scorer(cfg.reward, reward_fn)
+    rollout_pool = build_rollout_pool(cfg, model_path)
+    rollout_pool.set_temperature(TemperatureUpdate(cfg.temperature.initial, step=0))
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     scheduler = (
         ray.remote(Scheduler)
         .options(name=SCHEDULER_NAME, num_cpus=LIGHT_ACTOR_CPUS, scheduling_strategy=here)
         .remote(
-            rollouts=rollouts,
-            learner=learner,
-            scorer=Remote(scorer),
+            train=train,
+            plan=plan,
             budget=cfg.budget,
             temperature=cfg.temperature,
             reward=cfg.reward,
-            **scheduler_args,
+            rollout_pool=rollout_pool,
+            learner_group=learner_group,
+            scorer=scorer,
+            heldout=heldout,
+            run_log=run_log,
         )
     )
-    return Cluster(scheduler=scheduler, rollouts=rollouts, learner=learner, scorer=scorer)
+    return Cluster(scheduler=scheduler, rollout_pool=rollout_pool, learner_group=learner_group, scorer=scorer)

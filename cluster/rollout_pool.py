@@ -8,7 +8,6 @@ its samples once.
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -16,26 +15,10 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from core.balance import balance
 from core.messages import Completion, Rollout, RolloutRequest, TemperatureUpdate
 
 log = logging.getLogger(__name__)
-
-
-def assign_by_samples(sample_counts: list[int], num_workers: int) -> list[list[int]]:
-    """Split request positions over workers so that their total sample counts are as even as greedy allows.
-
-    Longest-first: each request, largest first, goes to the worker with the fewest samples so far (ties: lower
-    worker index). Returns, per worker, the request positions in increasing order.
-    """
-    if num_workers < 1:
-        raise ValueError(f"assign_by_samples: num_workers={num_workers} < 1")
-    heap = [(0, w) for w in range(num_workers)]
-    assigned: list[list[int]] = [[] for _ in range(num_workers)]
-    for position in sorted(range(len(sample_counts)), key=lambda i: (-sample_counts[i], i)):
-        load, worker = heapq.heappop(heap)
-        assigned[worker].append(position)
-        heapq.heappush(heap, (load + sample_counts[position], worker))
-    return [sorted(a) for a in assigned]
 
 
 class RolloutPool:
@@ -57,7 +40,7 @@ class RolloutPool:
 
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
         """Rollouts for `requests`, in request order; dead workers are restarted and their requests re-issued."""
-        plan = assign_by_samples([r.num_samples for r in requests], len(self.workers))
+        plan = balance([r.num_samples for r in requests], len(self.workers))
         pending = {
             w: self.workers[w].generate.remote([requests[i] for i in positions])
             for w, positions in enumerate(plan)
@@ -78,7 +61,7 @@ class RolloutPool:
 
     def generate_greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
         """Greedy completions of `prompts` (evaluation), spread evenly over the workers, in prompt order."""
-        plan = assign_by_samples([1] * len(prompts), len(self.workers))
+        plan = balance([1] * len(prompts), len(self.workers))
         refs = [
             self.workers[w].generate_greedy.remote([prompts[i] for i in positions], max_new_tokens)
             for w, positions in enumerate(plan)

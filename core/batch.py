@@ -45,8 +45,8 @@ def build_train_batch(
 
     `length_bias_ranks[i]` is the rank of `scored[i]`'s question that the length bias compares with its threshold:
     pass `DifficultyTable.index_ranks`, ties broken by table order, so that `rank <= threshold` selects exactly the
-    easiest `threshold` fraction of the questions (E3_SPEC section 5) whatever the tie policy. Group ids are the
-    positions in `scored`, so each question's samples form one GRPO group. Samples keep the temperature stamped
+    easiest `threshold` fraction of the questions (E3_SPEC section 5) whatever the tie policy. Each question's
+    samples form one GRPO group for the advantages. Samples keep the temperature stamped
     on their rollout, and the sampler's per-token log-probs are kept for the learner's mismatch metric.
     """
     if len(scored) != len(length_bias_ranks):
@@ -93,7 +93,6 @@ def build_train_batch(
         response_mask=response_mask,
         advantages=torch.as_tensor(advantages, dtype=torch.float32),
         temperatures=torch.tensor(temperatures, dtype=torch.float32),
-        group_ids=torch.tensor(group_ids, dtype=torch.long),
         sampler_logprobs=logprobs,
     )
     group_correct = [np.asarray(item.correct, dtype=bool) for item in scored]

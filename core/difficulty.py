@@ -12,7 +12,7 @@ by table order, for rules that select "the easiest p fraction" (the length bias,
 on an averaged rank would select all of a tied group or none of it.
 
 The table persists as Parquet (`write_parquet` / `read_parquet`) with columns question_id, attempts, correct,
-accuracy, rank, last_step, and a fingerprint of the ordered question ids in the schema metadata so that a table
+accuracy, rank, last_step, and the dataset's fingerprint in the schema metadata so that a table
 saved for one dataset is never loaded into another.
 """
 
@@ -40,7 +40,7 @@ _META_FINGERPRINT = b"e3.fingerprint"
 _COLUMNS = ("question_id", "attempts", "correct", "accuracy", "rank", "last_step")
 
 
-def fingerprint(question_ids: Sequence[str]) -> str:
+def ids_fingerprint(question_ids: Sequence[str]) -> str:
     """Return a SHA-256 hex digest of the ordered question ids (each length-prefixed, so joins cannot collide)."""
     digest = hashlib.sha256()
     for qid in question_ids:
@@ -78,7 +78,11 @@ class DifficultyTable:
         question_ids: Sequence[str],
         initial_ranks: Sequence[float] | None = None,
         ties: TiePolicy = "average",
+        fingerprint: str | None = None,
     ) -> None:
+        """A table of `question_ids` (unique, in dataset order). `fingerprint` names the dataset in the table's
+        saved files, so that a file only loads into a table of the same dataset; by default it is the SHA-256
+        of the ordered ids (the scheduler passes the dataset's own, which covers the answers too)."""
         if ties not in ("average", "index"):
             raise ValueError(f"ties must be 'average' or 'index', got ties={ties!r}")
         ids = list(question_ids)
@@ -92,7 +96,7 @@ class DifficultyTable:
         n = len(ids)
         self._ids = ids
         self._ties: TiePolicy = ties
-        self._fingerprint = fingerprint(ids)
+        self._fingerprint = fingerprint if fingerprint is not None else ids_fingerprint(ids)
         self._attempts = np.zeros(n, dtype=np.int64)
         self._correct = np.zeros(n, dtype=np.int64)
         self._last_step = np.full(n, NEVER_SEEN, dtype=np.int64)
@@ -119,18 +123,8 @@ class DifficultyTable:
         return question_id in self._index
 
     @property
-    def all_ids(self) -> list[str]:
-        """All question ids, in table order."""
-        return list(self._ids)
-
-    @property
-    def ties(self) -> TiePolicy:
-        """The tie policy used by `recompute_ranks`."""
-        return self._ties
-
-    @property
     def fingerprint(self) -> str:
-        """SHA-256 of the ordered question ids; a saved table only loads into a table with the same one."""
+        """The dataset's fingerprint; a saved table only loads into a table with the same one."""
         return self._fingerprint
 
     @property
@@ -223,7 +217,7 @@ class DifficultyTable:
         saved = metadata.get(_META_FINGERPRINT, b"").decode()
         if saved != self._fingerprint:
             raise ValueError(
-                f"difficulty table {os.fspath(path)!r} was built for other question ids "
+                f"difficulty table {os.fspath(path)!r} was built for other questions "
                 f"(fingerprint {saved or 'missing'!s} != this dataset's {self._fingerprint})"
             )
         missing = [name for name in _COLUMNS if name not in table.column_names]

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import torch
 
+from core.balance import balance
+
 FINISH_REASONS = ("stop", "length")
 
 
@@ -122,13 +124,15 @@ class RewardResult(NamedTuple):
 class ScoredRollouts:
     """Reward scorer -> scheduler: a rollout with one reward and one correctness flag per completion.
 
-    `timeouts` counts the completions whose reward computation was killed at its time limit (scored 0).
+    `timeouts` counts the completions whose reward computation was killed at its time limit, `errors` those whose
+    reward function raised (both scored 0, not correct).
     """
 
     rollout: Rollout
     rewards: tuple[float, ...]
     correct: tuple[bool, ...]
     timeouts: int = 0
+    errors: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.rollout.completions)
@@ -148,8 +152,8 @@ class TrainBatch:
     """Scheduler -> learner group: one step's samples, right-padded, ready for the policy's forward pass.
 
     N samples, L = longest prompt + response. Position t of `response_mask` is 1 when token t is a response token
-    (so the logits at t - 1 predict it). Advantages are per sample; temperatures are the ones that produced each
-    sample; group ids tell which samples answer the same question in this step.
+    (so the logits at t - 1 predict it). Advantages are per sample (computed within each question's group);
+    temperatures are the ones that produced each sample.
     """
 
     input_ids: torch.Tensor  # [N, L] int64, prompt then response then pad
@@ -157,7 +161,6 @@ class TrainBatch:
     response_mask: torch.Tensor  # [N, L] float32, 1 on response tokens
     advantages: torch.Tensor  # [N] float32
     temperatures: torch.Tensor  # [N] float32, the sampling temperature of each sample
-    group_ids: torch.Tensor  # [N] int64
     sampler_logprobs: torch.Tensor | None = None  # [N, L] float32: the rollout engine's log-probs, if kept
 
     def __post_init__(self) -> None:
@@ -169,7 +172,7 @@ class TrainBatch:
                     tuple(value.shape) == (n, length),
                     f"TrainBatch: {name} has shape {tuple(value.shape)}, expected {(n, length)}",
                 )
-        for name in ("advantages", "temperatures", "group_ids"):
+        for name in ("advantages", "temperatures"):
             value = getattr(self, name)
             _require(tuple(value.shape) == (n,), f"TrainBatch: {name} has shape {tuple(value.shape)}, expected {(n,)}")
         _require(bool((self.temperatures > 0).all()), f"TrainBatch: non-positive temperature in {self.temperatures}")
@@ -197,14 +200,12 @@ class TrainBatch:
             response_mask=trim(self.response_mask),
             advantages=pick(self.advantages),
             temperatures=pick(self.temperatures),
-            group_ids=pick(self.group_ids),
             sampler_logprobs=trim(self.sampler_logprobs),
         )
 
     def shard(self, num_shards: int) -> list[TrainBatch]:
-        """Split into `num_shards` batches with nearly equal numbers of response tokens.
-
-        Greedy longest-first assignment; every shard gets at least one sample. Raises if there are fewer
+        """Split into `num_shards` batches with nearly equal numbers of tokens (`core.balance`, weighted by each
+        sample's prompt and response tokens); every shard gets at least one sample. Raises if there are fewer
         samples than shards.
         """
         _require(num_shards >= 1, f"TrainBatch.shard: num_shards={num_shards} < 1")
@@ -212,15 +213,8 @@ class TrainBatch:
             self.num_samples >= num_shards,
             f"TrainBatch.shard: {self.num_samples} samples cannot fill {num_shards} shards",
         )
-        tokens = self.attention_mask.sum(dim=1).tolist()
-        order = sorted(range(self.num_samples), key=lambda i: -tokens[i])
-        loads = [0] * num_shards
-        rows: list[list[int]] = [[] for _ in range(num_shards)]
-        for i in order:
-            target = min(range(num_shards), key=lambda s: (len(rows[s]) > 0, loads[s]))
-            rows[target].append(i)
-            loads[target] += tokens[i]
-        return [self.select(sorted(r)) for r in rows]
+        tokens = [max(1, int(t)) for t in self.attention_mask.sum(dim=1).tolist()]
+        return [self.select(rows) for rows in balance(tokens, num_shards)]
 
 
 @dataclass(frozen=True)

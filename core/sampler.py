@@ -7,7 +7,6 @@ Every epoch is a fresh permutation of `range(num_items)` drawn from a numpy Gene
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,25 +30,22 @@ class EpochBatch:
 class EpochSampler:
     """Yields shuffled batches epoch after epoch; deterministic in `seed` and exactly resumable.
 
-    With `drop_last=True` (default) every batch has `batch_size` rows and the remainder of each epoch is
-    skipped; with `drop_last=False` the last batch of an epoch may be smaller.
+    Every batch has `batch_size` rows; the remainder of each epoch's order (`num_items % batch_size` rows) is
+    skipped, and a new order is drawn for the next epoch.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, drop_last: bool = True) -> None:
+    def __init__(self, num_items: int, batch_size: int, seed: int) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got batch_size={batch_size}")
         if num_items < 1:
             raise ValueError(f"num_items must be >= 1, got num_items={num_items}")
-        if drop_last and batch_size > num_items:
-            raise ValueError(
-                f"batch_size={batch_size} > num_items={num_items} with drop_last=True would yield no batches"
-            )
+        if batch_size > num_items:
+            raise ValueError(f"batch_size={batch_size} > num_items={num_items} would yield no batches")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got seed={seed}")
         self._num_items = num_items
         self._batch_size = batch_size
         self._seed = seed
-        self._drop_last = drop_last
         self._epoch = 0
         self._step_in_epoch = 0
         self._order = self._permutation(0)
@@ -57,9 +53,7 @@ class EpochSampler:
     @property
     def steps_per_epoch(self) -> int:
         """Number of batches in one epoch."""
-        if self._drop_last:
-            return self._num_items // self._batch_size
-        return math.ceil(self._num_items / self._batch_size)
+        return self._num_items // self._batch_size
 
     @property
     def epoch(self) -> int:
@@ -97,7 +91,6 @@ class EpochSampler:
             "seed": self._seed,
             "num_items": self._num_items,
             "batch_size": self._batch_size,
-            "drop_last": self._drop_last,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -106,7 +99,6 @@ class EpochSampler:
             "seed": self._seed,
             "num_items": self._num_items,
             "batch_size": self._batch_size,
-            "drop_last": self._drop_last,
         }
         differing = {key: (state.get(key), value) for key, value in settings.items() if state.get(key) != value}
         if differing:

@@ -2,8 +2,9 @@
 
 import os
 
-# Every cluster a test starts is local: keep its ports on 127.0.0.1 (Ray reads this at import time).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-# W&B never reaches for the network from a test.
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from cluster.environment import OFFLINE_ENV, keep_ray_on_loopback
+
+keep_ray_on_loopback()  # every cluster a test starts is local: its ports stay on 127.0.0.1
+os.environ.setdefault("WANDB_MODE", "offline")  # W&B never reaches for the network from a test
+for name, value in OFFLINE_ENV.items():
+    os.environ.setdefault(name, value)

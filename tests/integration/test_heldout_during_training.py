@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import launch
-from bench.report import load_run
+from actors.report import load_run
 from tests.integration.conftest import run_config
 
 VALID_SIZE = 16

@@ -28,7 +28,6 @@ def test_layout_advantages_and_stats():
     assert batch.response_mask[1].tolist() == [0, 0, 1, 1, 1]
     assert batch.attention_mask[2].tolist() == [1, 1, 1, 0, 0]
     assert batch.input_ids[2].tolist() == [5, 11, 12, 0, 0]
-    assert batch.group_ids.tolist() == [0, 0, 1, 1, 1, 2]
     assert batch.temperatures.tolist() == pytest.approx([1.2, 1.2, 0.8, 0.8, 0.8, 1.0])
     # group a: rewards (1, 0): mean 0.5, unbiased std 0.7071 -> +-0.7071; b all equal -> 0; c singleton -> 0
     assert batch.advantages.tolist() == pytest.approx([0.70710, -0.70710, 0, 0, 0, 0], abs=1e-4)

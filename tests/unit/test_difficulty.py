@@ -139,7 +139,7 @@ def test_parquet_refuses_other_question_ids(tmp_path: Path, other_ids: list[str]
     observed_table().write_parquet(path)
     other = DifficultyTable(other_ids)
     before = other.state_dict()
-    with pytest.raises(ValueError, match=r"built for other question ids"):
+    with pytest.raises(ValueError, match=r"built for other questions"):
         other.read_parquet(path)
     assert other.state_dict() == before
 

@@ -1,4 +1,4 @@
-"""What `launch.py` makes of evaluations: the `mode=eval` table keyed by source (names with `/` in them), and the
+"""What is made of evaluations: the `mode=eval` table keyed by source (names with `/` in them), and the
 held-out evaluation before training, evaluated once and kept for a resumed run."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import json
 import pytest
 
 import launch
-from tasks.math.passk import summarize
+from actors.eval_report import eval_markdown, eval_results
+from core.passk import summarize
 
 SOURCES = {
     "arithmetic/L1": [[True, True, True, False], [True, True, False, False]],
@@ -33,8 +34,15 @@ def question_sources() -> list[str]:
 
 def test_rows_are_keyed_by_source_names_containing_slashes():
     ks = [1, 2, 4]
-    results = launch.eval_results(
-        "m", "t", question_sources(), greedy_result(), summarize(SOURCES, ks), num_samples=4, temperature=0.6, ks=ks
+    results = eval_results(
+        model="m",
+        test="t",
+        sources_of_questions=question_sources(),
+        greedy=greedy_result(),
+        sampled=summarize(SOURCES, ks),
+        num_samples=4,
+        temperature=0.6,
+        ks=ks,
     )
 
     assert list(results["sources"]) == ["arithmetic/L1", "arithmetic/L6", "math/a|b"]
@@ -56,10 +64,17 @@ def test_rows_are_keyed_by_source_names_containing_slashes():
 
 def test_markdown_has_one_row_per_source_and_no_nan():
     ks = [1, 2, 4]
-    results = launch.eval_results(
-        "m", "t", question_sources(), greedy_result(), summarize(SOURCES, ks), num_samples=4, temperature=0.6, ks=ks
+    results = eval_results(
+        model="m",
+        test="t",
+        sources_of_questions=question_sources(),
+        greedy=greedy_result(),
+        sampled=summarize(SOURCES, ks),
+        num_samples=4,
+        temperature=0.6,
+        ks=ks,
     )
-    text = launch.eval_markdown(results)
+    text = eval_markdown(results)
 
     assert "nan" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| source")]
@@ -71,10 +86,17 @@ def test_markdown_has_one_row_per_source_and_no_nan():
 
 
 def test_greedy_only_evaluation_has_no_sampled_columns():
-    results = launch.eval_results(
-        "m", "t", question_sources(), greedy_result(), None, num_samples=0, temperature=1.0, ks=[]
+    results = eval_results(
+        model="m",
+        test="t",
+        sources_of_questions=question_sources(),
+        greedy=greedy_result(),
+        sampled=None,
+        num_samples=0,
+        temperature=1.0,
+        ks=[],
     )
-    text = launch.eval_markdown(results)
+    text = eval_markdown(results)
 
     assert results["sources"]["arithmetic/L6"] == {"questions": 3, "greedy_accuracy": pytest.approx(1 / 3)}
     assert "| source | questions | greedy |" in text and "pass@" not in text and "nan" not in text

@@ -19,7 +19,6 @@ def make_batch(lengths: list[int]) -> TrainBatch:
         response_mask=response,
         advantages=torch.arange(n, dtype=torch.float32),
         temperatures=torch.ones(n),
-        group_ids=torch.arange(n),
     )
 
 
@@ -55,7 +54,6 @@ def test_train_batch_checks_shapes():
             batch.response_mask,
             torch.ones(3),
             batch.temperatures,
-            batch.group_ids,
         )
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.math.passk import mean_at_k, pass_at_k, summarize
+from core.passk import mean_at_k, pass_at_k, summarize
 
 
 @pytest.mark.parametrize(

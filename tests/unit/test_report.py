@@ -16,7 +16,7 @@ import pytest
 from matplotlib.text import Text
 from PIL import Image
 
-from bench.report import PLOTS, build_figures, load_run, mean_phase_seconds, moving_average, write_report
+from actors.report import PLOTS, build_figures, load_run, mean_phase_seconds, moving_average, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[2]
@@ -204,7 +204,7 @@ def test_cli_prints_the_written_path(two_runs: list[Path], tmp_path: Path) -> No
     out.parent.mkdir()
 
     done = subprocess.run(
-        [sys.executable, "-m", "bench.report", *map(str, two_runs), "--out", str(out)],
+        [sys.executable, "-m", "actors.report", *map(str, two_runs), "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -32,15 +32,6 @@ def test_drop_last_epochs_are_disjoint_full_batches() -> None:
     assert sampler.epoch == 2 and sampler.step_in_epoch == 0
 
 
-def test_keep_last_covers_every_item_once_per_epoch() -> None:
-    sampler = EpochSampler(num_items=10, batch_size=4, seed=1, drop_last=False)
-    assert sampler.steps_per_epoch == 3
-    batches = take(sampler, 3)
-    assert [len(b.indices) for b in batches] == [4, 4, 2]
-    assert sorted(i for b in batches for i in b.indices) == list(range(10))
-    assert batches[-1].end_of_epoch
-
-
 def test_same_seed_same_batches_other_seed_other_batches() -> None:
     first = [b.indices for b in take(EpochSampler(100, 8, seed=5), 30)]
     again = [b.indices for b in take(EpochSampler(100, 8, seed=5), 30)]
@@ -53,17 +44,15 @@ def test_same_seed_same_batches_other_seed_other_batches() -> None:
 @given(
     num_items=st.integers(1, 40),
     batch_size=st.integers(1, 40),
-    drop_last=st.booleans(),
     consumed=st.integers(0, 25),
 )
 def test_restored_sampler_yields_the_same_next_batches(
-    num_items: int, batch_size: int, drop_last: bool, consumed: int
+    num_items: int, batch_size: int, consumed: int
 ) -> None:
-    if drop_last and batch_size > num_items:
-        batch_size = num_items
-    original = EpochSampler(num_items, batch_size, seed=11, drop_last=drop_last)
+    batch_size = min(batch_size, num_items)
+    original = EpochSampler(num_items, batch_size, seed=11)
     take(original, consumed)
-    restored = EpochSampler(num_items, batch_size, seed=11, drop_last=drop_last)
+    restored = EpochSampler(num_items, batch_size, seed=11)
     restored.load_state_dict(original.state_dict())
     assert take(restored, 10) == take(original, 10)
 

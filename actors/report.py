@@ -15,7 +15,7 @@ A run still in progress is fine: a partial last line of `metrics.jsonl` is skipp
 leaves the held-out numbers as "n/a", and null values (non-finite floats, a target entropy not fixed yet) and
 missing keys (a timing phase that was not recorded) become gaps in the plots.
 
-    python -m bench.report runs/e3-demo runs/grpo-demo [--out FILE]
+    python -m actors.report runs/e3-demo runs/grpo-demo [--out FILE]
 """
 
 from __future__ import annotations
@@ -38,27 +38,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from core.step_record import StepRecord, step_phases
+
 log = logging.getLogger(__name__)
 
-PHASES = (
-    "sample",
-    "allocate",
-    "generate",
-    "score",
-    "update_table",
-    "build_batch",
-    "train",
-    "sync",
-    "temperature",
-    "epoch_end",
-)
-"""The timed phases of a scheduler step, in the order they run; `timing/step_s` is the whole step."""
-
 OTHER = "other"
-"""Step time not covered by any listed phase: the scheduler's own overhead."""
-
-HELDOUT_KEY = "heldout/accuracy"
-"""The step-line key of the greedy held-out accuracy after that step (logged every `eval.every_steps` steps)."""
+"""Step time not covered by any timed phase: the scheduler's own overhead."""
 
 MAX_EPOCH_PANELS = 8
 """At most this many epochs get a panel in the rollouts-against-rank plot (spread evenly, ends kept)."""
@@ -68,12 +53,12 @@ _DPI = 110
 
 @dataclass
 class Run:
-    """One training run as read from its folder: the logged steps, in order, and the summary if it exists."""
+    """One training run as read from its folder: the logged step records, in order, and the summary if it exists."""
 
     run_dir: Path
     name: str
     algo: str
-    steps: list[dict[str, Any]]
+    steps: list[StepRecord]
     summary: dict[str, Any] | None = None
     skipped_partial_line: bool = False
     heldout_before: dict[str, Any] | None = None
@@ -84,31 +69,31 @@ class Run:
         """How the run is named in legends and table headings: `run_name (algo)`."""
         return f"{self.name} ({self.algo})"
 
-    def values(self, key: str) -> np.ndarray:
-        """The per-step values of `key` as floats, NaN where the key is missing or null."""
-        return np.array([_as_float(s.get(key)) for s in self.steps], dtype=np.float64)
+    def values(self, of: Callable[[StepRecord], float | None]) -> np.ndarray:
+        """`of(record)` for every logged step as floats (`values(lambda r: r.entropy)`), NaN where it is None."""
+        return np.array([_as_float(of(s)) for s in self.steps], dtype=np.float64)
 
     def step_numbers(self) -> np.ndarray:
-        """The `step` of each logged step (its position when a line has no `step`)."""
-        return np.array([s.get("step", i) for i, s in enumerate(self.steps)], dtype=np.float64)
+        """The `step` of each logged step."""
+        return np.array([s.step for s in self.steps], dtype=np.float64)
 
     def epochs(self) -> list[int]:
         """The distinct epochs logged, ascending."""
-        return sorted({int(s["epoch"]) for s in self.steps if s.get("epoch") is not None})
+        return sorted({s.epoch for s in self.steps})
 
     def epoch_ends(self) -> list[float]:
         """The step numbers at which an epoch ended."""
-        return [float(s.get("step", i)) for i, s in enumerate(self.steps) if s.get("end_of_epoch")]
+        return [float(s.step) for s in self.steps if s.end_of_epoch]
 
     def heldout_during(self) -> list[tuple[float, float]]:
-        """(steps done, held-out greedy accuracy) of every step line that has a finite `heldout/accuracy`: the
-        line of step s holds the policy after s + 1 steps."""
-        points = [(float(s.get("step", i)) + 1, _as_float(s.get(HELDOUT_KEY))) for i, s in enumerate(self.steps)]
+        """(steps done, held-out greedy accuracy) of every step that evaluated: the record of step s holds the
+        policy after s + 1 steps."""
+        points = [(float(s.step) + 1, s.heldout_accuracy) for s in self.steps]
         return [(x, y) for x, y in points if math.isfinite(y)]
 
     def heldout_curve(self) -> tuple[np.ndarray, np.ndarray]:
         """Held-out greedy accuracy against the number of training steps done, in step order: before training at
-        0, each step line's `heldout/accuracy` at its step + 1, and after training at the summary's `steps` (left
+        0, each evaluating step's accuracy at its step + 1, and after training at the summary's `steps` (left
         out when a step line already gave that point). Points without a finite value are dropped."""
         points: dict[float, float] = {}
         before = _as_float((self.heldout_before or {}).get("accuracy"))
@@ -133,15 +118,15 @@ def _as_float(value: Any) -> float:
 # -- reading runs --------------------------------------------------------------------------------------------
 
 
-def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """Read a `metrics.jsonl` file; return its step objects and whether a partial last line was skipped.
+def read_metrics(path: Path) -> tuple[list[StepRecord], bool]:
+    """Read a `metrics.jsonl` file; return its step records and whether a partial last line was skipped.
 
     Only the last non-empty line may be unreadable (a run writing it right now); anywhere else a line that is
-    not a JSON object raises ValueError naming the file and line number.
+    not a JSON object, or not a step record, raises ValueError naming the file and line number.
     """
     lines = path.read_text(encoding="utf-8").splitlines()
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    steps: list[dict[str, Any]] = []
+    steps: list[StepRecord] = []
     for position, (line_no, line) in enumerate(numbered):
         try:
             obj = json.loads(line)
@@ -152,7 +137,10 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
             raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg}): {line[:80]!r}") from err
         if not isinstance(obj, dict):
             raise ValueError(f"{path}:{line_no}: expected a JSON object per line, got {type(obj).__name__}")
-        steps.append(obj)
+        try:
+            steps.append(StepRecord.from_log(obj))
+        except ValueError as err:
+            raise ValueError(f"{path}:{line_no}: {err}") from err
     return steps, False
 
 
@@ -236,15 +224,15 @@ def smoothing_window(n_steps: int) -> int:
 
 
 def mean_phase_seconds(run: Run) -> dict[str, float]:
-    """Mean seconds per step of every phase plus `other` (step time no phase covers, never below 0).
-
-    A phase missing from some steps is averaged over the steps that have it; it counts 0 if no step has it.
+    """Mean seconds per step of every phase the run's steps timed, plus `other` (step time no phase covers,
+    never below 0). A phase missing from some steps (the periodic checkpoint) is averaged over the steps that
+    have it.
     """
     means = {}
-    for phase in PHASES:
-        values = run.values(f"timing/{phase}_s")
+    for phase in step_phases(run.steps):
+        values = run.values(lambda r, phase=phase: r.step_phases.get(phase))
         means[phase] = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
-    step = run.values("timing/step_s")
+    step = run.values(lambda r: r.step_seconds)
     step_mean = float(np.nanmean(step)) if np.isfinite(step).any() else sum(means.values())
     means[OTHER] = max(0.0, step_mean - sum(means.values()))
     return means
@@ -266,14 +254,9 @@ def allocation_of_epoch(run: Run, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     ranks: list[float] = []
     counts: list[float] = []
     for s in run.steps:
-        if s.get("epoch") != epoch:
-            continue
-        r, c = s.get("question_ranks") or [], s.get("rollouts_per_question") or []
-        if len(r) != len(c):
-            log.warning("%s step %s: %d ranks, %d counts; skipped", run.name, s.get("step"), len(r), len(c))
-            continue
-        ranks.extend(_as_float(v) for v in r)
-        counts.extend(_as_float(v) for v in c)
+        if s.epoch == epoch:
+            ranks.extend(s.question_ranks)
+            counts.extend(s.rollouts_per_question)
     x, y = np.array(ranks, dtype=np.float64), np.array(counts, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
     return x[keep], y[keep]
@@ -286,11 +269,11 @@ def summary_rows(run: Run) -> list[tuple[str, str]]:
     after = (summary.get("heldout_after") or {}).get("accuracy")
     final_t = summary.get("final_temperature")
     if final_t is None and run.steps:
-        final_t = run.steps[-1].get("next_temperature")
+        final_t = run.steps[-1].next_temperature
     epochs = run.epochs()
     last_epoch_wrong = math.nan
     if epochs:
-        wrong = [_as_float(s.get("all_wrong_fraction")) for s in run.steps if s.get("epoch") == epochs[-1]]
+        wrong = [s.all_wrong_fraction for s in run.steps if s.epoch == epochs[-1]]
         last_epoch_wrong = float(np.nanmean(wrong)) if np.isfinite(wrong).any() else math.nan
     phases = mean_phase_seconds(run) if run.steps else {}
     total = sum(phases.values())
@@ -375,8 +358,8 @@ def plot_entropy(runs: Sequence[Run]) -> Figure:
     ax = fig.add_subplot()
     for i, run in enumerate(runs):
         steps = run.step_numbers()
-        _line(ax, steps, run.values("entropy"), color=_colour(i), label=f"{run.label}: entropy")
-        target = run.values("target_entropy")
+        _line(ax, steps, run.values(lambda r: r.entropy), color=_colour(i), label=f"{run.label}: entropy")
+        target = run.values(lambda r: r.target_entropy)
         if np.isfinite(target).any():
             _line(ax, steps, target, color=_colour(i), linestyle="--", label=f"{run.label}: target")
     _mark_epochs(ax, runs)
@@ -390,7 +373,7 @@ def plot_temperature(runs: Sequence[Run]) -> Figure:
     fig = _new_figure()
     ax = fig.add_subplot()
     for i, run in enumerate(runs):
-        _line(ax, run.step_numbers(), run.values("temperature"), color=_colour(i), label=run.label)
+        _line(ax, run.step_numbers(), run.values(lambda r: r.temperature), color=_colour(i), label=run.label)
     _mark_epochs(ax, runs)
     ax.ticklabel_format(axis="y", useOffset=False)
     _step_axis(ax, runs)
@@ -404,12 +387,12 @@ def plot_accuracy(runs: Sequence[Run]) -> Figure:
     fig = _new_figure(11.0, 4.5)
     axes = fig.subplots(1, 2, sharex=True)
     panels = (
-        ("accuracy", "Rollout and held-out accuracy", "fraction correct"),
-        ("all_wrong_fraction", "Questions with every rollout wrong", "fraction of questions in batch"),
+        (lambda r: r.accuracy, "Rollout and held-out accuracy", "fraction correct"),
+        (lambda r: r.all_wrong_fraction, "Questions with every rollout wrong", "fraction of questions in batch"),
     )
-    for ax, (key, title, ylabel) in zip(axes, panels, strict=True):
+    for panel, (ax, (of, title, ylabel)) in enumerate(zip(axes, panels, strict=True)):
         for i, run in enumerate(runs):
-            steps, raw = run.step_numbers(), run.values(key)
+            steps, raw = run.step_numbers(), run.values(of)
             window = smoothing_window(len(raw))
             ax.plot(steps, raw, color=_colour(i), alpha=0.25, linewidth=0.8)
             _line(
@@ -419,7 +402,7 @@ def plot_accuracy(runs: Sequence[Run]) -> Figure:
                 color=_colour(i),
                 label=f"{run.label}, mean of {window}",
             )
-            if key == "accuracy":
+            if panel == 0:
                 x, y = run.heldout_curve()
                 if len(x):
                     ax.plot(
@@ -488,14 +471,15 @@ def plot_step_time(runs: Sequence[Run]) -> Figure:
     """Mean seconds per step of each phase, one stacked bar per run; `other` is scheduler overhead."""
     fig = _new_figure(10.0, 1.6 + 0.7 * max(1, len(runs)))
     ax = fig.add_subplot()
-    names = [*PHASES, OTHER]
-    styles = {p: {"color": f"C{i}"} for i, p in enumerate(PHASES)}
+    phases = step_phases(s for run in runs for s in run.steps)
+    names = [*phases, OTHER]
+    styles = {p: {"color": f"C{i % 10}"} for i, p in enumerate(phases)}
     styles[OTHER] = {"color": "white", "edgecolor": "0.4", "hatch": "//"}
     positions = np.arange(len(runs))
     means = [mean_phase_seconds(run) if run.steps else dict.fromkeys(names, 0.0) for run in runs]
     left = np.zeros(len(runs))
     for phase in names:
-        widths = np.array([m[phase] for m in means])
+        widths = np.array([m.get(phase, 0.0) for m in means])
         if widths.any():
             ax.barh(positions, widths, left=left, label=phase, height=0.6, **styles[phase])
         left += widths
@@ -641,7 +625,7 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: write the report for the given run folders and print its path."""
-    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m actors.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders (runs/<name>), overlaid")
     parser.add_argument("--out", type=Path, help="HTML file to write (default: <first run>/report.html)")
     args = parser.parse_args(argv)
