@@ -13,6 +13,19 @@ import launch
 from core.config import RayConfig, RunConfig
 from tests.tiny_policy import TinyPolicy, save_tiny_policy
 
+# `slow` (left out by `make test-fast`): a test that builds the base policy, starts Ray, runs an engine or the
+# learner end to end, or waits out process time limits. One that uses one of these fixtures (directly or through
+# another fixture) is marked here; the others carry the mark themselves.
+SLOW_FIXTURES = frozenset({"embedded_task", "ray_cluster"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test whose fixtures include one of `SLOW_FIXTURES`."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Callable[[TinyPolicy], Path]:

@@ -106,6 +106,7 @@ def test_a_return_value_outside_the_contract_stops_scoring_with_the_function_and
         scorer.close()
 
 
+@pytest.mark.slow  # waits out pebble's 3 s stop grace per worker, several times (18 s on 2 cores)
 def test_closing_right_after_start_or_a_kill_leaves_no_worker_error(capfd, tmp_path):
     # pebble unlinks the pool's semaphores before it stops the workers; a worker still starting then dies in
     # SemLock._rebuild with FileNotFoundError, printed on the stderr it inherited (captured here, at the fd).
