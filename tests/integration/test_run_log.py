@@ -55,6 +55,7 @@ def test_offline_run_writes_metrics_wandb_and_tables(tmp_path, table, monkeypatc
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "W&B wrote its offline run folder"
 
 
+@pytest.mark.slow  # waits for W&B's online init to give up (about 10 s)
 def test_online_without_network_falls_back_to_offline_quickly(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
