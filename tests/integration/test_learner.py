@@ -124,7 +124,6 @@ def make_batch() -> TrainBatch:
         response_mask=response_mask,
         advantages=torch.tensor([1.0, -0.8, 0.5, -1.2]),
         temperatures=torch.tensor([1.0, 0.6, 1.4, 0.9]),
-        group_ids=torch.tensor([0, 0, 1, 1]),
     )
 
 

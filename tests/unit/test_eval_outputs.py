@@ -32,18 +32,23 @@ def question_sources() -> list[str]:
     return [source for source, questions in SOURCES.items() for _ in questions]
 
 
-def test_rows_are_keyed_by_source_names_containing_slashes():
-    ks = [1, 2, 4]
-    results = eval_results(
+def results_of(sampled: dict[str, float] | None, num_samples: int, ks: list[int]) -> dict:
+    """`eval_results` of the questions of SOURCES, greedy answers GREEDY, and `sampled` figures."""
+    return eval_results(
         model="m",
         test="t",
         sources_of_questions=question_sources(),
         greedy=greedy_result(),
-        sampled=summarize(SOURCES, ks),
-        num_samples=4,
+        sampled=sampled,
+        num_samples=num_samples,
         temperature=0.6,
         ks=ks,
     )
+
+
+def test_rows_are_keyed_by_source_names_containing_slashes():
+    ks = [1, 2, 4]
+    results = results_of(summarize(SOURCES, ks), num_samples=4, ks=ks)
 
     assert list(results["sources"]) == ["arithmetic/L1", "arithmetic/L6", "math/a|b"]
     l1, l6 = results["sources"]["arithmetic/L1"], results["sources"]["arithmetic/L6"]
@@ -64,16 +69,7 @@ def test_rows_are_keyed_by_source_names_containing_slashes():
 
 def test_markdown_has_one_row_per_source_and_no_nan():
     ks = [1, 2, 4]
-    results = eval_results(
-        model="m",
-        test="t",
-        sources_of_questions=question_sources(),
-        greedy=greedy_result(),
-        sampled=summarize(SOURCES, ks),
-        num_samples=4,
-        temperature=0.6,
-        ks=ks,
-    )
+    results = results_of(summarize(SOURCES, ks), num_samples=4, ks=ks)
     text = eval_markdown(results)
 
     assert "nan" not in text
@@ -86,16 +82,7 @@ def test_markdown_has_one_row_per_source_and_no_nan():
 
 
 def test_greedy_only_evaluation_has_no_sampled_columns():
-    results = eval_results(
-        model="m",
-        test="t",
-        sources_of_questions=question_sources(),
-        greedy=greedy_result(),
-        sampled=None,
-        num_samples=0,
-        temperature=1.0,
-        ks=[],
-    )
+    results = results_of(None, num_samples=0, ks=[])
     text = eval_markdown(results)
 
     assert results["sources"]["arithmetic/L6"] == {"questions": 3, "greedy_accuracy": pytest.approx(1 / 3)}
