@@ -46,9 +46,7 @@ def test_same_seed_same_batches_other_seed_other_batches() -> None:
     batch_size=st.integers(1, 40),
     consumed=st.integers(0, 25),
 )
-def test_restored_sampler_yields_the_same_next_batches(
-    num_items: int, batch_size: int, consumed: int
-) -> None:
+def test_restored_sampler_yields_the_same_next_batches(num_items: int, batch_size: int, consumed: int) -> None:
     batch_size = min(batch_size, num_items)
     original = EpochSampler(num_items, batch_size, seed=11)
     take(original, consumed)
