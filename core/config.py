@@ -464,8 +464,7 @@ def field_errors(cfg: Any) -> list[str]:
                 errors.append(f"{key}={value!r}: expected one of {', '.join(kind.values())}")
         bounds = f.metadata.get("bounds")
         if bounds is not None and not bounds.admits(value):
-            shown = repr(value) if isinstance(value, str) else list(value) if isinstance(value, list) else value
-            errors.append(f"{key}={shown}: expected {bounds.describe()}")
+            errors.append(f"{key}={value!r}: expected {bounds.describe()}")
     return errors
 
 
