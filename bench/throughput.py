@@ -218,15 +218,16 @@ def bench_generation(settings: BenchSettings, model: Path, train_file: Path) -> 
 
     import launch
     from core.messages import RolloutRequest
+    from tasks.prepare import load_split
 
     rows = []
     for engine in settings.engines:
         base = [f"model.path={model}", f"rollout.engine={engine}", f"rollout.max_new_tokens={settings.max_new_tokens}"]
         cfg = launch.compose_run_config(base)
-        _, prompts = launch.load_split(train_file, AutoTokenizer.from_pretrained(model), cfg, limit=settings.questions)
+        split = load_split(train_file, AutoTokenizer.from_pretrained(model), cfg.data, limit=settings.questions)
         requests = [
             RolloutRequest(f"q{i}", tuple(prompt), settings.samples, settings.max_new_tokens, seed=1000 + i, step=0)
-            for i, prompt in enumerate(prompts)
+            for i, prompt in enumerate(split.prompt_token_ids)
         ]
         rows.append(attempt(engine, 0, partial(measure_raw_engine, cfg, model, requests, settings.repeats)))
         for workers in settings.worker_counts:

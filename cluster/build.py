@@ -95,7 +95,9 @@ def spawn_rollout_worker(
         num_gpus=cfg.num_gpus,
         max_restarts=0,
     )
-    return actor.remote(model_path, cfg, dtype, seed, max_model_len, name=f"rollout-{index}")
+    return actor.remote(
+        model_path=model_path, config=cfg, dtype=dtype, seed=seed, max_model_len=max_model_len, name=f"rollout-{index}"
+    )
 
 
 @dataclass
@@ -165,7 +167,7 @@ def build_cluster(
 ) -> Cluster:
     """Start the rollout workers, the learner group, the reward scorer and the scheduler (holding `train`, the
     `plan`, the `heldout` questions and the `run_log`), and wait until the workers have their engines."""
-    learner_group = LearnerGroup(str(model_path), cfg.learner, cfg.model.dtype, cfg.train.seed)
+    learner_group = LearnerGroup(str(model_path), config=cfg.learner, dtype=cfg.model.dtype, seed=cfg.train.seed)
     scorer = build_scorer(cfg.reward, reward_fn)
     rollout_pool = build_rollout_pool(cfg, model_path)
     rollout_pool.set_temperature(TemperatureUpdate(cfg.temperature.initial, step=0))
