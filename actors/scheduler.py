@@ -24,8 +24,9 @@ import numpy as np
 
 from actors.evaluation import greedy_accuracy, sampled_pass_at_k
 from actors.protocols import LearnerGroupLike, RolloutPoolLike, RunLogLike, ScorerLike
+from core.allocators import ALLOCATORS, QuestionStats
 from core.batch import BatchStats, build_train_batch
-from core.budget import BudgetBounds, allocate_rollouts
+from core.budget import BudgetBounds
 from core.config import BudgetConfig, RewardConfig, TemperatureConfig
 from core.difficulty import DifficultyTable
 from core.messages import LearnerResult, Rollout, RolloutRequest, ScoredRollouts, TemperatureUpdate, TrainBatch
@@ -189,9 +190,12 @@ class Scheduler:
         return _Sampled(batch, questions, ranks, self.bounds.n_min, self.bounds.n_max)
 
     def _allocate(self, sampled: _Sampled, step: int) -> list[RolloutRequest]:
-        """The step's budget of `n * B` rollouts, shared out by rank within the bounds, as seeded requests."""
+        """The step's budget of `n * B` rollouts, shared out within the bounds by `budget.allocator` from the
+        questions' statistics in the difficulty table, as seeded requests."""
+        ids = [q.id for q in sampled.questions]
+        stats = [QuestionStats(a, c, r) for (a, c), r in zip(self.table.counts(ids), sampled.ranks, strict=True)]
         total = self.bounds.n * len(sampled.questions)
-        counts = allocate_rollouts(sampled.ranks, total, sampled.n_min, sampled.n_max)
+        counts = ALLOCATORS[self.budget_config.allocator](stats, total, sampled.n_min, sampled.n_max)
         return [
             RolloutRequest(
                 question_id=self.train.questions[i].id,

@@ -86,6 +86,14 @@ class Dtype(Choice):
     bfloat16 = "bfloat16"
 
 
+class AllocatorName(Choice):
+    """How a step's budget of rollouts is shared over its questions (core/allocators.py)."""
+
+    e3 = "e3"
+    uniform = "uniform"
+    informative = "informative"
+
+
 class Ties(Choice):
     """How the difficulty table ranks questions of equal accuracy."""
 
@@ -331,6 +339,9 @@ class BudgetConfig:
     """Difficulty ties: `average` (equal accuracy, equal rank) or `index` (the reference: dataset order)."""
     recompute_every: int = bounded(0, ge=0)
     """Recompute difficulty ranks every K steps as well as at each epoch end; 0: only at epoch end."""
+    allocator: AllocatorName = AllocatorName.e3
+    """`e3` (shares by difficulty rank, E3_SPEC §2), `uniform` (GRPO: `n` each) or `informative` (maximise the
+    expected number of groups with a right and a wrong answer; core/allocators.py). `algo=grpo` sets `uniform`."""
 
 
 @dataclass
@@ -516,7 +527,14 @@ def resolve(cfg: RunConfig) -> RunConfig:
     per question and a fixed temperature; everything else (total rollouts, seeds, data) stays equal."""
     if cfg.algo != "grpo":
         return cfg
-    budget = dataclasses.replace(cfg.budget, n_low=cfg.budget.n, n_high=cfg.budget.n, n_update=0, start_wide=False)
+    budget = dataclasses.replace(
+        cfg.budget,
+        n_low=cfg.budget.n,
+        n_high=cfg.budget.n,
+        n_update=0,
+        start_wide=False,
+        allocator=AllocatorName.uniform,
+    )
     temperature = dataclasses.replace(cfg.temperature, enabled=False, annealing=False)
     return dataclasses.replace(cfg, budget=budget, temperature=temperature)
 

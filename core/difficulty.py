@@ -169,6 +169,11 @@ class DifficultyTable:
         """Return the current rank of each given question, in the given order."""
         return self._rank[self._positions(question_ids)].tolist()
 
+    def counts(self, question_ids: Sequence[str]) -> list[tuple[int, int]]:
+        """(attempts, correct) observed so far of each of `question_ids`, in their order."""
+        positions = self._positions(question_ids)
+        return [(int(self._attempts[i]), int(self._correct[i])) for i in positions]
+
     def index_ranks(self, question_ids: Sequence[str]) -> list[float]:
         """Return each given question's rank with ties broken by table order (the reference's index ranks).
 

@@ -108,8 +108,9 @@ def test_grpo_resolves_to_uniform_budget_and_fixed_temperature():
     cfg = resolve(dataclasses.replace(RunConfig(), algo="grpo"))
     assert (cfg.budget.n_low, cfg.budget.n, cfg.budget.n_high, cfg.budget.n_update) == (8, 8, 8, 0)
     assert not cfg.temperature.enabled and not cfg.temperature.annealing
+    assert cfg.budget.allocator == "uniform"
     e3 = resolve(RunConfig())
-    assert (e3.budget.n_low, e3.budget.n_high) == (4, 12) and e3.temperature.enabled
+    assert (e3.budget.n_low, e3.budget.n_high) == (4, 12) and e3.temperature.enabled and e3.budget.allocator == "e3"
     assert cfg.train == e3.train and cfg.data == e3.data  # same questions, seeds and budget total
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from actors.scheduler import Scheduler, StepPlan
+from core.allocators import ALLOCATORS, QuestionStats
 from core.config import BudgetConfig, RewardConfig, TemperatureConfig
 from core.difficulty import DifficultyTable
 from core.messages import (
@@ -138,7 +139,9 @@ def split(n: int = QUESTIONS) -> Split:
     return Split(questions, [[1, 2 + i] for i in range(n)])
 
 
-def build(tmp_path: Path, checkpoint_every: int = 0) -> tuple[Scheduler, Calls, FakeRunLog]:
+def build(
+    tmp_path: Path, checkpoint_every: int = 0, budget: BudgetConfig | None = None
+) -> tuple[Scheduler, Calls, FakeRunLog]:
     calls, run_log = Calls(), FakeRunLog()
     plan = StepPlan(
         questions_per_step=PER_STEP, total_steps=6, max_new_tokens=4, seed=3, pad_token_id=0, vocab_size=50,
@@ -147,7 +150,7 @@ def build(tmp_path: Path, checkpoint_every: int = 0) -> tuple[Scheduler, Calls, 
     scheduler = Scheduler(
         train=split(),
         plan=plan,
-        budget=BudgetConfig(n=4, n_low=2, n_high=6, n_update=2),
+        budget=budget or BudgetConfig(n=4, n_low=2, n_high=6, n_update=2),
         temperature=TemperatureConfig(),
         reward=RewardConfig(),
         rollout_pool=FakePool(calls),
@@ -237,3 +240,22 @@ def test_a_checkpoint_of_other_questions_is_refused(tmp_path):
     with pytest.raises(ValueError, match="built for other questions"):
         other.restore(str(tmp_path / "checkpoints" / "step_1"))
     assert other.step_count == 0  # nothing was loaded
+
+
+@pytest.mark.parametrize("allocator", ["e3", "uniform", "informative"])
+def test_the_configured_allocator_shares_the_budget_from_the_table(tmp_path, monkeypatch, allocator):
+    budget = BudgetConfig(n=4, n_low=2, n_high=6, n_update=2, start_wide=True, allocator=allocator)
+    scheduler, _, _ = build(tmp_path, budget=budget)
+    scheduler.step(), scheduler.step()  # an epoch: the table has seen every question once and ranked them
+    ids = [q.id for q in scheduler.train.questions]
+    before = dict(zip(ids, zip(scheduler.table.counts(ids), scheduler.table.ranks(ids), strict=True), strict=True))
+    seen = []
+    real = ALLOCATORS[allocator]
+    monkeypatch.setitem(ALLOCATORS, allocator, lambda *args: seen.append(args) or real(*args))
+
+    record = scheduler.step()
+
+    ((stats, total, n_min, n_max),) = seen
+    assert stats == [QuestionStats(*before[q][0], before[q][1]) for q in record.question_ids]
+    assert (total, n_min, n_max) == (4 * PER_STEP, 2, 6)
+    assert list(record.rollouts_per_question) == real(stats, total, n_min, n_max)

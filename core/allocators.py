@@ -1,0 +1,122 @@
+"""Rollout allocators: how a step's fixed budget of responses is shared over its questions (`budget.allocator`).
+
+Every allocator sees the batch's questions' difficulty statistics (`QuestionStats`: attempts and correct answers
+so far in the difficulty table, and the current rank) and the step's `total` and bounds, and returns one count per
+question, in batch order, with `n_min <= count <= n_max` and `sum == total`. Questions with equal statistics get
+counts within one of each other (E3_SPEC section 2, revised), earlier positions the odd ones.
+
+- `e3`: E3's rule (E3_SPEC section 2): shares in proportion to the difficulty rank (`core.budget`).
+- `uniform`: GRPO's: every question `total // B`, the remainder one each to the hardest questions.
+- `informative`: maximise the expected number of groups that carry a gradient, i.e. hold at least one right and
+  one wrong answer: `sum_i 1 - p_i^n_i - q_i^n_i`, with `p_i` the posterior mean of question i's accuracy under a
+  uniform Beta(1, 1) prior, `p = (correct + 1) / (attempts + 2)`, and `q = (attempts - correct + 1) /
+  (attempts + 2)` its failure probability (computed so, not as `1 - p`, so that a question and its mirror image
+  get bit-identical gains). The objective is separable and, for p in (0, 1), strictly concave in n: the gain of
+  one more rollout, `p^n q + q^n p`, falls with n. Greedy marginal gains from `n_min` are therefore exactly
+  optimal under the box and sum constraints.
+
+What the `informative` objective implies: a question near p = 0.5 has the largest first gains, but they fall
+fast (`~2^-n`); a hard question (p small) keeps a gain of about `(1 - p)^n p`, which falls slowly. Once the
+questions near 0.5 are saturated the hard ones get the rollouts, as E3 intends, by a measured gain rather than a
+rank. An unseen question has p = 0.5, the largest first gain: it is explored first. The prior is the uniform
+Beta(1, 1) (Laplace's rule of succession): one pseudo-success and one pseudo-failure, so no question is ever
+judged certain (p in (0, 1) always, which the concavity needs).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from core.budget import allocate_rollouts
+
+
+@dataclass(frozen=True)
+class QuestionStats:
+    """What the difficulty table knows of one question when its step's budget is allocated."""
+
+    attempts: int
+    """Rollouts of this question observed so far."""
+    correct: int
+    """Of those, the correct ones."""
+    rank: float
+    """Its difficulty rank in [0, 1] (0 = easiest)."""
+
+    @property
+    def success(self) -> float:
+        """Posterior mean accuracy under a uniform Beta(1, 1) prior."""
+        return (self.correct + 1) / (self.attempts + 2)
+
+    @property
+    def failure(self) -> float:
+        """Posterior mean error rate (`1 - success`, computed from the counts)."""
+        return (self.attempts - self.correct + 1) / (self.attempts + 2)
+
+
+Allocator = Callable[[Sequence[QuestionStats], int, int, int], list[int]]
+"""`allocator(stats, total, n_min, n_max)`: one count per question, within the bounds, summing to `total`."""
+
+
+def _check(stats: Sequence[QuestionStats], total: int, n_min: int, n_max: int) -> None:
+    """Raise ValueError naming the numbers when no allocation can satisfy the bounds and the sum."""
+    batch = len(stats)
+    if not 1 <= n_min <= n_max:
+        raise ValueError(f"bounds must satisfy 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
+    if not batch * n_min <= total <= batch * n_max:
+        raise ValueError(
+            f"total={total} must lie in [B*n_min, B*n_max] = [{batch * n_min}, {batch * n_max}] for B={batch}"
+        )
+    bad = [(i, s) for i, s in enumerate(stats) if not 0 <= s.correct <= s.attempts]
+    if bad:
+        raise ValueError(f"question stats need 0 <= correct <= attempts; bad (position, stats): {bad[:5]}")
+
+
+def e3_allocation(stats: Sequence[QuestionStats], total: int, n_min: int, n_max: int) -> list[int]:
+    """E3's rule: counts in proportion to the difficulty rank, within the bounds (`core.budget.allocate_rollouts`)."""
+    return allocate_rollouts([s.rank for s in stats], total, n_min, n_max)
+
+
+def uniform_allocation(stats: Sequence[QuestionStats], total: int, n_min: int, n_max: int) -> list[int]:
+    """GRPO's rule: `total // B` each; the `total % B` left over go one each to the hardest questions (highest
+    rank, earlier position on ties)."""
+    _check(stats, total, n_min, n_max)
+    if not stats:
+        return []
+    base, extra = divmod(total, len(stats))
+    hardest = sorted(range(len(stats)), key=lambda i: (-stats[i].rank, i))[:extra]
+    counts = [base] * len(stats)
+    for i in hardest:
+        counts[i] += 1
+    return counts
+
+
+def informative_gain(stats: QuestionStats, n: int) -> float:
+    """How much the chance that a group of `n` rollouts holds both a right and a wrong answer grows with one more
+    rollout: `f(n + 1) - f(n)` with `f(n) = 1 - p^n - q^n`, which is `p^n q + q^n p`."""
+    p, q = stats.success, stats.failure
+    return p**n * q + q**n * p
+
+
+def informative_allocation(stats: Sequence[QuestionStats], total: int, n_min: int, n_max: int) -> list[int]:
+    """Counts that maximise the expected number of groups with at least one right and one wrong answer (see the
+    module docstring), by greedy marginal gains from `n_min`: each rollout goes to the question whose next one
+    gains most (ties: the question with fewer rollouts, then the earlier position)."""
+    _check(stats, total, n_min, n_max)
+    counts = [n_min] * len(stats)
+    heap = [(-informative_gain(s, n_min), n_min, i) for i, s in enumerate(stats) if n_min < n_max]
+    heapq.heapify(heap)
+    for _ in range(total - n_min * len(stats)):
+        _, n, i = heapq.heappop(heap)
+        counts[i] = n + 1
+        if n + 1 < n_max:
+            heapq.heappush(heap, (-informative_gain(stats[i], n + 1), n + 1, i))
+    return counts
+
+
+ALLOCATORS: dict[str, Allocator] = {
+    "e3": e3_allocation,
+    "uniform": uniform_allocation,
+    "informative": informative_allocation,
+}
+"""The allocators `budget.allocator` names."""

@@ -1,0 +1,120 @@
+"""The rollout allocators: every one sums to the budget within the bounds; `informative` is optimal (brute force),
+symmetric in p and 1 - p, and gives tied questions counts within one; `e3` is the budget rule; `uniform` is GRPO's."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.allocators import (
+    ALLOCATORS,
+    QuestionStats,
+    e3_allocation,
+    informative_allocation,
+    informative_gain,
+    uniform_allocation,
+)
+from core.budget import allocate_rollouts
+
+
+@st.composite
+def problems(draw, max_batch: int = 12) -> tuple[list[QuestionStats], int, int, int]:
+    """A batch's statistics and a feasible (total, n_min, n_max)."""
+    batch = draw(st.integers(0, max_batch))
+    stats = []
+    for _ in range(batch):
+        attempts = draw(st.integers(0, 40))
+        stats.append(QuestionStats(attempts, draw(st.integers(0, attempts)), draw(st.floats(0, 1))))
+    n_min = draw(st.integers(1, 6))
+    n_max = draw(st.integers(n_min, 14))
+    total = draw(st.integers(batch * n_min, batch * n_max))
+    return stats, total, n_min, n_max
+
+
+def objective(stats: list[QuestionStats], counts: list[int]) -> float:
+    """Expected number of groups with at least one right and one wrong answer."""
+    return sum(1 - s.success**n - s.failure**n for s, n in zip(stats, counts, strict=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(problems(), st.sampled_from(sorted(ALLOCATORS)))
+def test_every_allocator_sums_to_the_budget_within_the_bounds(problem, name):
+    stats, total, n_min, n_max = problem
+    counts = ALLOCATORS[name](stats, total, n_min, n_max)
+    assert len(counts) == len(stats) and sum(counts) == total
+    assert all(n_min <= c <= n_max for c in counts)
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems(max_batch=4))
+def test_informative_is_optimal_against_brute_force(problem):
+    stats, total, n_min, n_max = problem
+    counts = informative_allocation(stats, total, n_min, n_max)
+    feasible = (c for c in itertools.product(range(n_min, n_max + 1), repeat=len(stats)) if sum(c) == total)
+    best = max(objective(stats, list(c)) for c in feasible)
+    # the greedy is exact; the sums it is compared by differ by rounding only (a few ulps of terms below 4)
+    assert objective(stats, counts) >= best - 1e-12
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 30), st.data(), st.integers(2, 8), st.integers(1, 4), st.integers(0, 10))
+def test_tied_questions_get_counts_within_one(attempts, data, copies, n_min, spread):
+    correct = data.draw(st.integers(0, attempts))
+    twin = QuestionStats(attempts, correct, 0.5)
+    others = [QuestionStats(10, 3, 0.2), QuestionStats(4, 4, 0.9)]
+    stats = [*others[:1], *[twin] * copies, *others[1:]]
+    n_max = n_min + spread
+    total = data.draw(st.integers(len(stats) * n_min, len(stats) * n_max))
+    counts = informative_allocation(stats, total, n_min, n_max)
+    twins = counts[1 : 1 + copies]
+    assert max(twins) - min(twins) <= 1
+    assert twins == sorted(twins, reverse=True)  # earlier positions get the odd ones
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 30), st.data(), st.integers(1, 4), st.integers(0, 10))
+def test_a_question_and_its_mirror_image_get_the_same_count(attempts, data, n_min, spread):
+    correct = data.draw(st.integers(0, attempts))
+    question, mirror = QuestionStats(attempts, correct, 0.3), QuestionStats(attempts, attempts - correct, 0.7)
+    assert informative_gain(question, 5) == informative_gain(mirror, 5)  # bit-identical, not just close
+    stats = [question, QuestionStats(6, 1, 0.5), mirror]
+    n_max = n_min + spread
+    total = data.draw(st.integers(3 * n_min, 3 * n_max))
+    counts = informative_allocation(stats, total, n_min, n_max)
+    assert abs(counts[0] - counts[2]) <= 1  # equal gains: within one, the earlier first
+    assert counts[0] >= counts[2]
+
+
+def test_informative_saturates_the_middle_then_feeds_the_hard_questions():
+    # p = 41/42, 21/42 and 5/42 (the hard one is less extreme than the easy one: mirror images would tie)
+    easy, middle, hard = QuestionStats(40, 40, 0.0), QuestionStats(40, 20, 0.5), QuestionStats(40, 4, 1.0)
+    # few rollouts to spare: the one near p = 0.5 gains most from its first extra rollouts
+    assert informative_allocation([easy, middle, hard], 3 * 2 + 2, 2, 16) == [2, 4, 2]
+    # many to spare: once the middle one is saturated (gain 2^-n), the hard one's slowly falling gain wins
+    counts = informative_allocation([easy, middle, hard], 3 * 8, 2, 16)
+    assert counts == [4, 6, 14]
+    assert informative_gain(hard, counts[2] - 1) >= informative_gain(middle, counts[1])
+
+
+def test_e3_is_the_budget_rule_and_uniform_is_grpo():
+    stats = [QuestionStats(8, c, r) for c, r in [(8, 0.0), (4, 0.25), (2, 0.5), (1, 0.75), (0, 1.0)]]
+    assert e3_allocation(stats, 40, 4, 12) == allocate_rollouts([s.rank for s in stats], 40, 4, 12)
+    assert uniform_allocation(stats, 40, 4, 12) == [8] * 5
+    assert uniform_allocation(stats, 42, 4, 12) == [8, 8, 8, 9, 9]  # the remainder to the hardest
+
+
+def test_an_unseen_question_is_explored_first():
+    unseen, known = QuestionStats(0, 0, 0.5), QuestionStats(20, 19, 0.1)
+    assert unseen.success == 0.5 and math.isclose(informative_gain(unseen, 2), 0.25)
+    assert informative_allocation([known, unseen], 2 * 2 + 1, 2, 8) == [2, 3]
+
+
+@pytest.mark.parametrize("name", sorted(ALLOCATORS))
+def test_infeasible_budgets_are_named(name):
+    stats = [QuestionStats(0, 0, 0.5)] * 3
+    with pytest.raises(ValueError, match=r"total=40|B\*n_min|total=40 is above"):
+        ALLOCATORS[name](stats, 40, 2, 6)
