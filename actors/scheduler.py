@@ -46,13 +46,12 @@ log = logging.getLogger(__name__)
 class RolloutPoolLike(Protocol):
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]: ...
     def generate_greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]: ...
-    def load_weights(self, state_dict_ref: Any, version: int) -> None: ...
+    def sync_weights(self, source: Any, version: int) -> None: ...
     def set_temperature(self, update: TemperatureUpdate) -> None: ...
 
 
 class LearnerGroupLike(Protocol):
     def train(self, batch: TrainBatch, weights_version: int) -> LearnerResult: ...
-    def state_dict_ref(self) -> Any: ...
     def save(self, path: str) -> None: ...
     def load(self, path: str) -> None: ...
 
@@ -211,7 +210,7 @@ class Scheduler:
             with timer("train"):
                 result = self.learner.train(train_batch, self.weights_version)
             with timer("sync"):
-                self.rollouts.load_weights(self.learner.state_dict_ref(), result.weights_version)
+                self.rollouts.sync_weights(self.learner, result.weights_version)
                 self.weights_version = result.weights_version
             with timer("temperature"):
                 target_before = self.controller.target_entropy
@@ -373,7 +372,7 @@ class Scheduler:
         self.load_state_dict(state)
         self.table.read_parquet(path / "difficulty.parquet")
         self.learner.load(str(path / "policy"))
-        self.rollouts.load_weights(self.learner.state_dict_ref(), self.weights_version)
+        self.rollouts.sync_weights(self.learner, self.weights_version)
         self.rollouts.set_temperature(TemperatureUpdate(self.controller.temperature, self.step_count))
         if self.run_log is not None:
             self.run_log.rewind(self.step_count)

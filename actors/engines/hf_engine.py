@@ -13,7 +13,7 @@ from exactly the tempered distribution whose log-probs it reports.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable
 
 import torch
 from transformers import (
@@ -170,11 +170,14 @@ class HfEngine(Engine):
             finish_reason="stop" if end is not None else "length",
         )
 
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Copy `state_dict` into the model; all weights are required; aliases of tied ones are optional."""
-        check_weight_names(state_dict.keys(), self._required_names, self._optional_names)
+    def load_weight_stream(self, names: Collection[str], weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy each (name, tensor) into the model's tensor of that name as it arrives; all weights are
+        required; aliases of tied ones are optional."""
+        check_weight_names(names, self._required_names, self._optional_names)
+        targets = self._model.state_dict(keep_vars=True)
         with torch.no_grad():
-            self._model.load_state_dict(dict(state_dict), strict=False)
+            for name, tensor in weights:
+                targets[name].copy_(tensor)
 
     def close(self) -> None:
         """Drop the model and tokenizer."""
