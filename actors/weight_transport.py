@@ -163,27 +163,27 @@ def send_weights(
     """Rank 0: broadcast `weights` (name, tensor), which must come in the layout's order, bucket by bucket.
 
     Each tensor is cast to the publish dtype while packed. Holds at most two buckets at once (one in flight,
-    one filling) besides what `weights` holds; a bucket of one tensor is sent as that tensor (no copy when it
-    is already in the publish dtype), before `weights` is advanced, so the producer may free it as soon as
-    the next one is asked for.
+    one filling) besides what `weights` holds. Each tensor is used before `weights` is advanced (copied into
+    its bucket, or, alone in a bucket, sent as it is: no copy when it is in the publish dtype already), so the
+    producer may free it as soon as the next one is asked for.
     """
     dtype = layout.torch_dtype
     _header(group, layout, version)
     in_flight: tuple[dist.Work, torch.Tensor] | None = None  # (the broadcast, the bucket it sends)
     for bucket in layout.buckets:
-        tensors = [_checked(next(weights), spec) for spec in bucket]
-        if len(bucket) == 1:
+        if len(bucket) == 1:  # sent as it is, before the producer may free it
+            tensor = _checked(next(weights), bucket[0])
             if in_flight is not None:
                 in_flight[0].wait()
                 in_flight = None
-            group.broadcast(tensors[0].to(device=group.device, dtype=dtype).contiguous())
+            group.broadcast(tensor.to(device=group.device, dtype=dtype).contiguous())
+            del tensor
             continue
         flat = torch.empty(sum(spec.numel for spec in bucket), dtype=dtype, device=group.device)
         offset = 0
-        for tensor in tensors:  # copy_ casts in place: no temporary per tensor
-            flat[offset : offset + tensor.numel()].copy_(tensor.reshape(-1))
-            offset += tensor.numel()
-        del tensors
+        for spec in bucket:  # copied (and cast) as it comes: the producer frees a module when it moves on
+            flat[offset : offset + spec.numel].copy_(_checked(next(weights), spec).reshape(-1))
+            offset += spec.numel
         if in_flight is not None:
             in_flight[0].wait()
         in_flight = (group.broadcast(flat, wait=False), flat)  # the previous bucket is freed here
