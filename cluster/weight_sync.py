@@ -95,9 +95,12 @@ class CollectiveTransport:
     name = "collective"
 
     def __init__(self, bucket_bytes: int, timeout_s: float) -> None:
-        """Buckets of `bucket_bytes`; the group's set-up and operations time out after `timeout_s`."""
+        """Buckets of `bucket_bytes`; `timeout_s` is the deadline of a group's set-up. Each operation in the
+        group times out after half of it: members waiting on a hung one then give up and report (their engines
+        untouched) before the pool's deadline, at which only the hung one is still busy, and killed."""
         self.bucket_bytes = bucket_bytes
         self.timeout_s = timeout_s
+        self.group_timeout_s = timeout_s / 2
         self._members: tuple | None = None  # the (index, actor id) of the current group's workers
         self._generation = 0
         self._layout: BucketLayout | None = None
@@ -136,9 +139,9 @@ class CollectiveTransport:
         self._generation += 1
         name = f"e3-weights-{self._generation}"
         world_size = 1 + len(workers)
-        learner_refs = source.join_weight_group(address, port, world_size, self.timeout_s, name)
+        learner_refs = source.join_weight_group(address, port, world_size, self.group_timeout_s, name)
         worker_refs = {
-            i: worker.join_weight_group.remote(address, port, rank, world_size, self.timeout_s, name)
+            i: worker.join_weight_group.remote(address, port, rank, world_size, self.group_timeout_s, name)
             for rank, (i, worker) in enumerate(sorted(workers.items()), start=1)
         }
         log.info("weight transport: group %s of %d members at %s:%d", name, world_size, address, port)

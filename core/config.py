@@ -80,7 +80,8 @@ class RolloutConfig:
     hung and replaced; also bounds a fresh worker's start-up."""
     sync_timeout_s: float = 300.0
     """Longest wait for one weight sync or temperature update (all workers together) before the workers still
-    busy are declared hung and replaced; also the weight-transport group's own timeout."""
+    busy are declared hung and replaced. Operations in the collective weight-transport group time out after
+    half of it, so that members waiting on a hung one report before the deadline."""
     max_restarts_per_hour: int = 10
     """Lost rollout workers (dead or hung) replaced within any sliding hour before the run gives up."""
     weight_transport: str = "collective"

@@ -25,14 +25,18 @@ from cluster.rollout_pool import RolloutPool
 from cluster.weight_sync import make_transport
 from core.messages import TemperatureUpdate
 from tests.integration.conftest import run_config
+from tests.integration.fake_workers import (
+    HANG_S,
+    FakeWorkerDyingMidSync,
+    FakeWorkerHungInGeneration,
+    FakeWorkerHungInSync,
+)
 from tests.integration.test_rollout_pool import PERTURBATION, assert_generated_with, requests, wait_until_gone
 
 BUCKET_MB = 0.25
 """Small buckets, so that the 1.0M-parameter policy (4 MB in float32) crosses in many broadcasts."""
 SYNC_TIMEOUT_S = 20.0
 """The deadline of a weight sync or temperature update in these tests (a sync takes well under a second)."""
-HANG_S = 600.0
-"""How long a hung fake sleeps: far past every deadline."""
 
 
 def test_plan_buckets_keeps_order_and_gives_large_tensors_their_own_bucket():
@@ -187,38 +191,7 @@ def test_worker_killed_before_heldout_evaluation_is_replaced_and_every_prompt_an
     assert [c.token_ids for c in after] == [c.token_ids for c in before]  # same weights, greedy: same answers
 
 
-# ------------------------------------------------------------------------------------------ fakes
-
-
-class FakeWorkerDyingMidSync(RolloutWorker):
-    """Kills its own process after its engine has taken the first streamed weight (mid-sync, every time)."""
-
-    def receive_weights(self, layout, version):
-        stream_into_engine = self.engine.load_weight_stream
-
-        def dying(names, weights):
-            def first_then_die():
-                yield next(iter(weights))
-                os.kill(os.getpid(), signal.SIGKILL)
-
-            stream_into_engine(names, first_then_die())
-
-        self.engine.load_weight_stream = dying
-        return super().receive_weights(layout, version)
-
-
-class FakeWorkerHungInSync(RolloutWorker):
-    """Sleeps far past every deadline when asked to receive weights."""
-
-    def receive_weights(self, layout, version):
-        time.sleep(HANG_S)
-
-
-class FakeWorkerHungInGeneration(RolloutWorker):
-    """Sleeps far past every deadline when asked to generate."""
-
-    def generate(self, requests):
-        time.sleep(HANG_S)
+# -------------------------------------------------------------- fakes: dying mid-sync, hung past the deadline
 
 
 @pytest.mark.slow
