@@ -16,9 +16,12 @@ One sync, in order:
 3. on any error a member drops the group, which closes its connections, so the other members fail at once
    instead of waiting for the timeout; the group is then rebuilt (`cluster/weight_sync.py`).
 
-Sizes at the paper's scale (bf16 publish dtype, `rollout.weight_bucket_mb=512`): 1.5B parameters are 3.1 GB per
-sync in about 7 buckets; 7B are 15.2 GB in about 30; peak added memory on rank 0 is two buckets (1 GB) plus the
-largest module FSDP2 gathers (the 7B's 152k x 3584 embedding: 1.1 GB in bf16).
+Sizes at the paper's scale (bf16 publish dtype, `rollout.weight_bucket_mb=512`): DeepSeek-R1-Distill-Qwen-1.5B
+(1.78B parameters, untied head) is 3.55 GB per worker per sync, about 7 buckets; the 7B (7.62B) is 15.2 GB, about
+29 buckets. Rank 0 holds two buckets (1.07 GB) and the module being gathered: the largest is the root, embedding
+plus output head (0.93 GB at 1.5B, 2.18 GB at 7B; a decoder layer is 0.47 GB at 7B). With NCCL all of it is
+device memory; on CPU (gloo) it is host memory. The object store instead puts the whole gathered float32 model
+(7.1 GB / 30.5 GB) and its bf16 copy on rank 0's host.
 """
 
 from __future__ import annotations

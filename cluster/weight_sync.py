@@ -7,10 +7,10 @@
 - `object_store`: rank 0 gathers the full state dict and puts it in Ray's object store; every worker fetches
   and deserialises its own copy (kept as the fallback, and for tests).
 
-Bytes per sync at the paper's scale (bf16): 1.5B parameters (tied: 1.54B stored) are 3.1 GB to each worker;
-7B (7.62B) are 15.2 GB. The object store moves the same bytes once per worker plus one serialised copy on rank
-0's node and a float32 gather (6.2 GB / 30.5 GB) on rank 0's host; the collective moves them once per worker
-from rank 0's device, with two buckets and one module on the host (CPU) or device (GPU) at a time.
+Bytes per sync at the paper's scale (bf16): the 1.5B policy (1.78B parameters, untied head) is 3.55 GB to each
+worker, the 7B (7.62B) 15.2 GB. The object store also holds one serialised copy on rank 0's node, after a full
+float32 gather on rank 0's host (7.1 GB / 30.5 GB); the collective sends from rank 0's device, with two buckets
+and one module there at a time (arithmetic in `actors/weight_transport.py`).
 
 `push` never raises for a lost worker: it returns, per worker, the error that kept it from loading the version,
 and the pool (`cluster/rollout_pool.py`) replaces the workers that are dead, hung or left broken, then pushes

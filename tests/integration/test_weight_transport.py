@@ -6,6 +6,7 @@ generation are replaced without any work counted twice."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import shutil
 import signal
@@ -31,7 +32,13 @@ from tests.integration.fake_workers import (
     FakeWorkerHungInGeneration,
     FakeWorkerHungInSync,
 )
-from tests.integration.test_rollout_pool import PERTURBATION, assert_generated_with, requests, wait_until_gone
+from tests.integration.test_rollout_pool import (
+    PERTURBATION,
+    assert_generated_with,
+    reference_logprobs,
+    requests,
+    wait_until_gone,
+)
 
 BUCKET_MB = 0.25
 """Small buckets, so that the 1.0M-parameter policy (4 MB in float32) crosses in many broadcasts."""
@@ -75,10 +82,12 @@ def learner(perturbed_policy, ray_cluster, tmp_path_factory):
     group.shutdown()
 
 
-def make_pool(tmp_path, model, engine: str, fakes: dict[int, type] | None = None, **overrides) -> RolloutPool:
-    """Two workers on the base policy with the collective transport; `fakes[i]` is worker i's class at its
-    first spawn only (its replacement is a real `RolloutWorker`)."""
-    cfg = run_config(tmp_path, "rollout.num_workers=2", f"rollout.engine={engine}")
+def make_pool(
+    tmp_path, model, engine: str, fakes: dict[int, type] | None = None, workers: int = 2, **overrides
+) -> RolloutPool:
+    """`workers` workers on the base policy with the collective transport; `fakes[i]` is worker i's class at
+    its first spawn only (its replacement is a real `RolloutWorker`)."""
+    cfg = run_config(tmp_path, f"rollout.num_workers={workers}", f"rollout.engine={engine}")
     rollout = dataclasses.replace(cfg.rollout, **overrides)
     spawn_real = partial(
         spawn_rollout_worker,
@@ -95,7 +104,7 @@ def make_pool(tmp_path, model, engine: str, fakes: dict[int, type] | None = None
 
     pool = RolloutPool(
         spawn,
-        2,
+        workers,
         timeout_s=rollout.timeout_s,
         sync_timeout_s=rollout.sync_timeout_s,
         max_restarts_per_hour=rollout.max_restarts_per_hour,
@@ -127,6 +136,39 @@ def test_collective_sync_generates_with_the_learners_weights(
         assert [i["weights_version"] for i in pool.info()] == [2, 2] and pool.restarts == 0
     finally:
         pool.shutdown()
+
+
+GPU_LOGPROB_ATOL = 1e-3
+"""On a GPU, vLLM's float32 kernels may use TF32 matmuls (10-bit mantissa) against the CPU reference: looser than
+the CPU's 1e-4, still an order below the 1e-2 gap of sampling from other weights (test_rollout_pool.py)."""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2 or importlib.util.find_spec("vllm") is None,
+    reason="needs two CUDA GPUs (NCCL cannot put two ranks on one) and vLLM",
+)
+def test_nccl_sync_generates_with_the_learners_weights_on_gpu(embedded_task, perturbed_policy, ray_cluster, tmp_path):
+    """The same code path as on CPU, with NCCL and CUDA tensors: one learner rank and one vLLM worker, a GPU each."""
+    _, model, base_model = perturbed_policy
+    cfg = run_config(tmp_path, "learner.num_ranks=1", "learner.num_gpus=1")
+    learner = LearnerGroup(str(perturbed_policy[0]), cfg.learner, "float32", seed=0)
+    pool = None
+    try:
+        pool = make_pool(tmp_path, embedded_task.model, "vllm", workers=1, num_gpus=1.0, gpu_memory_utilization=0.3)
+        pool.set_temperature(TemperatureUpdate(0.8, step=0))
+        pool.sync_weights(learner, version=1)
+        rollouts = pool.generate(requests([4, 4]))
+        assert {r.weights_version for r in rollouts} == {1}
+        gaps = []
+        for rollout in rollouts:
+            for c, want in zip(rollout.completions, reference_logprobs(model, rollout, 0.8), strict=True):
+                gaps.append(float((torch.tensor(c.logprobs) - want).abs().max()))
+        assert max(gaps) <= GPU_LOGPROB_ATOL, max(gaps)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        learner.shutdown()
 
 
 # ----------------------------------------------------------------------------------- killed worker processes
