@@ -27,6 +27,7 @@ device memory; on CPU (gloo) it is host memory. The object store instead puts th
 from __future__ import annotations
 
 import datetime
+import math
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -47,10 +48,7 @@ class TensorSpec:
     @property
     def numel(self) -> int:
         """Number of elements."""
-        n = 1
-        for size in self.shape:
-            n *= size
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)

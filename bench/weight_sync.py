@@ -54,19 +54,17 @@ class Row:
 def build_policy(base: Path, out: Path, hidden: int, mlp: int, layers: int, seed: int = 0) -> tuple[int, int]:
     """Save a random Qwen2 policy of this shape, with `base`'s tokenizer, to `out`; returns (parameters, bytes
     of its largest FSDP2 module in float32: a decoder layer, or the root's embedding and norm)."""
-    import shutil
-
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from actors.learner import copy_model_files
 
     config = AutoConfig.from_pretrained(base)
     config.hidden_size, config.intermediate_size, config.num_hidden_layers = hidden, mlp, layers
     config.num_attention_heads, config.num_key_value_heads, config.head_dim = hidden // 32, hidden // 64, 32
     config.layer_types = ["full_attention"] * layers
     out.mkdir(parents=True, exist_ok=True)
-    for file in base.iterdir():
-        if file.is_file() and file.name != "config.json" and ".safetensors" not in file.name:
-            shutil.copy2(file, out / file.name)
+    copy_model_files(base, out)  # the tokenizer and generation files; save_pretrained writes the new config
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out)
@@ -219,12 +217,13 @@ def markdown(doc: dict) -> str:
         "",
         f"Command: `{doc['command']}`. Machine: {doc['machine']}. Wall time {doc['wall_s']:.0f} s.",
         "",
-        f"`RolloutPool.sync_weights` from a real FSDP2 learner group ({doc['learner_ranks']} gloo ranks) to real "
-        f"rollout workers (engine `{doc['engine']}`), {doc['dtype']} publish dtype, buckets of {doc['bucket_mb']} MiB; median "
-        f"of {doc['repeats']} syncs after one warm-up per transport. Peak added host memory: the resident set size "
-        "of learner rank 0's process sampled every millisecond by a thread during each sync, peak minus the value "
-        "just before it, the largest over the timed syncs (Ray's workers run with `MALLOC_MMAP_THRESHOLD_=65536` so "
-        "that freed tensors leave the RSS at once). Random Qwen2 weights built locally; loopback only.",
+        f"`RolloutPool.sync_weights` from a real FSDP2 learner group ({doc['learner_ranks']} gloo ranks) to "
+        f"real rollout workers (engine `{doc['engine']}`), {doc['dtype']} publish dtype, buckets of "
+        f"{doc['bucket_mb']} MiB; median of {doc['repeats']} syncs after one warm-up per transport. Peak added "
+        "host memory: the resident set size of learner rank 0's process sampled every millisecond by a thread "
+        "during each sync, peak minus the value just before it, the largest over the timed syncs (Ray's workers "
+        "run with `MALLOC_MMAP_THRESHOLD_=65536` so that freed tensors leave the RSS at once). Random Qwen2 "
+        "weights built locally; loopback only.",
         "",
         "| params | workers | MB per worker | object store s | collective s | speed-up | object store peak MB "
         "| collective peak MB | collective bound MB (2 buckets + largest module) |",
