@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         ray.shutdown()
     return {
-        "command": "python -m bench.weight_sync " + " ".join(args.argv),
+        "command": " ".join(["python -m bench.weight_sync", *args.argv]),
         "machine": cpu_description(),
         "learner_ranks": args.learner_ranks,
         "bucket_mb": args.bucket_mb,
