@@ -38,6 +38,7 @@ import math
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -55,8 +56,9 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from actors.weight_transport import BucketLayout, TensorSpec, WeightGroup, plan_buckets, send_weights
 from core.batch import pack_micro_batches
-from core.config import DTYPES, LearnerConfig
+from core.config import LearnerConfig
 from core.grpo import policy_loss
 from core.logprobs import ResponseHead
 from core.messages import TrainBatch
@@ -105,8 +107,6 @@ class Learner:
         master_addr: str,
         master_port: int,
     ) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"Learner: dtype={dtype!r}, expected one of {DTYPES}")
         if not 0 <= rank < world_size:
             raise ValueError(f"Learner: rank={rank} is not in [0, world_size={world_size})")
         if not 0 < master_port < 65536:
@@ -123,6 +123,7 @@ class Learner:
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._warned_long = False
+        self._weight_group: WeightGroup | None = None  # rank 0's membership of the weight-transport group
 
     # ----------------------------------------------------------------------------------------------- set-up
 
@@ -226,6 +227,7 @@ class Learner:
 
     def shutdown(self) -> None:
         """Leave the process group (collective); the learner cannot be used afterwards."""
+        self.leave_weight_group()
         if dist.is_initialized():
             dist.destroy_process_group()
         self.model = None
@@ -402,6 +404,74 @@ class Learner:
         state = self._gather_model_state()
         # On a single rank the gathered tensors are the live parameters themselves: copy them.
         return {name: tensor.to(self.dtype, copy=self.world_size == 1) for name, tensor in state.items()}
+
+    # -------------------------------------------------------------- collective weight transport (rank 0 sends)
+
+    def weight_layout(self, bucket_bytes: int) -> BucketLayout:
+        """The buckets `broadcast_weights` sends: every parameter (a tied output head once), in the publish
+        `dtype`, in the order they are gathered. Local: any rank answers the same, no collective."""
+        specs = [TensorSpec(name, tuple(param.shape)) for _, names in self._gather_order() for name, param in names]
+        return plan_buckets(specs, self.dtype, bucket_bytes)
+
+    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float, name: str) -> None:
+        """Rank 0 joins (and serves) the weight-transport group `name` as its rank 0, leaving any earlier one;
+        the other ranks do nothing (they only take part in the gathers). Returns once every member joined."""
+        self.leave_weight_group()
+        if self.rank == 0:
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            self._weight_group = WeightGroup(address, port, 0, world_size, backend, timeout_s, name)
+
+    def leave_weight_group(self) -> None:
+        """Leave the weight-transport group, if in one."""
+        group, self._weight_group = self._weight_group, None
+        if group is not None:
+            group.close()
+
+    def broadcast_weights(self, layout: BucketLayout, version: int) -> str | None:
+        """Send the policy's weights as `version` to the weight-transport group, in `layout`'s buckets.
+
+        Collective over the learner's ranks: each FSDP2 module is all-gathered in turn (in the publish dtype, as
+        the mixed-precision policy gathers), rank 0 packs and sends its tensors, and the module is resharded
+        before the next, so rank 0 never holds more than one module and two buckets beside its shards. Returns
+        None once every worker confirmed the transfer; on rank 0, when the transport fails, the error's text
+        (the group is then left, and the gathers still run to the end so that the other ranks never wait on
+        rank 0). Other ranks return None.
+        """
+        weights = self._gathered_weights()
+        error = None
+        if self.rank == 0:
+            try:
+                if self._weight_group is None:
+                    raise RuntimeError("broadcast_weights: not in a weight-transport group (join_weight_group)")
+                send_weights(self._weight_group, layout, version, weights)
+            except Exception as failure:  # noqa: BLE001 - a lost peer; reported to the pool, which rebuilds
+                error = f"{type(failure).__name__}: {failure}"
+                self.leave_weight_group()
+        for _ in weights:  # the other ranks, and rank 0 after a failure, finish every gather
+            pass
+        return error
+
+    def _gathered_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) of every parameter, module by module: each FSDP2 module is unsharded (an
+        all-gather every rank joins), its tensors yielded, and resharded when the next module is asked for."""
+        for module, names in self._gather_order():
+            module.unshard()
+            try:
+                for name, _ in names:
+                    yield name, self.model.get_parameter(name).detach()
+            finally:
+                module.reshard()
+
+    def _gather_order(self) -> list[tuple[FSDPModule, list[tuple[str, torch.nn.Parameter]]]]:
+        """Each FSDP2 module (the root first, then the decoder layers) with the parameters it shards."""
+        model = self._require_setup()[0]
+        fsdp_modules = {prefix: m for prefix, m in model.named_modules() if isinstance(m, FSDPModule)}
+        groups: dict[str, list[tuple[str, torch.nn.Parameter]]] = {}
+        for name, param in model.named_parameters():  # a tied head is the embedding: listed once
+            parts = name.split(".")
+            owner = next(p for p in (".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)) if p in fsdp_modules)
+            groups.setdefault(owner, []).append((name, param))
+        return [(fsdp_modules[owner], names) for owner, names in groups.items()]
 
     def save(self, path: str) -> None:
         """Write the policy (float32) and optimizer state under the folder `path`, from rank 0, with the base

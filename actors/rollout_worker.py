@@ -2,8 +2,9 @@
 
 A plain class (`cluster/` runs each one as a Ray actor). It owns one engine (`actors/engines`) and the two
 numbers every rollout is stamped with: the sampling temperature, set by the scheduler's `TemperatureUpdate`,
-and the version of the weights loaded, set by `load_weights`. A fresh worker holds the weights of
-`model_path`, version 0.
+and the version of the weights loaded, set by `load_weights` (a state dict, through Ray's object store) or
+`receive_weights` (streamed over the collective weight transport, `actors/weight_transport.py`). A fresh worker
+holds the weights of `model_path`, version 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import torch
 
 from actors.engines import Engine, create_engine
-from core.config import DTYPES, RolloutConfig
+from actors.weight_transport import BucketLayout, WeightGroup, receive_weights
+from core.config import RolloutConfig
 from core.messages import Completion, Rollout, RolloutRequest, TemperatureUpdate
 
 
@@ -35,8 +37,6 @@ class RolloutWorker:
     ) -> None:
         """Build the engine `config.engine` names (`auto`: vLLM when it imports, else transformers) on
         `model_path`, with `config.torch_threads` intra-op threads. Sampling starts at `temperature`."""
-        if dtype not in DTYPES:
-            raise ValueError(f"RolloutWorker {name}: dtype={dtype!r}, expected one of {', '.join(DTYPES)}")
         if max_model_len < 2:
             raise ValueError(f"RolloutWorker {name}: max_model_len={max_model_len} < 2")
         _check_temperature(temperature, f"RolloutWorker {name}")
@@ -45,6 +45,8 @@ class RolloutWorker:
         self.temperature = temperature
         self.temperature_step: int | None = None
         self.weights_version = 0
+        self.weights_intact = True  # False once a streamed load failed midway: the engine then needs replacing
+        self._weight_group: WeightGroup | None = None
         self.engine: Engine = create_engine(config, model_path, dtype=dtype, seed=seed, max_model_len=max_model_len)
 
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
@@ -88,17 +90,63 @@ class RolloutWorker:
 
         Versions never go back: a version below the loaded one is refused, as a stale or reordered update.
         """
+        self._check_version(version)
+        self.engine.load_weights(state_dict)
+        self.weights_version = version
+        self.weights_intact = True
+        return self.weights_version
+
+    def _check_version(self, version: int) -> None:
+        """Versions never go back: a version below the loaded one is refused, as a stale or reordered update."""
         if version < self.weights_version:
             raise ValueError(
                 f"RolloutWorker {self.name}: weights version {version} is older than the loaded {self.weights_version}"
             )
-        self.engine.load_weights(state_dict)
+
+    def join_weight_group(
+        self, address: str, port: int, rank: int, world_size: int, timeout_s: float, name: str
+    ) -> None:
+        """Join the weight-transport group `name` (served by learner rank 0 at `address:port`) as `rank`, leaving
+        any earlier one; returns once every member joined. NCCL on CUDA, gloo on CPU."""
+        self.leave_weight_group()
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        self._weight_group = WeightGroup(address, port, rank, world_size, backend, timeout_s, name)
+
+    def leave_weight_group(self) -> None:
+        """Leave the weight-transport group, if in one."""
+        group, self._weight_group = self._weight_group, None
+        if group is not None:
+            group.close()
+
+    def receive_weights(self, layout: BucketLayout, version: int) -> int:
+        """Stream the weights `version` that learner rank 0 broadcasts in `layout`'s buckets into the engine;
+        returns the version now loaded.
+
+        A failure before the first bucket (a member lost: the start is confirmed by every member) leaves the
+        engine as it was; one midway leaves it broken, and `info()["weights_intact"]` then says False. Either
+        way the group is left (the pool rebuilds it) and the error raised.
+        """
+        self._check_version(version)
+        if self._weight_group is None:
+            raise RuntimeError(f"RolloutWorker {self.name}: not in a weight-transport group (join_weight_group)")
+        try:
+            weights = receive_weights(self._weight_group, layout, version)
+        except Exception:
+            self.leave_weight_group()
+            raise
+        try:
+            self.engine.load_weight_stream(layout.names, weights)
+        except Exception:
+            self.weights_intact = False
+            self.leave_weight_group()
+            raise
         self.weights_version = version
+        self.weights_intact = True
         return self.weights_version
 
     def info(self) -> dict[str, Any]:
-        """The worker's name, engine, vocabulary size, temperature (and the step that set it), weights version
-        and process id."""
+        """The worker's name, engine, vocabulary size, temperature (and the step that set it), weights version,
+        whether its weights are intact (False after a streamed load failed midway) and process id."""
         return {
             "name": self.name,
             "engine": self.engine.name,
@@ -106,11 +154,13 @@ class RolloutWorker:
             "temperature": self.temperature,
             "temperature_step": self.temperature_step,
             "weights_version": self.weights_version,
+            "weights_intact": self.weights_intact,
             "pid": os.getpid(),
         }
 
     def close(self) -> None:
-        """Release the engine."""
+        """Leave the weight-transport group and release the engine."""
+        self.leave_weight_group()
         self.engine.close()
 
     def _rollout(self, request: RolloutRequest, completions: list[Completion]) -> Rollout:

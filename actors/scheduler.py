@@ -225,8 +225,9 @@ class Scheduler:
         )
 
     def _sync_weights(self, version: int) -> None:
-        """Publish the learner's weights `version` to every rollout worker."""
-        self.rollout_pool.load_weights(self.learner_group.state_dict_ref(), version)
+        """Publish the learner group's weights, as `version`, to every rollout worker (over the configured
+        transport: the weight group's broadcast, or the object store)."""
+        self.rollout_pool.sync_weights(self.learner_group, version)
         self.weights_version = version
 
     def _adapt_temperature(self, entropy: float, step: int) -> _Control:

@@ -9,8 +9,9 @@ breakdown, and the weight sync against model size, written as one Markdown repor
     median is reported. Seeds are fixed, so every path samples the same completions.
 (b) Step breakdown: `launch.train` on the embedded default (smoke overrides, more steps and questions), the
     mean of each timed phase of its step records, step 0 (warm-up) left out.
-(c) Weight sync: `LearnerGroup.state_dict_ref()` and `RolloutPool.load_weights` (the path the scheduler
-    takes every step) for the policy and for a wider copy (same tokenizer, random weights) about 10x larger.
+(c) Weight sync: `LearnerGroup.state_dict_ref()` and `RolloutPool.load_weights` (the object-store transport;
+    the scheduler's default since issue 14 is the collective one, timed against it by `bench.weight_sync`) for
+    the policy and for a wider copy (same tokenizer, random weights) about 10x larger.
 
 Everything runs on one local Ray cluster on loopback, stopped at the end (an already running one, as in tests,
 is used and left running). Ray, vLLM and the actors are imported inside functions: Ray must not be imported

@@ -24,6 +24,7 @@ from cluster.environment import LOOPBACK_ENV, ray_on_loopback, worker_env
 from cluster.learner_group import LearnerGroup
 from cluster.reward_client import RewardScorerClient
 from cluster.rollout_pool import RolloutPool
+from cluster.weight_sync import make_transport
 from core.config import RayConfig, RewardConfig, RolloutConfig, RunConfig
 from core.messages import TemperatureUpdate
 from tasks.prepare import Split
@@ -86,10 +87,17 @@ def ray_session(cfg: RayConfig, needed_cpus: float) -> Iterator[None]:
 
 
 def spawn_rollout_worker(
-    index: int, model_path: str, cfg: RolloutConfig, dtype: str, seed: int, max_model_len: int
+    index: int,
+    model_path: str,
+    cfg: RolloutConfig,
+    dtype: str,
+    seed: int,
+    max_model_len: int,
+    worker_class: type = RolloutWorker,
 ) -> ray.actor.ActorHandle:
-    """Create rollout worker `index` as the named actor `e3/rollout-<index>`."""
-    actor = ray.remote(RolloutWorker).options(
+    """Create rollout worker `index` as the named actor `e3/rollout-<index>` (of `worker_class`: tests pass
+    fakes derived from `RolloutWorker`)."""
+    actor = ray.remote(worker_class).options(
         name=ROLLOUT_NAME.format(index=index),
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
@@ -129,8 +137,9 @@ class Cluster:
         self.learner_group.shutdown()
 
 
-def build_rollout_pool(cfg: RunConfig, model_path: Path) -> RolloutPool:
-    """Start `rollout.num_workers` named rollout workers as one pool and wait until their engines are up."""
+def build_rollout_pool(cfg: RunConfig, model_path: Path, worker_class: type = RolloutWorker) -> RolloutPool:
+    """Start `rollout.num_workers` named rollout workers (of `worker_class`) as one pool, with the weight
+    transport `rollout.weight_transport`, and wait until their engines are up."""
     spawn = partial(
         spawn_rollout_worker,
         model_path=str(model_path),
@@ -138,8 +147,17 @@ def build_rollout_pool(cfg: RunConfig, model_path: Path) -> RolloutPool:
         dtype=cfg.model.dtype,
         seed=cfg.train.seed,
         max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        worker_class=worker_class,
     )
-    pool = RolloutPool(spawn, cfg.rollout.num_workers, timeout_s=cfg.rollout.timeout_s)
+    r = cfg.rollout
+    pool = RolloutPool(
+        spawn,
+        r.num_workers,
+        timeout_s=r.timeout_s,
+        sync_timeout_s=r.sync_timeout_s,
+        max_restarts_per_hour=r.max_restarts_per_hour,
+        transport=make_transport(r.weight_transport, r.weight_bucket_mb, r.sync_timeout_s),
+    )
     pool.wait_ready()
     return pool
 

@@ -20,6 +20,7 @@ from ray.util.placement_group import placement_group, placement_group_table, rem
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.learner import Learner
+from actors.weight_transport import BucketLayout
 from core.config import LearnerConfig
 from core.messages import LearnerResult, TrainBatch
 
@@ -119,6 +120,33 @@ class LearnerGroup:
         _wait_all(refs, fetch=False)
         _wait_all(refs[1:])  # the other ranks return {}: fetching them surfaces their errors cheaply
         return refs[0]
+
+    # ------------------------------------------------ the collective weight transport (cluster/weight_sync.py)
+
+    def weight_layout(self, bucket_bytes: int) -> BucketLayout:
+        """The buckets a collective weight sync sends (`Learner.weight_layout`, asked of rank 0)."""
+        return ray.get(self.actors[0].weight_layout.remote(bucket_bytes))
+
+    def weight_group_address(self, loopback: bool) -> tuple[str, int]:
+        """Where rank 0 can serve a weight-transport group: 127.0.0.1 when `loopback` (every member on rank 0's
+        node), else rank 0's node address; and a port free there now."""
+        return ray.get(_rendezvous_address.options(scheduling_strategy=self._in_bundle(0)).remote(loopback))
+
+    def rank0_node_id(self) -> str:
+        """The Ray node id of rank 0's node."""
+        return placement_group_table(self._placement)["bundles_to_node_id"][0]
+
+    def join_weight_group(
+        self, address: str, port: int, world_size: int, timeout_s: float, name: str
+    ) -> list[ray.ObjectRef]:
+        """Start rank 0 joining the weight-transport group `name` (`Learner.join_weight_group`); the refs to
+        wait on, together with the workers' joins."""
+        return [actor.join_weight_group.remote(address, port, world_size, timeout_s, name) for actor in self.actors]
+
+    def broadcast_weights(self, layout: BucketLayout, version: int) -> list[ray.ObjectRef]:
+        """Start a collective weight sync of `version` on every rank (`Learner.broadcast_weights`); the refs to
+        wait on, together with the workers' receives. Rank 0's ref holds None or the transport's error."""
+        return [actor.broadcast_weights.remote(layout, version) for actor in self.actors]
 
     def save(self, path: str) -> None:
         """Write the policy and optimizer state to the folder `path` (on rank 0's node)."""

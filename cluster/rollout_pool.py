@@ -1,112 +1,195 @@
-"""The rollout workers as one pool: balanced requests, one bounded wait, weight and temperature broadcasts,
-and a restart of any worker whose process dies.
+"""The rollout workers as one pool: balanced requests, one bounded wait per call, weight and temperature
+broadcasts, and the replacement of any worker that dies or hangs in any of them.
 
-A worker that dies mid-step is replaced by a fresh actor under the same name; the pool reloads the current
-weights and temperature into it and re-issues exactly the requests the dead worker held, so every question gets
-its samples once.
+Every call (`generate`, `generate_greedy`, `sync_weights`/`load_weights`, `set_temperature`) issues its work to
+all workers at once and waits under one deadline for all of them. A worker that is dead (its process gone) or
+hung (no answer by the deadline) is replaced by a fresh actor under the same name; the pool brings it to the
+current weights version and temperature and re-issues exactly the work the lost worker held, so every question
+gets its samples once and every worker reports the version once. Restarts are limited to
+`max_restarts_per_hour` over any sliding hour; an error a worker raises itself (a bad request) is no fault of
+its process and propagates.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from cluster.weight_sync import CollectiveTransport, ObjectStoreTransport, WeightSource, wait_all
 from core.balance import balance
 from core.messages import Completion, Rollout, RolloutRequest, TemperatureUpdate
 
 log = logging.getLogger(__name__)
 
+MAX_SYNC_ROUNDS = 4
+"""Weight pushes one sync may take: the first, and retries after lost workers were replaced."""
+HOUR_S = 3600.0
+
 
 class RolloutPool:
-    """Drives N rollout worker actors as one; remembers the weights and temperature to restore after a crash."""
+    """Drives N rollout worker actors as one; remembers the weights and temperature to restore after a loss."""
 
-    def __init__(self, spawn: Callable[[int], Any], num_workers: int, timeout_s: float, max_restarts: int = 3):
-        """`spawn(i)` creates worker i's actor (named, with its resources); `timeout_s` bounds one step's wait."""
+    def __init__(
+        self,
+        spawn: Callable[[int], Any],
+        num_workers: int,
+        timeout_s: float,
+        sync_timeout_s: float = 300.0,
+        max_restarts_per_hour: int = 10,
+        transport: ObjectStoreTransport | CollectiveTransport | None = None,
+    ) -> None:
+        """`spawn(i)` creates worker i's actor (named, with its resources). `timeout_s` bounds a generation call
+        and a fresh worker's start-up, `sync_timeout_s` a weight sync or a temperature update. `transport`
+        carries `sync_weights` (default: the object store)."""
         self._spawn = spawn
         self.workers = [spawn(i) for i in range(num_workers)]
         self.timeout_s = timeout_s
-        self.max_restarts = max_restarts
+        self.sync_timeout_s = sync_timeout_s
+        self.max_restarts_per_hour = max_restarts_per_hour
+        self.transport = transport if transport is not None else ObjectStoreTransport()
         self.restarts = 0
-        self._weights: tuple[Any, int] | None = None  # (object ref of the state dict, version)
+        self._restart_times: deque[float] = deque()
+        self._source: WeightSource | None = None  # where `sync_weights` takes the weights from
+        self._weights_ref: Any = None  # or the state dict `load_weights` was given
+        self._version: int | None = None
         self._temperature: TemperatureUpdate | None = None
 
     def wait_ready(self) -> list[dict]:
         """Block until every worker has built its engine; return their `info()`."""
         return ray.get([w.info.remote() for w in self.workers], timeout=self.timeout_s)
 
+    # ----------------------------------------------------------------------------------------------- calls
+
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
-        """Rollouts for `requests`, in request order; dead workers are restarted and their requests re-issued."""
+        """Rollouts for `requests`, in request order; lost workers are replaced and their requests re-issued."""
         plan = balance([r.num_samples for r in requests], len(self.workers))
-        pending = {
-            w: self.workers[w].generate.remote([requests[i] for i in positions])
-            for w, positions in enumerate(plan)
-            if positions
-        }
-        results: dict[int, Rollout] = {}
-        while pending:
-            worker, ref = pending.popitem()
-            try:
-                rollouts = ray.get(ref, timeout=self.timeout_s)
-            except (RayActorError, GetTimeoutError) as err:
-                self._restart(worker, err)
-                pending[worker] = self.workers[worker].generate.remote([requests[i] for i in plan[worker]])
-                continue
-            for position, rollout in zip(plan[worker], rollouts, strict=True):
-                results[position] = rollout
+        work = {w: ([requests[i] for i in positions],) for w, positions in enumerate(plan) if positions}
+        answers = self._call("generate", work, self.timeout_s)
+        results = {p: rollout for w, rollouts in answers.items() for p, rollout in zip(plan[w], rollouts, strict=True)}
         return [results[i] for i in range(len(requests))]
 
     def generate_greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
-        """Greedy completions of `prompts` (evaluation), spread evenly over the workers, in prompt order."""
+        """Greedy completions of `prompts` (evaluation), spread evenly over the workers, in prompt order; lost
+        workers are replaced and their prompts re-issued."""
         plan = balance([1] * len(prompts), len(self.workers))
-        refs = [
-            self.workers[w].generate_greedy.remote([prompts[i] for i in positions], max_new_tokens)
-            for w, positions in enumerate(plan)
-        ]
-        completions: dict[int, Completion] = {}
-        for positions, ref in zip(plan, refs, strict=True):
-            for position, completion in zip(positions, ray.get(ref, timeout=self.timeout_s), strict=True):
-                completions[position] = completion
-        return [completions[i] for i in range(len(prompts))]
+        work = {w: ([prompts[i] for i in positions], max_new_tokens) for w, positions in enumerate(plan) if positions}
+        answers = self._call("generate_greedy", work, self.timeout_s)
+        results = {p: c for w, completions in answers.items() for p, c in zip(plan[w], completions, strict=True)}
+        return [results[i] for i in range(len(prompts))]
+
+    def sync_weights(self, source: WeightSource, version: int) -> None:
+        """Bring every worker to the weights `version` that `source` (the learner group) holds now, over the
+        pool's transport; lost workers are replaced and brought there too. Raises if a worker still does not
+        report `version` after `MAX_SYNC_ROUNDS` pushes."""
+        self._source, self._weights_ref, self._version = source, None, version
+        self._sync(set(range(len(self.workers))))
 
     def load_weights(self, state_dict_ref: Any, version: int) -> None:
-        """Send the weights to every worker and check that each reports `version` loaded."""
-        self._weights = (state_dict_ref, version)
-        loaded = ray.get([w.load_weights.remote(state_dict_ref, version) for w in self.workers], timeout=self.timeout_s)
-        if any(v != version for v in loaded):
+        """Send the state dict behind `state_dict_ref` to every worker as `version` (through the object store,
+        whatever the transport) and check that each reports it loaded; lost workers are replaced."""
+        self._source, self._weights_ref, self._version = None, state_dict_ref, version
+        work = {w: (state_dict_ref, version) for w in range(len(self.workers))}
+        loaded = self._call("load_weights", work, self.sync_timeout_s)
+        if any(v != version for v in loaded.values()):
             raise RuntimeError(f"weight sync to version {version} failed: workers report versions {loaded}")
 
     def set_temperature(self, update: TemperatureUpdate) -> None:
-        """Send the temperature to every worker and check that each applied it."""
+        """Send the temperature to every worker and check that each applied it; lost workers are replaced."""
         self._temperature = update
-        applied = ray.get([w.set_temperature.remote(update) for w in self.workers], timeout=self.timeout_s)
-        if any(t != update.temperature for t in applied):
+        applied = self._call("set_temperature", {w: (update,) for w in range(len(self.workers))}, self.sync_timeout_s)
+        if any(t != update.temperature for t in applied.values()):
             raise RuntimeError(f"temperature update to {update.temperature} failed: workers report {applied}")
 
     def info(self) -> list[dict]:
-        """Each worker's engine, temperature and weights version."""
-        return ray.get([w.info.remote() for w in self.workers], timeout=self.timeout_s)
+        """Each worker's engine, temperature, weights version and process id."""
+        return ray.get([w.info.remote() for w in self.workers], timeout=self.sync_timeout_s)
 
-    def _restart(self, index: int, error: Exception) -> None:
-        """Replace worker `index` by a fresh actor holding the current weights and temperature."""
-        if self.restarts >= self.max_restarts:
-            raise RuntimeError(f"rollout worker {index} failed again after {self.restarts} restarts") from error
+    def shutdown(self) -> None:
+        """Kill every worker actor."""
+        self.transport.close(self.workers)
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+
+    # ------------------------------------------------------------------------------------------- recovery
+
+    def _call(self, method: str, work: dict[int, tuple], timeout_s: float) -> dict[int, Any]:
+        """`method(*work[w])` on each worker w at once, under one deadline; each lost worker is replaced and its
+        work re-issued to the replacement (until the restart budget runs out). Returns the answers by worker."""
+        answers: dict[int, Any] = {}
+        pending = dict(work)
+        while pending:
+            refs = {w: getattr(self.workers[w], method).remote(*args) for w, args in pending.items()}
+            values, errors = wait_all(refs, timeout_s)
+            answers.update(values)
+            for w, error in errors.items():
+                if not _is_lost(error):
+                    raise error
+                self._replace(w, error, restore_weights=True)
+            pending = {w: pending[w] for w in errors}
+        return answers
+
+    def _sync(self, indices: set[int]) -> None:
+        """Push the current weights (`_source`'s, or `_weights_ref`) to the workers `indices`, replacing lost or
+        broken ones and pushing again to those still without the version."""
+        pending = set(indices)
+        for _ in range(MAX_SYNC_ROUNDS):
+            if self._weights_ref is not None:
+                work = {w: (self._weights_ref, self._version) for w in pending}
+                self._call("load_weights", work, self.sync_timeout_s)
+                return
+            workers = {w: self.workers[w] for w in sorted(pending)}
+            errors = self.transport.push(self._source, workers, self._version, self.sync_timeout_s)
+            if not errors:
+                return
+            for w, error in errors.items():
+                if _is_lost(error) or not self._intact(w):
+                    self._replace(w, error, restore_weights=False)  # the next round brings it to the version
+            pending = set(errors)
+        raise RuntimeError(
+            f"weight sync to version {self._version} failed after {MAX_SYNC_ROUNDS} pushes: workers "
+            f"{sorted(pending)} still lack it ({errors})"
+        )
+
+    def _intact(self, index: int) -> bool:
+        """Whether worker `index` answers and its engine's weights are whole (a streamed load may have failed
+        midway); False when it does not answer."""
+        try:
+            info = ray.get(self.workers[index].info.remote(), timeout=self.sync_timeout_s)
+        except (RayActorError, GetTimeoutError):
+            return False
+        return bool(info["weights_intact"])
+
+    def _replace(self, index: int, error: Exception, restore_weights: bool) -> None:
+        """Replace worker `index` by a fresh actor under the same name holding the current temperature, and
+        (with `restore_weights`) the current weights version."""
+        now = time.monotonic()
+        while self._restart_times and now - self._restart_times[0] > HOUR_S:
+            self._restart_times.popleft()
+        if len(self._restart_times) >= self.max_restarts_per_hour:
+            raise RuntimeError(
+                f"rollout worker {index} lost ({type(error).__name__}: {error}) after {len(self._restart_times)} "
+                f"restarts in the last hour (rollout.max_restarts_per_hour={self.max_restarts_per_hour})"
+            ) from error
+        self._restart_times.append(now)
         self.restarts += 1
         log.warning(
-            "rollout worker %d lost (%s); restarting it (restart %d)", index, type(error).__name__, self.restarts
+            "rollout worker %d lost (%s); replacing it (restart %d)", index, type(error).__name__, self.restarts
         )
         ray.kill(self.workers[index], no_restart=True)
         self.workers[index] = self._spawn(index)
         ray.get(self.workers[index].info.remote(), timeout=self.timeout_s)
-        if self._weights is not None:
-            ray.get(self.workers[index].load_weights.remote(*self._weights), timeout=self.timeout_s)
         if self._temperature is not None:
-            ray.get(self.workers[index].set_temperature.remote(self._temperature), timeout=self.timeout_s)
+            self._call("set_temperature", {index: (self._temperature,)}, self.sync_timeout_s)
+        if restore_weights and self._version is not None:
+            self._sync({index})
 
-    def shutdown(self) -> None:
-        """Kill every worker actor."""
-        for worker in self.workers:
-            ray.kill(worker, no_restart=True)
+
+def _is_lost(error: Exception) -> bool:
+    """Whether `error` means the worker's process is gone or hung (not an error the worker raised itself)."""
+    return isinstance(error, (RayActorError, GetTimeoutError))

@@ -86,6 +86,13 @@ class Dtype(Choice):
     bfloat16 = "bfloat16"
 
 
+class WeightTransport(Choice):
+    """How new weights reach the rollout workers."""
+
+    collective = "collective"
+    object_store = "object_store"
+
+
 class AllocatorName(Choice):
     """How a step's budget of rollouts is shared over its questions (core/allocators.py)."""
 
@@ -117,6 +124,7 @@ TASKS = Task.values()
 TIES = Ties.values()
 WANDB_MODES = WandbMode.values()
 DTYPES = Dtype.values()
+WEIGHT_TRANSPORTS = WeightTransport.values()
 
 
 class ConfigError(ValueError):
@@ -261,7 +269,21 @@ class RolloutConfig:
     torch_threads: int = bounded(1, gt=0)
     """Intra-op threads in each rollout worker process."""
     timeout_s: float = bounded(900.0, gt=0)
-    """Longest wait for one step's generation before the workers are declared lost."""
+    """Longest wait for one generation call (all workers together) before the workers still busy are declared
+    hung and replaced; also bounds a fresh worker's start-up."""
+    sync_timeout_s: float = bounded(300.0, gt=0)
+    """Longest wait for one weight sync or temperature update (all workers together) before the workers still
+    busy are declared hung and replaced. Operations in the collective weight-transport group time out after
+    half of it, so that members waiting on a hung one report before the deadline."""
+    max_restarts_per_hour: int = bounded(10, ge=0)
+    """Lost rollout workers (dead or hung) replaced within any sliding hour before the run gives up."""
+    weight_transport: WeightTransport = WeightTransport.collective
+    """How new weights reach the workers: `collective` (learner rank 0 broadcasts buckets over a process group
+    of its own with every worker: gloo on CPU, NCCL on GPU) or `object_store` (the full state dict through Ray's
+    object store, one copy per worker)."""
+    weight_bucket_mb: float = bounded(512.0, gt=0)
+    """Collective transport: size of a broadcast bucket, in MiB of the publish dtype. Rank 0 holds two buckets
+    and one gathered module at a time; 512 MiB cuts a bf16 7B policy (15.2 GB) into about 30 broadcasts."""
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import torch
 
@@ -58,11 +58,21 @@ class Engine(ABC):
     ) -> list[list[Completion]]:
         """Sample `num_samples[i]` completions of each prompt, as described in the class docstring."""
 
-    @abstractmethod
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Replace the policy's weights in place with `state_dict` (Hugging Face parameter names).
 
         Raises ValueError, before changing anything, when a name is unknown or a required weight is missing.
+        """
+        self.load_weight_stream(list(state_dict), iter(state_dict.items()))
+
+    @abstractmethod
+    def load_weight_stream(self, names: Collection[str], weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the policy's weights in place with `weights`, (name, tensor) pairs consumed one at a time
+        (tensors on any device, in any float dtype), whose names are `names` (Hugging Face names).
+
+        Raises ValueError, before consuming anything, when a name is unknown or a required weight is missing.
+        The engine may keep references to the tensors it was given. If `weights` raises midway, the engine's
+        weights are undefined (a mix of both versions, or worse) until a complete load succeeds.
         """
 
     @abstractmethod

@@ -13,7 +13,7 @@ from exactly the tempered distribution whose log-probs it reports.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable
 
 import torch
 from transformers import (
@@ -70,8 +70,6 @@ class HfEngine(Engine):
         `device` defaults to CUDA when present, else CPU. There is no engine-wide seed: samples depend on the
         per-request seeds alone.
         """
-        if dtype not in _DTYPES:
-            raise ValueError(f"HfEngine: dtype={dtype!r}, expected one of {sorted(_DTYPES)}")
         if max_batch_rows < 1:
             raise ValueError(f"HfEngine: max_batch_rows={max_batch_rows} < 1")
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -170,11 +168,14 @@ class HfEngine(Engine):
             finish_reason="stop" if end is not None else "length",
         )
 
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Copy `state_dict` into the model; all weights are required; aliases of tied ones are optional."""
-        check_weight_names(state_dict.keys(), self._required_names, self._optional_names)
+    def load_weight_stream(self, names: Collection[str], weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy each (name, tensor) into the model's tensor of that name as it arrives; all weights are
+        required; aliases of tied ones are optional."""
+        check_weight_names(names, self._required_names, self._optional_names)
+        targets = self._model.state_dict(keep_vars=True)
         with torch.no_grad():
-            self._model.load_state_dict(dict(state_dict), strict=False)
+            for name, tensor in weights:
+                targets[name].copy_(tensor)
 
     def close(self) -> None:
         """Drop the model and tokenizer."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -193,18 +193,17 @@ class VllmEngine(Engine):
         text = self._tokenizer.decode(list(token_ids), skip_special_tokens=True)
         return Completion(token_ids=token_ids, logprobs=logprobs, text=text, finish_reason=sample.finish_reason)
 
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Reload every weight in place through the worker's `reload_weights`, then drop the prefix cache.
+    def load_weight_stream(self, names: Collection[str], weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Reload every weight in place through the worker's `reload_weights`, streaming `weights` into it, then
+        drop the prefix cache.
 
         Names are Hugging Face checkpoint names; all the checkpoint's weights are required, and a tied output
         layer's weight may be given or not (when not, the embedding is loaded under its name as well, see the
-        module docstring). Tensors may be on any device and in any float dtype.
+        module docstring). vLLM's layerwise reload keeps each tensor until its layer is complete.
         """
-        check_weight_names(state_dict.keys(), self._required_names, self._optional_names)
-        weights = dict(state_dict)
-        if self._tied and _TIED_OUTPUT_WEIGHT not in weights and _TIED_INPUT_WEIGHT in weights:
-            weights[_TIED_OUTPUT_WEIGHT] = weights[_TIED_INPUT_WEIGHT]  # refreshes the head's packed copy (above)
-        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
+        check_weight_names(names, self._required_names, self._optional_names)
+        add_head = self._tied and _TIED_OUTPUT_WEIGHT not in names and _TIED_INPUT_WEIGHT in names
+        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": _with_tied_head(weights, add_head)})
         self._llm.reset_prefix_cache()
 
     def close(self) -> None:
@@ -218,3 +217,12 @@ class VllmEngine(Engine):
         del llm
         gc.collect()
         cleanup_dist_env_and_memory()
+
+
+def _with_tied_head(weights: Iterable[tuple[str, torch.Tensor]], add_head: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """`weights`, and when `add_head`, the input embedding once more as the output head (refreshes the head's
+    packed copy, see the module docstring)."""
+    for name, tensor in weights:
+        yield name, tensor
+        if add_head and name == _TIED_INPUT_WEIGHT:
+            yield _TIED_OUTPUT_WEIGHT, tensor

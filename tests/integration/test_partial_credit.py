@@ -53,7 +53,7 @@ class ScriptedRollouts:
         by_prompt = {tuple(p): qid for qid, p in PROMPTS.items()}
         return [completion(SCRIPTS[by_prompt[tuple(p)]][0]) for p in prompts]
 
-    def load_weights(self, state_dict_ref: object, version: int) -> None:
+    def sync_weights(self, source: object, version: int) -> None:
         """Record the version."""
         self.weights_version = version
 
@@ -68,9 +68,6 @@ class ConstantLearner:
     def train(self, batch: TrainBatch, weights_version: int) -> LearnerResult:
         """A step that learns nothing."""
         return LearnerResult(weights_version + 1, entropy=1.0, metrics={})
-
-    def state_dict_ref(self) -> None:
-        """No weights to hand over."""
 
 
 def completion(text: str) -> Completion:

@@ -69,8 +69,8 @@ class FakePool:
         self.calls.log.append(("pool", "generate_greedy", len(prompts)))
         return [Completion((7,), (-0.1,), "right", "stop") for _ in prompts]
 
-    def load_weights(self, state_dict_ref: Any, version: int) -> None:
-        self.calls.log.append(("pool", "load_weights", (state_dict_ref, version)))
+    def sync_weights(self, source: FakeLearner, version: int) -> None:
+        self.calls.log.append(("pool", "sync_weights", (source.state_dict_ref(), version)))
         self.version = version
 
     def set_temperature(self, update: TemperatureUpdate) -> None:
@@ -90,6 +90,7 @@ class FakeLearner:
         return LearnerResult(weights_version + 1, entropy=1.0 / (1 + self.trained), metrics={"loss": 0.5})
 
     def state_dict_ref(self) -> str:
+        """What the fake pool records of the weights it was given."""
         return f"weights-after-{self.trained}"
 
     def save(self, path: str) -> None:
@@ -170,7 +171,7 @@ def test_a_step_runs_its_phases_in_order_and_stamps_what_it_sends(tmp_path):
         "pool.generate",
         "scorer.score",
         "learner.train",
-        "pool.load_weights",
+        "pool.sync_weights",
         "pool.set_temperature",
     ]
     assert calls.log[2][2] == (4 * PER_STEP, 0)  # n * B samples, trained from weights version 0
@@ -211,7 +212,7 @@ def test_a_checkpoint_restores_into_a_fresh_scheduler_and_pushes_weights_and_tem
     assert restored.restore(str(tmp_path / "checkpoints" / "step_2")) == 2
 
     assert restored.state_dict() == saved and restored.step_count == 2 and restored.weights_version == 2
-    assert calls.methods() == ["pool.load_weights", "pool.set_temperature"]
+    assert calls.methods() == ["pool.sync_weights", "pool.set_temperature"]
     assert calls.log[0][2] == ("weights-after-2", 2)
     assert calls.log[1][2].temperature == restored.controller.temperature
     again = restored.step()  # step 2 again, as the uninterrupted scheduler ran it

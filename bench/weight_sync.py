@@ -1,0 +1,264 @@
+"""Weight sync, collective against object store: seconds per sync and peak host memory added on learner rank 0.
+
+`python -m bench.weight_sync` builds random Qwen2 policies of about 1M, 9M, 50M and 150M parameters locally (the
+embedded policy's tokenizer, wider and deeper; nothing is downloaded), starts a real FSDP2 learner group (two
+gloo ranks) and a pool of one, then two vLLM rollout workers on a local Ray cluster (loopback only), and times
+`RolloutPool.sync_weights` (the scheduler's call) over each transport: the median of `--repeats` syncs after one
+warm-up. While each sync runs, a thread samples the resident set size of learner rank 0's process every
+millisecond (/proc/<pid>/statm); the peak minus the value just before the sync is the peak added host memory.
+Ray's workers run with `MALLOC_MMAP_THRESHOLD_=65536`, so that freed tensors go back to the OS at once and
+every sync starts from an honest baseline (glibc would otherwise keep them for reuse). The object store's
+serialised copy lives in shared memory that rank 0 writes, so it counts in rank 0's RSS.
+
+Writes `bench/results/weight_sync.json` and `.md` (the reading, with the paper-scale arithmetic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.machine import cpu_description
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = {"1M": (128, 512, 4), "9M": (384, 1536, 4), "50M": (768, 3072, 6), "150M": (1024, 4096, 10)}
+"""Label -> (hidden size, MLP size, decoder layers); head size 32, two query heads per key/value head."""
+TRANSPORTS = ("collective", "object_store")
+RAY_CPUS = 4
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Row:
+    """One (transport, model, worker count): median seconds per sync and the largest peak added RSS."""
+
+    transport: str
+    params: int
+    workers: int
+    seconds: float
+    peak_host_bytes: int
+    bytes_per_worker: int
+    bound_bytes: int
+    """Collective target: two buckets plus the largest FSDP2 module, in the publish dtype."""
+
+
+def build_policy(base: Path, out: Path, hidden: int, mlp: int, layers: int, seed: int = 0) -> tuple[int, int]:
+    """Save a random Qwen2 policy of this shape, with `base`'s tokenizer, to `out`; returns (parameters, bytes
+    of its largest FSDP2 module in float32: a decoder layer, or the root's embedding and norm)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from actors.learner import copy_model_files
+
+    config = AutoConfig.from_pretrained(base)
+    config.hidden_size, config.intermediate_size, config.num_hidden_layers = hidden, mlp, layers
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = hidden // 32, hidden // 64, 32
+    config.layer_types = ["full_attention"] * layers
+    out.mkdir(parents=True, exist_ok=True)
+    copy_model_files(base, out)  # the tokenizer and generation files; save_pretrained writes the new config
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    params = sum(p.numel() for p in model.parameters())
+    layer = sum(p.numel() for p in model.model.layers[0].parameters())
+    return params, 4 * max(layer, params - layers * layer)
+
+
+class RssSampler:
+    """Samples a process's resident set size every `interval_s` in a thread; `peak_added()` after `stop()`."""
+
+    def __init__(self, pid: int, interval_s: float = 0.001) -> None:
+        self._path = f"/proc/{pid}/statm"
+        self._interval_s = interval_s
+        self.baseline = self._rss()
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _rss(self) -> int:
+        with open(self._path, encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * PAGE
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self._interval_s)
+
+    def stop(self) -> int:
+        """Stop sampling; returns the peak minus the baseline, in bytes."""
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        return self.peak - self.baseline
+
+
+def measure(model: Path, params: int, module_bytes: int, workers: int, args: argparse.Namespace) -> list[Row]:
+    """Both transports on one model and worker count: a learner group, a pool, warm-up, then timed syncs."""
+    import launch
+    from cluster.build import build_rollout_pool
+    from cluster.learner_group import LearnerGroup
+    from cluster.weight_sync import make_transport
+
+    cfg = launch.compose_run_config(
+        [
+            f"model.path={model}",
+            f"rollout.engine={args.engine}",
+            f"rollout.num_workers={workers}",
+            f"learner.num_ranks={args.learner_ranks}",
+            f"rollout.weight_bucket_mb={args.bucket_mb}",
+            f"ray.num_cpus={RAY_CPUS}",
+        ]
+    )
+    rows = []
+    bucket_bytes = int(args.bucket_mb * 2**20)
+    with contextlib.ExitStack() as stack:
+        learner = LearnerGroup(str(model), cfg.learner, cfg.model.dtype, cfg.train.seed)
+        stack.callback(learner.shutdown)
+        pool = build_rollout_pool(cfg, model)
+        stack.callback(pool.shutdown)
+        pid = _pid(learner.actors[0])
+        layout_bytes = learner.weight_layout(bucket_bytes).nbytes
+        version = 0
+        for transport in TRANSPORTS:
+            pool.transport = make_transport(transport, args.bucket_mb, cfg.rollout.sync_timeout_s)
+            seconds, peaks = [], []
+            for repeat in range(args.repeats + 1):
+                version += 1
+                sampler = RssSampler(pid)
+                start = time.perf_counter()
+                pool.sync_weights(learner, version)
+                elapsed = time.perf_counter() - start
+                peak = sampler.stop()
+                if repeat:  # the first sync of each transport is the warm-up (group set-up, first allocations)
+                    seconds.append(elapsed)
+                    peaks.append(peak)
+            row = Row(
+                transport=transport,
+                params=params,
+                workers=workers,
+                seconds=statistics.median(seconds),
+                peak_host_bytes=max(peaks),
+                bytes_per_worker=layout_bytes,
+                bound_bytes=2 * bucket_bytes + module_bytes,
+            )
+            print(json.dumps(asdict(row)), flush=True)
+            rows.append(row)
+            assert pool.restarts == 0 and {i["weights_version"] for i in pool.info()} == {version}
+    return rows
+
+
+def _pid(actor) -> int:
+    import ray
+
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every size and worker count; returns the JSON document written."""
+    from cluster.environment import keep_ray_on_loopback, worker_env
+
+    keep_ray_on_loopback()  # before Ray is imported
+    import ray
+
+    from core.config import RunConfig
+    from tasks.registry import prepare_task
+
+    base = prepare_task(RunConfig()).model
+    env = worker_env() | {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    ray.init(
+        address="local",
+        num_cpus=RAY_CPUS,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": env},
+        logging_level="WARNING",
+    )
+    started = time.time()
+    rows: list[Row] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="e3-weight-sync-") as tmp:
+            for label in args.sizes:
+                hidden, mlp, layers = SIZES[label]
+                model = Path(tmp) / label
+                params, module_bytes = build_policy(base, model, hidden, mlp, layers)
+                for workers in args.workers:
+                    rows.extend(measure(model, params, module_bytes, workers, args))
+    finally:
+        ray.shutdown()
+    return {
+        "command": " ".join(["python -m bench.weight_sync", *args.argv]),
+        "machine": cpu_description(),
+        "learner_ranks": args.learner_ranks,
+        "bucket_mb": args.bucket_mb,
+        "dtype": "float32",
+        "engine": args.engine,
+        "repeats": args.repeats,
+        "wall_s": round(time.time() - started, 1),
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def markdown(doc: dict) -> str:
+    """The result tables and the reading."""
+    rows = doc["rows"]
+    key = {(r["transport"], r["params"], r["workers"]): r for r in rows}
+    lines = [
+        "# Weight sync: collective broadcast against the Ray object store",
+        "",
+        f"Command: `{doc['command']}`. Machine: {doc['machine']}. Wall time {doc['wall_s']:.0f} s.",
+        "",
+        f"`RolloutPool.sync_weights` from a real FSDP2 learner group ({doc['learner_ranks']} gloo ranks) to "
+        f"real rollout workers (engine `{doc['engine']}`), {doc['dtype']} publish dtype, buckets of "
+        f"{doc['bucket_mb']} MiB; median of {doc['repeats']} syncs after one warm-up per transport. Peak added "
+        "host memory: the resident set size of learner rank 0's process sampled every millisecond by a thread "
+        "during each sync, peak minus the value just before it, the largest over the timed syncs (Ray's workers "
+        "run with `MALLOC_MMAP_THRESHOLD_=65536` so that freed tensors leave the RSS at once). Random Qwen2 "
+        "weights built locally; loopback only.",
+        "",
+        "| params | workers | MB per worker | object store s | collective s | speed-up | object store peak MB "
+        "| collective peak MB | collective bound MB (2 buckets + largest module) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for params, workers in sorted({(r["params"], r["workers"]) for r in rows}):
+        store, coll = key[("object_store", params, workers)], key[("collective", params, workers)]
+        lines.append(
+            f"| {params / 1e6:.1f}M | {workers} | {coll['bytes_per_worker'] / 1e6:.1f} | {store['seconds']:.3f} | "
+            f"{coll['seconds']:.3f} | {store['seconds'] / coll['seconds']:.2f}x | "
+            f"{store['peak_host_bytes'] / 1e6:.1f} | {coll['peak_host_bytes'] / 1e6:.1f} | "
+            f"{coll['bound_bytes'] / 1e6:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark and write bench/results/weight_sync.json and .md (the reading is added by hand)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.weight_sync", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--learner-ranks", type=int, default=2)
+    parser.add_argument("--bucket-mb", type=float, default=32.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    doc = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "weight_sync.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    (args.out / "weight_sync.md").write_text(markdown(doc), encoding="utf-8")
+    print(markdown(doc))
+    return doc
+
+
+if __name__ == "__main__":
+    main()

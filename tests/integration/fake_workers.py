@@ -1,0 +1,47 @@
+"""Rollout workers that fail on purpose, for the pool's fault tests (tests/integration/test_weight_transport.py).
+
+A module of their own, imported as `tests.integration.fake_workers`, so that Ray's workers can import the
+classes by name (pytest imports test modules under their bare names, which the workers cannot).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from actors.rollout_worker import RolloutWorker
+
+HANG_S = 600.0
+"""How long a hung fake sleeps: far past every deadline of the tests."""
+
+
+class FakeWorkerDyingMidSync(RolloutWorker):
+    """Kills its own process after its engine has taken the first streamed weight (mid-sync, every time)."""
+
+    def receive_weights(self, layout, version):
+        stream_into_engine = self.engine.load_weight_stream
+
+        def dying(names, weights):
+            def first_then_die():
+                yield next(iter(weights))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            stream_into_engine(names, first_then_die())
+
+        self.engine.load_weight_stream = dying
+        return super().receive_weights(layout, version)
+
+
+class FakeWorkerHungInSync(RolloutWorker):
+    """Sleeps far past every deadline when asked to receive weights."""
+
+    def receive_weights(self, layout, version):
+        time.sleep(HANG_S)
+
+
+class FakeWorkerHungInGeneration(RolloutWorker):
+    """Sleeps far past every deadline when asked to generate."""
+
+    def generate(self, requests):
+        time.sleep(HANG_S)
