@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 MAX_SYNC_ROUNDS = 4
 """Weight pushes one sync may take: the first, and retries after lost workers were replaced."""
 HOUR_S = 3600.0
+KILL_WAIT_S = 30.0
+"""Longest wait for a killed worker to be reported dead (its name free for the replacement)."""
 
 
 class RolloutPool:
@@ -111,10 +113,13 @@ class RolloutPool:
         return ray.get([w.info.remote() for w in self.workers], timeout=self.sync_timeout_s)
 
     def shutdown(self) -> None:
-        """Kill every worker actor."""
+        """Kill every worker actor and wait until Ray has them dead, so that their names are free again (for a
+        new pool, or a run that rebuilds its cluster)."""
         self.transport.close(self.workers)
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
+        for worker in self.workers:
+            _wait_dead(worker)
 
     # ------------------------------------------------------------------------------------------- recovery
 
@@ -182,12 +187,28 @@ class RolloutPool:
             "rollout worker %d lost (%s); replacing it (restart %d)", index, type(error).__name__, self.restarts
         )
         ray.kill(self.workers[index], no_restart=True)
+        _wait_dead(self.workers[index])  # a hung worker's name is only free once Ray has it dead
         self.workers[index] = self._spawn(index)
         ray.get(self.workers[index].info.remote(), timeout=self.timeout_s)
         if self._temperature is not None:
             self._call("set_temperature", {index: (self._temperature,)}, self.sync_timeout_s)
         if restore_weights and self._version is not None:
             self._sync({index})
+
+
+def _wait_dead(actor: Any, timeout_s: float = KILL_WAIT_S) -> None:
+    """Wait until Ray reports the killed `actor` dead (a call to it fails with RayActorError), at most
+    `timeout_s`: `ray.kill` only asks for it, and the actor's name stays taken until it is dead."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=1.0)
+        except RayActorError:
+            return
+        except GetTimeoutError:
+            continue
+        time.sleep(0.05)
+    log.warning("a killed rollout worker was still not dead after %.0f s", timeout_s)
 
 
 def _is_lost(error: Exception) -> bool:
