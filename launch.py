@@ -173,6 +173,8 @@ def train(cfg: RunConfig) -> dict:
         checkpoint_dir=str(run_dir / "checkpoints"),
         checkpoint_every=cfg.train.checkpoint_every,
         heldout_every=cfg.eval.every_steps,
+        max_staleness=cfg.train.max_staleness,
+        stale_policy=cfg.train.stale_policy,
     )
     run_log = RunLog(
         run_dir, cfg.run_name, cfg.wandb, json.loads(json.dumps(asdict(cfg), default=str)), resume=cfg.resume

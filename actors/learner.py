@@ -15,7 +15,10 @@ A training step on a rank:
    rank losses are exactly the global token mean. With one optimizer step per training step
    (`ppo_mini_batches=1`, the paper's setting) the old log-probs are the detached log-probs of this same pass
    (the ratio is identically 1) and the entropy comes from it too; with more, a no-grad pass measures them
-   first and each mini-batch takes its own optimizer step;
+   first and each mini-batch takes its own optimizer step. With `off_policy_correction` (`tis`, `icepop`) each
+   token's loss is weighted against the rollout engine's tempered log-prob of it (`TrainBatch.sampler_logprobs`,
+   the behaviour policy: an older weights version when generation runs ahead of training),
+   `core.grpo.off_policy_weights`;
 3. clip the global gradient norm, take the AdamW step, and reduce the metrics over ranks, so that every rank
    returns the same global metrics.
 
@@ -59,7 +62,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from actors.weight_transport import BucketLayout, TensorSpec, WeightGroup, plan_buckets, send_weights
 from core.batch import pack_micro_batches
 from core.config import LearnerConfig
-from core.grpo import policy_loss
+from core.grpo import off_policy_weights, policy_loss
 from core.logprobs import ResponseHead
 from core.messages import TrainBatch
 
@@ -69,7 +72,7 @@ TIED_HEAD, TIED_EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 # Metrics summed over micro-batches and ranks (policy_loss divides its metrics by the global token count).
 _ADDITIVE_METRICS = ("loss", "clip_frac", "dual_clip_frac", "approx_kl")
-_COUNTERS = ("entropy_sum", "tokens", "mismatch_sum", "mismatch_tokens")
+_COUNTERS = ("entropy_sum", "tokens", "mismatch_sum", "mismatch_tokens", "is_ratio_sum", "is_masked", "is_truncated")
 log = logging.getLogger(__name__)
 
 
@@ -256,6 +259,13 @@ class Learner:
 
         mini_batches = self._mini_batches(shard)
         totals = dict.fromkeys(_ADDITIVE_METRICS + _COUNTERS, 0.0)
+        totals["is_ratio_max"] = 0.0
+        correct = self.config.off_policy_correction != "none"
+        if correct and shard.sampler_logprobs is None:
+            raise ValueError(
+                f"train_step: learner.off_policy_correction={self.config.off_policy_correction} needs the engine's "
+                "log-probs (TrainBatch.sampler_logprobs)"
+            )
         old: list[list[torch.Tensor | None]] = [[None] * len(micros) for micros in mini_batches]
         if len(mini_batches) > 1:  # the policy moves between mini-batches: measure old log-probs first
             with torch.no_grad():
@@ -273,6 +283,7 @@ class Learner:
                 if old[m][k] is None:  # one optimizer step: this pass is also the measurement
                     old[m][k] = scored.logprobs.detach()
                     _add(totals, scored.counters)
+                weights = self._off_policy_weights(micro, old[m][k], totals) if correct else None
                 loss, metrics = policy_loss(
                     scored.logprobs,
                     old[m][k],
@@ -282,6 +293,7 @@ class Learner:
                     clip_low=self.config.clip_low,
                     clip_high=self.config.clip_high,
                     dual_clip=self.config.dual_clip,
+                    token_weights=weights,
                 )
                 loss.backward()
                 # each mini-batch's metrics are token means over it: their mean over mini-batches is reported
@@ -296,6 +308,22 @@ class Learner:
         optimizer.zero_grad(set_to_none=True)
         totals["micro_batches"] = float(sum(len(micros) for micros in mini_batches))
         return self._global_metrics(totals, grad_norm, skipped, with_mismatch=shard.sampler_logprobs is not None)
+
+    def _off_policy_weights(self, micro: TrainBatch, old: torch.Tensor, totals: dict[str, float]) -> torch.Tensor:
+        """The micro-batch's per-token loss weights against the engine's log-probs (`learner.off_policy_correction`),
+        its ratio statistics added into `totals` (the ratio's max kept as a max)."""
+        weights, sums = off_policy_weights(
+            old,
+            micro.sampler_logprobs[:, 1:].to(self.device, torch.float32),
+            micro.response_mask[:, 1:].to(self.device),
+            str(self.config.off_policy_correction),
+            tis_cap=self.config.tis_cap,
+            icepop_low=self.config.icepop_low,
+            icepop_high=self.config.icepop_high,
+        )
+        totals["is_ratio_max"] = max(totals["is_ratio_max"], sums.pop("is_ratio_max"))
+        _add(totals, sums)
+        return weights
 
     def _mini_batches(self, shard: TrainBatch) -> list[list[TrainBatch]]:
         """The shard's `ppo_mini_batches` mini-batches, each as micro-batches; every rank gets the same counts.
@@ -392,6 +420,14 @@ class Learner:
         )
         if with_mismatch and total["mismatch_tokens"]:
             metrics["logprob_mismatch"] = total["mismatch_sum"] / total["mismatch_tokens"]
+        correction = self.config.off_policy_correction
+        if correction != "none":  # importance ratio pi_old / pi_behaviour over the response tokens
+            largest = torch.tensor([totals["is_ratio_max"]], dtype=torch.float64, device=self.device)
+            dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+            metrics["is_ratio_mean"] = total["is_ratio_sum"] / tokens if tokens else 0.0
+            metrics["is_ratio_max"] = float(largest.item())
+            counted = "is_masked" if correction == "icepop" else "is_truncated"
+            metrics[f"{counted}_frac"] = total[counted] / tokens if tokens else 0.0
         return metrics
 
     # ------------------------------------------------------------------------------------ weights and state

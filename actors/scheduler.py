@@ -1,19 +1,22 @@
 """The scheduler: owns E3's algorithmic state and runs one training step at a time.
 
 State (all saved with a checkpoint): the step counter, the seeded epoch sampler, the difficulty table, the
-budget bounds, the temperature controller and the weights version. The rollout pool, the learner group and the
-reward scorer are handed in by `cluster/`; this class only calls their plain methods, so a test can build it
-in-process with any of them.
+budget bounds, the temperature controller, the weights version, and with `max_staleness` >= 1 the batches issued
+ahead of training (actors/pipeline.py says how that pipeline runs E3, and with what lag). The rollout pool, the
+learner group and the reward scorer are handed in by `cluster/`; this class only calls their plain methods, so a
+test can build it in-process with any of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from actors.evaluation import greedy_accuracy, sampled_pass_at_k
+from actors.pipeline import IssuedBatch, Sampled, staleness_histogram
 from actors.protocols import LearnerGroupLike, RolloutPoolLike, RunLogLike, ScorerLike
 from core.allocators import ALLOCATORS, QuestionStats
 from core.batch import BatchStats, build_train_batch
 from core.budget import BudgetBounds
-from core.config import BudgetConfig, RewardConfig, TemperatureConfig
+from core.config import BudgetConfig, RewardConfig, StalePolicy, TemperatureConfig
 from core.difficulty import DifficultyTable
 from core.messages import LearnerResult, Rollout, RolloutRequest, ScoredRollouts, TemperatureUpdate, TrainBatch
 from core.sampler import EpochBatch, EpochSampler
@@ -37,6 +41,8 @@ from tasks.dataset import Question, dataset_fingerprint
 from tasks.prepare import Split
 
 log = logging.getLogger(__name__)
+ROLLOUT_WEIGHTS = "rollout_weights"
+"""A checkpoint's folder of the weights its queued generation was issued with (`v<version>/model.safetensors`)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,11 @@ class StepPlan:
     """Checkpoint after every K-th step (the driver also checkpoints at the end); 0: only at the end."""
     heldout_every: int = 0
     """Greedy held-out accuracy after every K-th step, in that step's record; 0: never."""
+    max_staleness: int = 0
+    """Steps generation runs ahead of training (`train.max_staleness`); 0: the synchronous loop."""
+    stale_policy: StalePolicy = StalePolicy.wait
+    """A rollout older than `max_staleness` versions when its step trains: `wait` keeps it, `drop` generates it
+    again with the current weights (`train.stale_policy`)."""
 
 
 class PhaseTimer:
@@ -83,17 +94,6 @@ class PhaseTimer:
 def request_seed(seed: int, step: int, position: int) -> int:
     """A reproducible 31-bit seed for one rollout request of one step."""
     return int(np.random.SeedSequence([seed, step, position]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-@dataclass(frozen=True)
-class _Sampled:
-    """The step's batch of questions, their difficulty ranks and the budget bounds when it was drawn."""
-
-    batch: EpochBatch
-    questions: list[Question]
-    ranks: list[float]
-    n_min: int
-    n_max: int
 
 
 @dataclass(frozen=True)
@@ -147,55 +147,146 @@ class Scheduler:
         self.controller = TemperatureController.from_config(temperature, plan.vocab_size, max_steps=plan.total_steps)
         self.step_count = 0
         self.weights_version = 0
+        self.pipeline: deque[IssuedBatch] = deque()  # batches issued ahead of training, oldest first
 
     # -- the step -------------------------------------------------------------------------------------------
 
     def step(self) -> StepRecord:
-        """Run one training step and return its record (core/step_record.py says what each field means)."""
+        """Run one training step and return its record (core/step_record.py says what each field means).
+
+        With `plan.max_staleness` = k >= 1 the batches of the next k steps generate while this one trains
+        (actors/pipeline.py); with k = 0 each phase waits for the one before."""
         timer = PhaseTimer()
+        ahead = self.plan.max_staleness > 0
         with timer("step"):
-            step, temperature = self.step_count, self.controller.temperature
-            with timer("sample"):
-                sampled = self._sample()
-            with timer("allocate"):
-                requests = self._allocate(sampled, step)
+            step = self.step_count
+            self._issue_through(step + self.plan.max_staleness, timer)  # phases sample, allocate (and submit)
+            issued = self.pipeline.popleft()
             with timer("generate"):
-                rollouts = self.rollout_pool.generate(requests)
+                rollouts, dropped, kept_stale = self._rollouts_of(issued)
             with timer("score"):
-                scored = self.scorer.score(rollouts, [q.ground_truth for q in sampled.questions])
+                scored = self.scorer.score(rollouts, [q.ground_truth for q in issued.sampled.questions])
             with timer("update_table"):
                 self._observe(scored, step)
             with timer("build_batch"):
-                train_batch, stats = self._train_batch(scored, sampled.questions)
+                train_batch, stats = self._train_batch(scored, issued.sampled.questions)
+            if ahead:
+                with timer("keep_weights"):
+                    self._keep_weights()
             with timer("train"):
                 result = self.learner_group.train(train_batch, self.weights_version)
+            if ahead:
+                with timer("wait_ahead"):
+                    self._collect_ahead()
             with timer("sync"):
                 self._sync_weights(result.weights_version)
             with timer("temperature"):
                 control = self._adapt_temperature(result.entropy, step)
             with timer("epoch_end"):
-                self._maybe_recompute(sampled.batch.end_of_epoch, step)
+                self._maybe_recompute(issued.sampled.batch.end_of_epoch, step)
             self.step_count += 1
+            if ahead:
+                self.rollout_pool.release_weights(min((b.version for b in self.pipeline), default=self.weights_version))
             self._checkpoint_if_due(timer)
         heldout = self._heldout_if_due(timer)
-        record = self._record(step, temperature, sampled, requests, scored, stats, result, control, timer, heldout)
+        record = self._record(step, issued, [s.rollout for s in scored], scored, stats, result, control, timer, heldout)
+        if ahead:
+            trained_version = result.weights_version - 1
+            record = dataclasses.replace(
+                record,
+                staleness=staleness_histogram([s.rollout for s in scored], trained_version),
+                stale_dropped=dropped,
+                stale_kept=kept_stale,
+            )
         self._log(record)
         return record
 
-    def _sample(self) -> _Sampled:
+    # -- the pipeline (plan.max_staleness >= 1; with 0 it issues one batch and generates it in the step) ------
+
+    def _issue_through(self, last_step: int, timer: PhaseTimer) -> None:
+        """Issue the batches of every step up to `last_step` not issued yet, in step order: draw the questions,
+        allocate the budget from the table as it is now, and (ahead of training) submit the requests, which the
+        workers sample with the weights and temperature they hold now. Steps past the run's end are drawn and
+        allocated (a checkpoint then saves them as an uninterrupted run would have them) but not generated."""
+        next_step = self.pipeline[-1].step + 1 if self.pipeline else self.step_count
+        for step in range(next_step, last_step + 1):
+            with timer("sample"):
+                sampled = self._sample()
+            with timer("allocate"):
+                requests = self._allocate(sampled, step)
+            issued = IssuedBatch(step, sampled, requests, self.weights_version, self.controller.temperature)
+            if self.plan.max_staleness > 0 and step < self.plan.total_steps:
+                with timer("submit"):
+                    issued.pending = self.rollout_pool.submit(requests)
+            self.pipeline.append(issued)
+
+    def _rollouts_of(self, issued: IssuedBatch) -> tuple[list[Rollout], int, int]:
+        """The batch's rollouts (generated now if it was not submitted, waited for if it still generates), with
+        any older than `plan.max_staleness` versions dropped and generated again (`stale_policy=drop`) or kept
+        (`wait`); returns them and the counts of samples dropped and kept so."""
+        if self.plan.max_staleness == 0:
+            return self.rollout_pool.generate(issued.requests), 0, 0
+        rollouts = self._collected(issued)
+        stale = [
+            i for i, r in enumerate(rollouts) if self.weights_version - r.weights_version > self.plan.max_staleness
+        ]
+        samples = sum(len(rollouts[i].completions) for i in stale)
+        if not stale:
+            return rollouts, 0, 0
+        log.warning(
+            "step %d: %d rollouts are more than %d versions older than version %d: %s",
+            issued.step,
+            len(stale),
+            self.plan.max_staleness,
+            self.weights_version,
+            "generating them again" if self.plan.stale_policy == "drop" else "training on them (stale_policy=wait)",
+        )
+        if self.plan.stale_policy != "drop":
+            return rollouts, 0, samples
+        fresh = self.rollout_pool.generate([issued.requests[i] for i in stale])  # same seeds, current weights
+        for i, rollout in zip(stale, fresh, strict=True):
+            rollouts[i] = rollout
+        return rollouts, samples, 0
+
+    def _collected(self, issued: IssuedBatch) -> list[Rollout]:
+        """The batch's rollouts: collected from the pool (submitted first if it was not)."""
+        if issued.rollouts is None:
+            pending = issued.pending if issued.pending is not None else self.rollout_pool.submit(issued.requests)
+            issued.rollouts, issued.pending = self.rollout_pool.collect(pending), None
+        return issued.rollouts
+
+    def _keep_weights(self) -> None:
+        """Before the learner moves on: have the pool keep the weights batches still queued were issued with,
+        to restore a worker lost while it generates them, and for a checkpoint to save."""
+        if any(b.version == self.weights_version for b in self.pipeline):
+            self.rollout_pool.keep_weights(self.learner_group, self.weights_version)
+
+    def _collect_ahead(self) -> None:
+        """Wait for every batch generating ahead (they ran while the learner trained), so that the weights are
+        pushed between generation batches, never into one."""
+        for issued in self.pipeline:
+            if issued.pending is not None:
+                self._collected(issued)
+
+    def _sample(self) -> Sampled:
         """Draw the step's questions and read their current ranks."""
         batch = self.sampler.next_batch()
         questions = [self.train.questions[i] for i in batch.indices]
         ranks = self.table.ranks([q.id for q in questions])
-        return _Sampled(batch, questions, ranks, self.bounds.n_min, self.bounds.n_max)
+        return Sampled(batch, questions, ranks, self.bounds.n_min, self.bounds.n_max)
 
-    def _allocate(self, sampled: _Sampled, step: int) -> list[RolloutRequest]:
+    def _allocate(self, sampled: Sampled, step: int) -> list[RolloutRequest]:
         """The step's budget of `n * B` rollouts, shared out within the bounds by `budget.allocator` from the
         questions' statistics in the difficulty table, as seeded requests."""
         ids = [q.id for q in sampled.questions]
         stats = [QuestionStats(a, c, r) for (a, c), r in zip(self.table.counts(ids), sampled.ranks, strict=True)]
         total = self.bounds.n * len(sampled.questions)
         counts = ALLOCATORS[self.budget_config.allocator](stats, total, sampled.n_min, sampled.n_max)
+        return self._requests(sampled.batch.indices, [int(c) for c in counts], step)
+
+    def _requests(self, indices: list[int], counts: list[int], step: int) -> list[RolloutRequest]:
+        """The seeded requests of a step: question `indices[p]` gets `counts[p]` samples, seeded by
+        `request_seed(seed, step, p)`."""
         return [
             RolloutRequest(
                 question_id=self.train.questions[i].id,
@@ -205,7 +296,7 @@ class Scheduler:
                 seed=request_seed(self.plan.seed, step, position),
                 step=step,
             )
-            for position, (i, count) in enumerate(zip(sampled.batch.indices, counts, strict=True))
+            for position, (i, count) in enumerate(zip(indices, counts, strict=True))
         ]
 
     def _observe(self, scored: list[ScoredRollouts], step: int) -> None:
@@ -267,9 +358,8 @@ class Scheduler:
     def _record(
         self,
         step: int,
-        temperature: float,
-        sampled: _Sampled,
-        requests: list[RolloutRequest],
+        issued: IssuedBatch,
+        rollouts: list[Rollout],
         scored: list[ScoredRollouts],
         stats: BatchStats,
         result: LearnerResult,
@@ -277,8 +367,8 @@ class Scheduler:
         timer: PhaseTimer,
         heldout: dict[str, float],
     ) -> StepRecord:
-        """The step's record from what its phases produced."""
-        rollouts: list[Rollout] = [s.rollout for s in scored]
+        """The step's record from what its phases produced; its temperature is the one the batch was issued with."""
+        sampled, requests, temperature = issued.sampled, issued.requests, issued.temperature
         return StepRecord(
             step=step,
             epoch=sampled.batch.epoch,
@@ -379,34 +469,75 @@ class Scheduler:
         partial.mkdir(parents=True)
         self.learner_group.save(str(partial / "policy"))
         self.table.write_parquet(partial / "difficulty.parquet")
+        self._save_pipeline_weights(partial / ROLLOUT_WEIGHTS)
         (partial / "scheduler.json").write_text(json.dumps(self.state_dict(), indent=1), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         log.info("checkpoint written: %s", final)
         return str(final)
 
+    def _save_pipeline_weights(self, folder: Path) -> None:
+        """Write the weights every queued batch was issued with, one folder `v<version>` each, so that a restore
+        can generate the batches again exactly; a version the pool did not keep is logged and left out (a
+        restore then generates its batches with the checkpoint's weights)."""
+        for version in sorted({b.version for b in self.pipeline}):
+            try:
+                self.rollout_pool.save_weights(version, str(folder / f"v{version}"))
+            except KeyError:
+                log.warning(
+                    "checkpoint: weights version %d of queued generation was not kept; a resumed run "
+                    "generates those batches with the checkpoint's weights instead",
+                    version,
+                )
+
     def restore(self, directory: str) -> int:
-        """Load a checkpoint written by `checkpoint()`, push its weights and temperature to the rollout workers,
-        and return the step it continues from."""
+        """Load a checkpoint written by `checkpoint()`, generate again the batches it had queued (with the
+        weights and temperatures they were issued with), push its weights and temperature to the rollout
+        workers, and return the step it continues from."""
         path = Path(directory)
         self.table.read_parquet(path / "difficulty.parquet")  # first: it refuses a table of other questions
         self.load_state_dict(json.loads((path / "scheduler.json").read_text(encoding="utf-8")))
         self.learner_group.load(str(path / "policy"))
+        self._regenerate_pipeline(path / ROLLOUT_WEIGHTS)
         self._sync_weights(self.weights_version)
         self.rollout_pool.set_temperature(TemperatureUpdate(self.controller.temperature, self.step_count))
         if self.run_log is not None:
             self.run_log.rewind(self.step_count)
         return self.step_count
 
+    def _regenerate_pipeline(self, folder: Path) -> None:
+        """Generate the restored queue's batches again as they were issued: version by version, the workers
+        load the weights saved for it and take the batch's temperature, and each batch is generated (the same
+        seeds: the same rollouts). A version whose weights are missing is generated with the checkpoint's own
+        weights (logged: the resumed run then departs from an uninterrupted one)."""
+        batches = [b for b in self.pipeline if b.step < self.plan.total_steps]
+        for version in sorted({b.version for b in batches}):
+            weights = folder / f"v{version}"
+            if (weights / "model.safetensors").is_file():
+                self.rollout_pool.load_policy(str(weights), version)
+            else:
+                log.warning(
+                    "restore: no saved weights version %d for queued generation; generating it with the "
+                    "checkpoint's weights (version %d)",
+                    version,
+                    self.weights_version,
+                )
+                self._sync_weights(self.weights_version)
+            for issued in (b for b in batches if b.version == version):
+                self.rollout_pool.set_temperature(TemperatureUpdate(issued.temperature, issued.step))
+                self._collected(issued)
+
     def state_dict(self) -> dict[str, Any]:
         """The algorithmic state but the difficulty table (saved as Parquet beside it, with the dataset's
-        fingerprint): plain JSON values."""
+        fingerprint): plain JSON values; `pipeline` lists the batches issued ahead of training (what
+        regenerates each, not its outputs)."""
         return {
             "step": self.step_count,
             "weights_version": self.weights_version,
             "sampler": self.sampler.state_dict(),
             "bounds": self.bounds.state_dict(),
             "controller": self.controller.state_dict(),
+            "pipeline": [issued.state_dict() for issued in self.pipeline],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -416,6 +547,20 @@ class Scheduler:
         self.sampler.load_state_dict(state["sampler"])
         self.bounds.load_state_dict(state["bounds"])
         self.controller.load_state_dict(state["controller"])
+        self.pipeline = deque(self._issued_from_state(entry) for entry in state.get("pipeline", []))
+
+    def _issued_from_state(self, entry: dict[str, Any]) -> IssuedBatch:
+        """A queued batch from its `IssuedBatch.state_dict()`: the questions, ranks and bounds it was drawn
+        with, and its requests rebuilt with their seeds (not yet generated)."""
+        batch = EpochBatch(list(entry["indices"]), int(entry["epoch"]), int(entry["step_in_epoch"]),
+                           bool(entry["end_of_epoch"]))  # fmt: skip
+        questions = [self.train.questions[i] for i in batch.indices]
+        sampled = Sampled(
+            batch, questions, [float(r) for r in entry["ranks"]], int(entry["n_min"]), int(entry["n_max"])
+        )
+        step = int(entry["step"])
+        requests = self._requests(batch.indices, [int(c) for c in entry["counts"]], step)
+        return IssuedBatch(step, sampled, requests, int(entry["version"]), float(entry["temperature"]))
 
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:

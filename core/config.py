@@ -108,6 +108,22 @@ class Ties(Choice):
     index = "index"
 
 
+class StalePolicy(Choice):
+    """What becomes of a rollout older than `train.max_staleness` versions when its step trains (the pipeline's
+    issue rule keeps this from happening in a steady run; see `actors/pipeline.py`)."""
+
+    wait = "wait"
+    drop = "drop"
+
+
+class OffPolicyCorrection(Choice):
+    """How the loss corrects for the gap between the policy that sampled a token and the one that trains on it."""
+
+    none = "none"
+    tis = "tis"
+    icepop = "icepop"
+
+
 class WandbMode(Choice):
     """Where W&B logs go."""
 
@@ -326,6 +342,18 @@ class LearnerConfig:
     """Dual-clip constant for negative advantages."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (large models)."""
+    off_policy_correction: OffPolicyCorrection = OffPolicyCorrection.none
+    """Importance-sampling correction for tokens sampled by another policy than the one trained (an older weights
+    version with `train.max_staleness` >= 1, or the engine's own numerics): with `r = pi_old / pi_behaviour` per
+    token (the learner's old log-prob against the engine's tempered one), `tis` weights each token's loss by
+    `min(r, tis_cap)` (truncated importance sampling), `icepop` drops tokens whose `r` leaves
+    `[icepop_low, icepop_high]` from the gradient; `none` trains on the tokens as they are (core/grpo.py)."""
+    tis_cap: float = bounded(2.0, gt=0)
+    """TIS: the largest importance weight a token gets (the truncation C; 2 as published for TIS)."""
+    icepop_low: float = bounded(0.5, gt=0, lt=1)
+    """IcePop: tokens with `r` below this are masked (0.5 as published for IcePop)."""
+    icepop_high: float = bounded(5.0, gt=1)
+    """IcePop: tokens with `r` above this are masked (5 as published for IcePop)."""
 
 
 @dataclass
@@ -400,6 +428,16 @@ class TrainConfig:
     """Seed of the question sampler, the rollout seeds and the policy's initial state."""
     checkpoint_every: int = bounded(0, ge=0)
     """Save a checkpoint every K steps (and at the end); 0: only at the end."""
+    max_staleness: int = bounded(0, ge=0)
+    """0: each step generates, scores, trains and syncs in turn (synchronous). k >= 1: generation runs up to k steps
+    ahead of training, so the rollout workers sample step t + 1's batch while the learner trains step t, and a
+    step's rollouts may come from a policy up to k versions older than the one trained (actors/pipeline.py).
+    Pair it with `learner.off_policy_correction`."""
+    stale_policy: StalePolicy = StalePolicy.wait
+    """A rollout older than `max_staleness` versions when its step trains: `wait` trains it after all (the step
+    waited for it; counted as `pipeline/stale_kept`), `drop` drops it and generates it again, same seed, with the
+    current weights (counted as `pipeline/dropped`). The pipeline never issues a batch whose weights would be too
+    old, so this decides only batches restored from a checkpoint written with a larger bound."""
 
 
 @dataclass

@@ -12,6 +12,11 @@ How this departs from the GRPO paper (Shao et al. 2024, DeepSeekMath):
 - PPO clip with separate low/high ranges (equal, 0.2, by default) plus verl's dual clip: for negative advantages
   the token loss is capped at `dual_clip * |A|`, so a huge ratio on a bad token cannot blow up the update.
 - The log-ratio is clamped to [-20, 20] before `exp` (as verl) so that a garbage log-prob cannot overflow.
+- Optional off-policy correction (`off_policy_weights`, for a pipeline where the sampling policy lags the trained
+  one, and for the engine's own numerics): the PPO ratio is taken against the learner's old log-probs (the
+  proximal policy, as in decoupled PPO), and each token's loss is then weighted by the truncated importance ratio
+  `min(pi_old / pi_behaviour, C)` (TIS, Yao et al. 2025) or kept only while that ratio stays in `[low, high]`
+  (IcePop, Ring-1T 2025), `pi_behaviour` being the rollout engine's tempered log-prob of the token.
 - Optional length bias on rewards (`length_bias`, from the E3 reference code, not in the paper): correct
   answers to the easiest questions are rewarded `1 / (1 + mu * length)`.
 """
@@ -88,6 +93,58 @@ def _check_policy_inputs(
         raise ValueError(f"dual_clip must be > 1 (or None to disable), got dual_clip={dual_clip}")
 
 
+CORRECTIONS = ("none", "tis", "icepop")
+"""The off-policy corrections `off_policy_weights` knows."""
+
+
+def off_policy_weights(
+    old_logprobs: torch.Tensor,
+    behaviour_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    correction: str,
+    tis_cap: float = 2.0,
+    icepop_low: float = 0.5,
+    icepop_high: float = 5.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Return per-token loss weights [N, T] (no gradient) correcting for tokens sampled by another policy, and
+    their sums over the response tokens (`is_ratio_sum`, `is_ratio_max`, `is_masked` and `is_truncated` counts).
+
+    With `r = exp(old_logprobs - behaviour_logprobs)` (the log-ratio clamped to [-20, 20]): `tis` gives each
+    token `min(r, tis_cap)`, `icepop` gives 1 where `icepop_low <= r <= icepop_high` and 0 elsewhere, `none`
+    gives 1 everywhere. Positions off `response_mask` get 0 and count in no statistic.
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction={correction!r}: expected one of {', '.join(CORRECTIONS)}")
+    if behaviour_logprobs.shape != old_logprobs.shape or response_mask.shape != old_logprobs.shape:
+        raise ValueError(
+            f"behaviour_logprobs {tuple(behaviour_logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and "
+            f"response_mask {tuple(response_mask.shape)} must have one shape"
+        )
+    if not tis_cap > 0 or not 0 < icepop_low < 1 < icepop_high:
+        raise ValueError(
+            f"need tis_cap > 0 and 0 < icepop_low < 1 < icepop_high, got tis_cap={tis_cap}, "
+            f"icepop_low={icepop_low}, icepop_high={icepop_high}"
+        )
+    mask = response_mask.bool()
+    with torch.no_grad():
+        log_ratio = torch.clamp(old_logprobs - behaviour_logprobs, -_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+        ratio = torch.where(mask, torch.exp(log_ratio), torch.zeros_like(log_ratio))
+        if correction == "tis":
+            weights = torch.clamp(ratio, max=tis_cap)
+        elif correction == "icepop":
+            weights = ((ratio >= icepop_low) & (ratio <= icepop_high)).to(ratio.dtype)
+        else:
+            weights = torch.ones_like(ratio)
+        weights = torch.where(mask, weights, torch.zeros_like(weights))
+        sums = {
+            "is_ratio_sum": float(ratio.sum().item()),
+            "is_ratio_max": float(ratio.max().item()) if mask.any() else 0.0,
+            "is_masked": float((mask & (weights == 0)).sum().item()) if correction == "icepop" else 0.0,
+            "is_truncated": float((mask & (ratio > tis_cap)).sum().item()) if correction == "tis" else 0.0,
+        }
+    return weights, sums
+
+
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -97,6 +154,7 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = 3.0,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Return the PPO clipped-surrogate loss `sum(token_loss * mask) / normalizer` and its metrics.
 
@@ -111,6 +169,9 @@ def policy_loss(
     additive across micro-batches and ranks (summing them gives global token means):
     `clip_frac` (tokens where the ratio clip is active), `dual_clip_frac` (tokens where the dual clip is active)
     and `approx_kl` (the k1 estimate `old_logprob - logprob`).
+
+    `token_weights` [N, T] (no gradient; `off_policy_weights` makes them) multiply each token's loss; None (the
+    default) leaves the loss exactly as without it.
     """
     _check_policy_inputs(logprobs, old_logprobs, advantages, response_mask, normalizer, clip_low, clip_high, dual_clip)
     mask = response_mask.bool()
@@ -127,6 +188,12 @@ def policy_loss(
         cap = -adv * dual_clip
         dual_active = (adv < 0) & (token_loss > cap)
         token_loss = torch.where(adv < 0, torch.minimum(token_loss, cap), token_loss)
+    if token_weights is not None:
+        if token_weights.shape != logprobs.shape:
+            raise ValueError(
+                f"token_weights shape {tuple(token_weights.shape)} != logprobs shape {tuple(logprobs.shape)}"
+            )
+        token_loss = token_loss * token_weights.detach().to(token_loss.dtype)
     zero = torch.zeros((), dtype=token_loss.dtype, device=token_loss.device)
     loss = torch.where(mask, token_loss, zero).sum() / normalizer
     with torch.no_grad():

@@ -26,6 +26,10 @@ The line's keys, by namespace:
 - `timing/<phase>_s`: seconds of each phase, in the order they ran; `timing/step_s` is the whole step, and
   `timing/heldout_s` (when the step evaluates) runs after it.
 - `heldout/accuracy`, `heldout/accuracy/<source>`: greedy held-out accuracy after this step, on steps that evaluate.
+- `pipeline/staleness` (only when generation runs ahead of training, `train.max_staleness` >= 1): the step's
+  samples by how many weights versions older than the trained policy they were sampled with (entry j: j versions
+  old); `pipeline/dropped`, `pipeline/stale_kept`: samples older than the bound that were generated again
+  (`train.stale_policy=drop`) or trained on all the same (`wait`).
 
 Non-finite floats are written as null and read back as NaN.
 """
@@ -86,6 +90,14 @@ class StepRecord:
     """Seconds per phase, in the order the phases ran (`step` is the whole step)."""
     heldout: Mapping[str, float] = field(default_factory=dict)
     """Greedy held-out accuracy after this step (`accuracy`, `accuracy/<source>`); empty on other steps."""
+    # pipeline/ (generation ahead of training only)
+    staleness: tuple[int, ...] = ()
+    """Samples by staleness: entry j counts those sampled with weights j versions older than the trained ones;
+    empty in the synchronous loop (then no `pipeline/` key is written)."""
+    stale_dropped: int = 0
+    """Samples older than `train.max_staleness` versions, dropped and generated again."""
+    stale_kept: int = 0
+    """Samples older than `train.max_staleness` versions, trained on all the same (`stale_policy=wait`)."""
 
     def __post_init__(self) -> None:
         if len(self.question_ids) != len(self.rollouts_per_question) or len(self.question_ids) != len(
@@ -173,6 +185,14 @@ class StepRecord:
             **{f"timing/{phase}_s": seconds for phase, seconds in self.timing.items()},
             **{f"heldout/{name}": value for name, value in self.heldout.items()},
         }
+        if self.staleness:
+            line.update(
+                {
+                    "pipeline/staleness": list(self.staleness),
+                    "pipeline/dropped": self.stale_dropped,
+                    "pipeline/stale_kept": self.stale_kept,
+                }
+            )
         return {key: _json_safe(value) for key, value in line.items()}
 
     @classmethod
@@ -217,6 +237,9 @@ class StepRecord:
             learner=_namespace(line, "learner/", exclude=("entropy",)),
             timing={key.removesuffix("_s"): value for key, value in _namespace(line, "timing/").items()},
             heldout=_namespace(line, "heldout/"),
+            staleness=tuple(int(n) for n in line.get("pipeline/staleness", ())),
+            stale_dropped=int(line.get("pipeline/dropped", 0)),
+            stale_kept=int(line.get("pipeline/stale_kept", 0)),
         )
 
 

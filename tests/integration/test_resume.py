@@ -65,6 +65,32 @@ def test_resumed_run_equals_uninterrupted_run(embedded_task, ray_cluster, tmp_pa
     )
 
 
+AHEAD = ["train.max_staleness=1", "learner.off_policy_correction=icepop"]
+
+
+def test_resumed_run_with_generation_ahead_equals_uninterrupted_run(embedded_task, ray_cluster, tmp_path):
+    """One step off: the checkpoint at step 2 holds step 2's batch, issued with version 1; the resumed run
+    generates it again with those weights and that temperature, so every step equals the uninterrupted run's."""
+    launch.train(run_config(tmp_path, *COMMON, *AHEAD, "run_name=straight-ahead"))
+    launch.train(run_config(tmp_path, *COMMON, *AHEAD, "run_name=resumed-ahead", "train.max_steps=2"))
+    stopped = tmp_path / "resumed-ahead"
+    saved = json.loads((stopped / "checkpoints" / "step_2" / "scheduler.json").read_text())
+    assert [(b["step"], b["version"]) for b in saved["pipeline"]] == [(2, 1)]
+    assert (stopped / "checkpoints" / "step_2" / "rollout_weights" / "v1" / "model.safetensors").is_file()
+    launch.train(run_config(tmp_path, *COMMON, *AHEAD, "run_name=resumed-ahead", "resume=true"))
+
+    straight, resumed = steps_of(tmp_path / "straight-ahead"), steps_of(stopped)
+    assert [m.step for m in resumed] == [0, 1, 2, 3]
+    assert [m.staleness for m in straight] == [(32,), (0, 32), (0, 32), (0, 32)]
+    for a, b in zip(straight, resumed, strict=True):
+        assert a.question_ids == b.question_ids and a.rollouts_per_question == b.rollouts_per_question
+        assert a.temperature == pytest.approx(b.temperature, abs=1e-9)
+        assert a.staleness == b.staleness and a.weights_version == b.weights_version
+        assert a.entropy == pytest.approx(b.entropy, rel=1e-4)
+        assert a.reward_mean == pytest.approx(b.reward_mean, abs=1e-6)
+        assert a.learner["is_ratio_mean"] == pytest.approx(b.learner["is_ratio_mean"], rel=1e-4)
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(launch.ConfigError, match="holds no checkpoint"):
         launch.prepare_run_dir(run_config(tmp_path, "run_name=never-ran", "resume=true"))

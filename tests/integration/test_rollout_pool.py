@@ -132,3 +132,45 @@ def wait_until_gone(pid: int, timeout_s: float = 30.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} still alive after SIGKILL")
+
+
+class KeptSource:
+    """A weight source (what `keep_weights` copies from) holding fixed weights."""
+
+    def __init__(self, ray_module, weights: dict) -> None:
+        self.ref = ray_module.put(weights)
+
+    def state_dict_ref(self):
+        return self.ref
+
+
+def test_worker_lost_under_generation_issued_ahead_is_replaced_with_the_weights_it_was_issued_with(
+    pool, ray_cluster, embedded_task
+):
+    """Generation submitted ahead of training (`submit`/`collect`): the learner has moved on by the time it is
+    collected, so a replacement must get the weights kept for the issue version, not the pool's current ones
+    (here the perturbed weights every worker holds; the kept copy of version 5 is the base policy, so that the
+    test tells the two apart), and its share must be answered exactly once."""
+    base = load_file(str(embedded_task.model / "model.safetensors"))
+    pool.keep_weights(KeptSource(ray_cluster, base), 5)
+    restarts = pool.restarts
+    victim = pool.info()[1]["pid"]
+    os.kill(victim, signal.SIGKILL)  # before its share arrives: a tiny model answers faster than a kill lands
+    wait_until_gone(victim)
+    pending = pool.submit(requests([12] * 8, step=9))
+    rollouts = pool.collect(pending)
+    assert pool.restarts == restarts + 1
+    assert [len(r.completions) for r in rollouts] == [12] * 8 and [r.step for r in rollouts] == [9] * 8
+    assert [r.question_id for r in rollouts] == [f"q{i}" for i in range(8)]
+    assert {r.weights_version for r in rollouts} == {5} and {r.temperature for r in rollouts} == {0.9}
+    base_model = AutoModelForCausalLM.from_pretrained(embedded_task.model, dtype=torch.float32).eval()
+    replaced = [r for r in rollouts if r.worker == "rollout-1"]
+    assert replaced and all(r.weights_version == 5 for r in replaced)
+    gaps = [
+        (torch.tensor(c.logprobs) - want).abs().max()
+        for r in replaced
+        for c, want in zip(r.completions, reference_logprobs(base_model, r, 0.9), strict=True)
+    ]
+    assert max(gaps) <= LOGPROB_ATOL  # sampled with the kept (issue-time) weights
+    pool.release_weights(6)
+    assert not pool._kept

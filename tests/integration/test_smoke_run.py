@@ -65,3 +65,30 @@ def test_smoke_run_end_to_end(engine, embedded_task, ray_cluster, tmp_path):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "wandb").is_dir()
     assert 0.0 <= summary["heldout_after"]["accuracy"] <= 1.0
     assert "sampled/all/mean@8" in summary["heldout_after"]
+
+
+def test_smoke_run_with_generation_one_step_ahead(embedded_task, ray_cluster, tmp_path):
+    """`train.max_staleness=1` with TIS: step t + 1's batch generates while step t trains; every step after the
+    first trains on samples one version old, with the temperature set two steps before, and the correction's
+    ratio statistics in the record."""
+    cfg = run_config(tmp_path, "run_name=smoke-ahead", "train.max_staleness=1", "learner.off_policy_correction=tis")
+    launch.train(cfg)
+    steps = read_metrics(tmp_path / "smoke-ahead")
+    assert [m.step for m in steps] == [0, 1, 2]
+    assert [m.staleness for m in steps] == [(32,), (0, 32), (0, 32)]
+    assert all(m.stale_dropped == m.stale_kept == 0 for m in steps)
+    for m in steps:
+        assert m.weights_version == m.step + 1 and m.rollouts_total == 32
+        phases = ["sample", "allocate", "submit", "generate", "score", "update_table", "build_batch", "keep_weights",
+                  "train", "wait_ahead", "sync", "temperature", "epoch_end"]  # fmt: skip
+        if m.step == 2:  # the last step draws step 3's batch (a checkpoint keeps it) but does not generate it
+            phases.remove("submit")
+        assert list(m.step_phases) == phases
+        # pi_old / pi_behaviour: 1 up to rounding on step 0 (the same weights), off 1 once samples are a version old
+        assert m.learner["is_ratio_mean"] > 0 and m.learner["is_ratio_max"] >= m.learner["is_ratio_mean"]
+        assert 0 <= m.learner["is_truncated_frac"] <= 1
+    assert abs(steps[0].learner["is_ratio_mean"] - 1) < 1e-3
+    assert steps[0].temperature == steps[1].temperature == 1.0  # both issued before the first update
+    assert steps[2].temperature == pytest.approx(steps[0].next_temperature)  # a lag of one step
+    # bounds widen after step 1 ends epoch 0, but step 2 was allocated before that: the lag of one step
+    assert (steps[2].n_min, steps[2].n_max) == (4, 4)

@@ -148,6 +148,15 @@ def test_paper_recipes_compose_and_name_missing_paths(recipe, tmp_path):
     assert uniform == recipe.startswith("paper_grpo") and cfg.temperature.enabled != uniform
     assert cfg.learner.lr == (5e-6 if "1p5b" in recipe else 2e-6)
     assert cfg.eval.every_steps == 10 and cfg.data.valid_size == 512  # the paper's validation curve
+    # generation one step ahead of training, with the truncated importance-sampling correction on
+    assert cfg.train.max_staleness == 1 and cfg.learner.off_policy_correction == "tis"
+
+
+def test_the_demo_and_the_defaults_stay_synchronous_without_correction():
+    with initialize(version_base="1.3", config_path="../../conf"):
+        cfg = launch.to_run_config(compose("config"))
+    assert cfg.train.max_staleness == 0 and cfg.learner.off_policy_correction == "none"
+    assert cfg.train.stale_policy == "wait"
 
 
 def test_heldout_during_training_is_off_by_default_and_needs_a_validation_file_on_math():

@@ -12,7 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.grpo import entropy_from_logits, group_advantages, length_bias, policy_loss, token_logprobs
+from core.grpo import (
+    entropy_from_logits,
+    group_advantages,
+    length_bias,
+    off_policy_weights,
+    policy_loss,
+    token_logprobs,
+)
 
 # ---------------------------------------------------------------------------------------------- advantages
 
@@ -133,6 +140,105 @@ def test_policy_loss_equals_token_loop(
     mask = batch["response_mask"]
     kl = (batch["old_logprobs"] - batch["logprobs"])[mask].sum().item() / normalizer
     assert metrics["approx_kl"] == pytest.approx(kl, rel=1e-10)
+
+
+def loop_off_policy_loss(
+    batch: dict[str, torch.Tensor], behaviour: torch.Tensor, normalizer: float, correction: str, **bounds: float
+) -> tuple[float, dict[str, float]]:
+    """The corrected loss one token at a time: PPO's token loss (clip 0.2, dual clip 3) against the old log-prob,
+    times the TIS weight min(r, cap) or the IcePop indicator low <= r <= high, r = exp(old - behaviour)."""
+    cap, low, high = bounds.get("tis_cap", 2.0), bounds.get("icepop_low", 0.5), bounds.get("icepop_high", 5.0)
+    total, ratios, masked, truncated = 0.0, [], 0, 0
+    logprobs, old, adv, mask = (batch[k] for k in ("logprobs", "old_logprobs", "advantages", "response_mask"))
+    for i in range(logprobs.shape[0]):
+        for j in range(logprobs.shape[1]):
+            if not mask[i, j]:
+                continue
+            a = float(adv[i])
+            ratio = math.exp(float(logprobs[i, j]) - float(old[i, j]))
+            loss = max(-a * ratio, -a * min(max(ratio, 0.8), 1.2))
+            if a < 0:
+                loss = min(loss, -a * 3.0)
+            r = math.exp(float(old[i, j]) - float(behaviour[i, j]))
+            ratios.append(r)
+            if correction == "tis":
+                weight = min(r, cap)
+                truncated += r > cap
+            elif correction == "icepop":
+                weight = float(low <= r <= high)
+                masked += weight == 0
+            else:
+                weight = 1.0
+            total += weight * loss
+    stats = {"is_ratio_sum": sum(ratios), "is_ratio_max": max(ratios), "is_masked": masked, "is_truncated": truncated}
+    return total / normalizer, stats
+
+
+@pytest.mark.parametrize("correction", ["none", "tis", "icepop"])
+@pytest.mark.parametrize("bounds", [{}, {"tis_cap": 1.5, "icepop_low": 0.8, "icepop_high": 1.25}])
+def test_off_policy_corrected_loss_equals_token_loop(correction: str, bounds: dict) -> None:
+    batch = random_batch(seed=4)
+    gen = torch.Generator().manual_seed(5)
+    # the engine's log-probs: the old policy's, moved by up to e^2 either way (a policy several versions back)
+    behaviour = (
+        batch["old_logprobs"] + (torch.rand(batch["old_logprobs"].shape, generator=gen, dtype=torch.float64) - 0.5) * 4
+    )
+    normalizer = float(batch["response_mask"].sum())
+    weights, sums = off_policy_weights(batch["old_logprobs"], behaviour, batch["response_mask"], correction, **bounds)
+    loss, _ = policy_loss(**batch, normalizer=normalizer, token_weights=weights)
+    expected, stats = loop_off_policy_loss(batch, behaviour, normalizer, correction, **bounds)
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+    assert sums["is_ratio_sum"] == pytest.approx(stats["is_ratio_sum"], rel=1e-10)
+    assert sums["is_ratio_max"] == pytest.approx(stats["is_ratio_max"], rel=1e-10)
+    assert (sums["is_masked"], sums["is_truncated"]) == (stats["is_masked"], stats["is_truncated"])
+    if correction == "tis":
+        assert 0 < sums["is_truncated"] < normalizer  # the draw exercises both sides of the cap
+    if correction == "icepop":
+        assert 0 < sums["is_masked"] < normalizer  # and of the band
+    assert not weights[~batch["response_mask"]].any()  # nothing off the response
+
+
+def test_without_correction_the_loss_is_exactly_the_plain_one() -> None:
+    batch = random_batch(seed=6)
+    normalizer = float(batch["response_mask"].sum())
+    weights, _ = off_policy_weights(batch["old_logprobs"], batch["old_logprobs"] - 1.0, batch["response_mask"], "none")
+    plain, plain_metrics = policy_loss(**batch, normalizer=normalizer)
+    weighted, weighted_metrics = policy_loss(**batch, normalizer=normalizer, token_weights=weights)
+    assert weighted.item() == plain.item() and weighted_metrics == plain_metrics
+
+
+def test_on_policy_tokens_pass_every_correction_unchanged() -> None:
+    """The ratio is 1 where the engine sampled from the learner's own old policy: TIS and IcePop leave the loss
+    and its gradient as they are."""
+    batch = random_batch(seed=7)
+    normalizer = float(batch["response_mask"].sum())
+    grads = []
+    for correction in ("none", "tis", "icepop"):
+        weights, sums = off_policy_weights(
+            batch["old_logprobs"], batch["old_logprobs"], batch["response_mask"], correction
+        )
+        assert sums["is_ratio_max"] == 1.0 and sums["is_masked"] == sums["is_truncated"] == 0
+        logprobs = batch["logprobs"].clone().requires_grad_(True)
+        loss, _ = policy_loss(**{**batch, "logprobs": logprobs}, normalizer=normalizer, token_weights=weights)
+        loss.backward()
+        grads.append(logprobs.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[2], grads[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"correction": "is"}, "expected one of"),
+        ({"tis_cap": 0.0}, "tis_cap > 0"),
+        ({"icepop_high": 0.9}, "icepop_high"),
+    ],
+)
+def test_off_policy_weights_validation(kwargs: dict, message: str) -> None:
+    batch = random_batch(seed=8)
+    args = {"correction": "tis", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        off_policy_weights(batch["old_logprobs"], batch["old_logprobs"], batch["response_mask"], **args)
 
 
 def test_micro_batches_with_global_normalizer_sum_to_full_batch() -> None:

@@ -3,6 +3,7 @@ phases, the stamps on what it sends, the temperature it broadcasts, its records 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from actors.scheduler import Scheduler, StepPlan
+from actors.scheduler import ROLLOUT_WEIGHTS, Scheduler, StepPlan
 from core.allocators import ALLOCATORS, QuestionStats
 from core.config import BudgetConfig, RewardConfig, TemperatureConfig
 from core.difficulty import DifficultyTable
@@ -260,3 +261,191 @@ def test_the_configured_allocator_shares_the_budget_from_the_table(tmp_path, mon
     assert stats == [QuestionStats(*before[q][0], before[q][1]) for q in record.question_ids]
     assert (total, n_min, n_max) == (4 * PER_STEP, 2, 6)
     assert list(record.rollouts_per_question) == real(stats, total, n_min, n_max)
+
+
+# -- generation ahead of training (plan.max_staleness >= 1) ------------------------------------------------------
+
+
+class AheadPool(FakePool):
+    """A pool whose generation runs while the learner trains: `submit` captures the weights and temperature the
+    workers hold (each worker runs its calls in order), `collect` answers with them. Weights and temperatures
+    must never be pushed while a submitted generation is uncollected. A sample's correctness depends on the
+    weights it was sampled with and its seed, so that generating with other weights shows in the rewards."""
+
+    def __init__(self, calls: Calls) -> None:
+        super().__init__(calls)
+        self.weights, self.in_flight, self.kept = "weights-after-0", 0, {}
+
+    def _rollouts(self, requests: list[RolloutRequest], weights: str, version: int, temperature: float) -> list:
+        trained = int(weights.rsplit("-", 1)[1])
+        return [
+            Rollout(r.question_id, r.step, r.prompt_token_ids,
+                    tuple(Completion((7, 8), (-0.1, -0.2), "right" if (r.seed + j + trained) % 3 else "wrong", "stop")
+                          for j in range(r.num_samples)),
+                    temperature=temperature, weights_version=version)
+            for r in requests
+        ]  # fmt: skip
+
+    def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
+        self.calls.log.append(("pool", "generate", [r.step for r in requests]))
+        return self._rollouts(requests, self.weights, self.version, self.temperature)
+
+    def submit(self, requests: list[RolloutRequest]) -> tuple:
+        (step,) = {r.step for r in requests}
+        self.calls.log.append(("pool", "submit", (step, self.version, self.temperature)))
+        self.in_flight += 1
+        return (requests, self.weights, self.version, self.temperature)
+
+    def collect(self, pending: tuple) -> list[Rollout]:
+        requests, weights, version, temperature = pending
+        self.calls.log.append(("pool", "collect", requests[0].step))
+        self.in_flight -= 1
+        return self._rollouts(requests, weights, version, temperature)
+
+    def sync_weights(self, source: FakeLearner, version: int) -> None:
+        assert self.in_flight == 0, "weights pushed into a generation batch"
+        super().sync_weights(source, version)
+        self.weights = source.state_dict_ref()
+
+    def set_temperature(self, update: TemperatureUpdate) -> None:
+        assert self.in_flight == 0, "temperature changed under a generation batch"
+        super().set_temperature(update)
+
+    def keep_weights(self, source: FakeLearner, version: int) -> None:
+        self.calls.log.append(("pool", "keep_weights", version))
+        self.kept[version] = source.state_dict_ref()
+
+    def release_weights(self, below: int) -> None:
+        self.kept = {v: w for v, w in self.kept.items() if v >= below}
+
+    def save_weights(self, version: int, path: str) -> None:
+        Path(path).mkdir(parents=True)
+        (Path(path) / "model.safetensors").write_text(self.kept[version])
+
+    def load_policy(self, path: str, version: int) -> None:
+        self.calls.log.append(("pool", "load_policy", version))
+        self.weights, self.version = (Path(path) / "model.safetensors").read_text(), version
+        self.kept[version] = self.weights
+
+
+def build_ahead(
+    tmp_path: Path, max_staleness: int = 1, stale_policy: str = "wait", total_steps: int = 6, checkpoint_every: int = 0
+) -> tuple[Scheduler, Calls, FakeRunLog]:
+    calls, run_log = Calls(), FakeRunLog()
+    plan = StepPlan(
+        questions_per_step=PER_STEP, total_steps=total_steps, max_new_tokens=4, seed=3, pad_token_id=0,
+        vocab_size=50, checkpoint_dir=str(tmp_path / "checkpoints"), checkpoint_every=checkpoint_every,
+        max_staleness=max_staleness, stale_policy=stale_policy,
+    )  # fmt: skip
+    scheduler = Scheduler(
+        train=split(), plan=plan, budget=BudgetConfig(n=4, n_low=2, n_high=6, n_update=2),
+        temperature=TemperatureConfig(), reward=RewardConfig(), rollout_pool=AheadPool(calls),
+        learner_group=FakeLearner(calls), scorer=FakeScorer(calls), run_log=run_log,
+    )  # fmt: skip
+    return scheduler, calls, run_log
+
+
+def test_one_step_off_generates_the_next_batch_while_the_learner_trains(tmp_path):
+    scheduler, calls, _ = build_ahead(tmp_path, max_staleness=1)
+    first = scheduler.step()
+    assert calls.methods() == [
+        "pool.submit", "pool.submit",  # steps 0 and 1, both with the base weights (version 0)
+        "pool.collect", "scorer.score", "pool.keep_weights", "learner.train",
+        "pool.collect",  # step 1's batch generated during the training: collected before the weights move
+        "pool.sync_weights", "pool.set_temperature",
+    ]  # fmt: skip
+    assert [d for _, m, d in calls.log if m == "submit"] == [(0, 0, 1.0), (1, 0, 1.0)]
+    calls.log.clear()
+    second = scheduler.step()
+    assert calls.methods() == [
+        "pool.submit",  # step 2, with version 1 and the temperature set after step 0
+        "scorer.score", "pool.keep_weights", "learner.train", "pool.collect", "pool.sync_weights",
+        "pool.set_temperature",
+    ]  # fmt: skip
+    assert calls.log[0][2] == (2, 1, first.next_temperature)
+    assert list(second.step_phases) == ["sample", "allocate", "submit", "generate", "score", "update_table",
+                                        "build_batch", "keep_weights", "train", "wait_ahead", "sync", "temperature",
+                                        "epoch_end"]  # fmt: skip
+    # staleness: step 0 trains on version 0's samples (0 old), step 1 on version 0's while training version 1
+    assert first.staleness == (16,) and second.staleness == (0, 16)
+    assert first.temperature == second.temperature == 1.0  # both issued before any update
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_ahead_the_stamps_temperature_budget_and_ranks_lag_by_k_steps(tmp_path, monkeypatch, k):
+    scheduler, _, _ = build_ahead(tmp_path, max_staleness=k)
+    observed, seen_when_allocated = [], []
+    observe = scheduler.table.observe
+    monkeypatch.setattr(
+        scheduler.table, "observe", lambda ids, ok, step: observed.append(step) or observe(ids, ok, step)
+    )
+    allocate = ALLOCATORS["e3"]
+    monkeypatch.setitem(ALLOCATORS, "e3", lambda *args: seen_when_allocated.append(len(observed)) or allocate(*args))
+    records = [scheduler.step() for _ in range(6)]
+
+    assert observed == [0, 1, 2, 3, 4, 5]  # the table sees results in step order
+    # step s's budget came from the table as it was when s was issued: results of steps before s - k
+    assert seen_when_allocated == [max(s - k, 0) for s in range(6 + k)]  # the last k: past the run's end
+    for r in records:  # every sample at most k versions old; from step k on, exactly k
+        assert len(r.staleness) - 1 == min(r.step, k) and sum(r.staleness) == r.rollouts_total
+    # a step samples with the temperature set after step s - k - 1 (the first k + 1 with the initial one)
+    for r in records:
+        assert r.temperature == (1.0 if r.step <= k else records[r.step - k - 1].next_temperature)
+    # bounds widen after step 1 (end of epoch 0); steps 2 .. 1 + k were allocated before that
+    assert [(r.n_min, r.n_max) for r in records[:4]] == [(4, 4)] * (2 + k) + [(2, 6)] * (2 - k)
+
+
+def test_a_resumed_run_with_work_in_flight_equals_an_uninterrupted_one(tmp_path):
+    straight, _, _ = build_ahead(tmp_path / "straight", max_staleness=1)
+    expected = [straight.step() for _ in range(4)]
+
+    first, _, _ = build_ahead(tmp_path / "stopped", max_staleness=1, total_steps=2)  # stops after 2 steps
+    first.step(), first.step()
+    first.checkpoint()  # as launch.py does at the end: step 2's batch is queued, issued with version 1
+    saved = json.loads((tmp_path / "stopped" / "checkpoints" / "step_2" / "scheduler.json").read_text())
+    assert [(b["step"], b["version"]) for b in saved["pipeline"]] == [(2, 1)]
+    assert (tmp_path / "stopped" / "checkpoints" / "step_2" / ROLLOUT_WEIGHTS / "v1" / "model.safetensors").is_file()
+
+    resumed, calls, _ = build_ahead(tmp_path / "stopped", max_staleness=1)
+    assert resumed.restore(str(tmp_path / "stopped" / "checkpoints" / "step_2")) == 2
+    assert calls.methods() == ["pool.load_policy", "pool.set_temperature", "pool.submit", "pool.collect",
+                               "pool.sync_weights", "pool.set_temperature"]  # fmt: skip
+    assert calls.log[0][2] == 1 and calls.log[2][2] == (2, 1, expected[2].temperature)
+    again = [resumed.step() for _ in range(2)]
+    for a, b in zip(expected[2:], again, strict=True):
+        assert (a.step, a.question_ids, a.rollouts_per_question) == (b.step, b.question_ids, b.rollouts_per_question)
+        assert (a.temperature, a.reward_mean, a.staleness) == (b.temperature, b.reward_mean, b.staleness)
+        assert a.entropy == b.entropy
+
+
+def test_generating_the_queued_batch_with_the_checkpoints_weights_would_show(tmp_path):
+    """The fake's rewards depend on the weights, so the exact-resume test above would catch a restore that
+    generated the queued batch with the checkpoint's (newer) weights."""
+    scheduler, _, _ = build_ahead(tmp_path, max_staleness=1)
+    scheduler.step(), scheduler.step()
+    (batch,) = scheduler.pipeline
+    pool = scheduler.rollout_pool
+    right = pool._rollouts(batch.requests, "weights-after-1", 1, 1.0)
+    wrong = pool._rollouts(batch.requests, "weights-after-2", 2, 1.0)
+    assert [c.text for r in right for c in r.completions] != [c.text for r in wrong for c in r.completions]
+
+
+@pytest.mark.parametrize("policy", ["drop", "wait"])
+def test_rollouts_older_than_the_bound_are_dropped_and_generated_again_or_kept(tmp_path, policy):
+    ahead, _, _ = build_ahead(tmp_path, max_staleness=2, checkpoint_every=2)
+    ahead.step(), ahead.step()  # the checkpoint at step 2 queues steps 2 (version 0) and 3 (version 1)
+    resumed, calls, _ = build_ahead(tmp_path, max_staleness=1, stale_policy=policy)  # a tighter bound
+    resumed.restore(str(tmp_path / "checkpoints" / "step_2"))
+    records = [resumed.step() for _ in range(3)]
+
+    stale = records[0]  # step 2 trains version 2 on version 0's samples: 2 old, over the bound of 1 (so is step 3)
+    if policy == "drop":
+        assert stale.stale_dropped == stale.rollouts_total and stale.stale_kept == 0
+        assert stale.staleness == (stale.rollouts_total,)  # generated again with the current weights
+        assert ("pool", "generate", [2] * PER_STEP) in calls.log
+    else:
+        assert stale.stale_kept == stale.rollouts_total and stale.stale_dropped == 0
+        assert stale.staleness == (0, 0, stale.rollouts_total)
+        assert "pool.generate" not in calls.methods()
+    assert records[1].stale_dropped + records[1].stale_kept == records[1].rollouts_total
+    assert records[2].staleness == (0, records[2].rollouts_total)  # step 4, issued under the new bound: 1 old

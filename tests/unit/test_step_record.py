@@ -10,7 +10,7 @@ import pytest
 from core.step_record import StepRecord, step_phases
 from tests.records import step_record
 
-NAMESPACES = ("rollout/", "reward/", "learner/", "budget/", "temperature/", "timing/", "heldout/")
+NAMESPACES = ("rollout/", "reward/", "learner/", "budget/", "temperature/", "timing/", "heldout/", "pipeline/")
 
 
 def full_record() -> StepRecord:
@@ -84,3 +84,15 @@ def test_a_line_that_is_not_a_record_names_the_missing_key():
 def test_lists_of_different_lengths_are_refused():
     with pytest.raises(ValueError, match="3 questions, 2 counts, 3 ranks"):
         step_record(0, question_ids=("a", "b", "c"), rollouts_per_question=(1, 2), question_ranks=(0.1, 0.2, 0.3))
+
+
+def test_pipeline_keys_are_written_only_when_generation_ran_ahead():
+    synchronous = full_record()
+    assert not any(key.startswith("pipeline/") for key in synchronous.to_log())
+    ahead = StepRecord(**{**synchronous.__dict__, "staleness": (0, 10, 2), "stale_dropped": 2, "stale_kept": 0})
+    line = ahead.to_log()
+    assert (
+        line["pipeline/staleness"] == [0, 10, 2] and line["pipeline/dropped"] == 2 and line["pipeline/stale_kept"] == 0
+    )
+    back = StepRecord.from_log(json.loads(json.dumps(line)))
+    assert (back.staleness, back.stale_dropped, back.stale_kept) == ((0, 10, 2), 2, 0)
