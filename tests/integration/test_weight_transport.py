@@ -174,8 +174,10 @@ def test_nccl_sync_generates_with_the_learners_weights_on_gpu(embedded_task, per
 # ----------------------------------------------------------------------------------- killed worker processes
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pool(embedded_task, learner, ray_cluster, tmp_path_factory):
+    """Two vLLM workers at version 3 and temperature 0.9, for one test: the worker names are taken while it lives,
+    so the tests that build pools of their own can only run after it is shut down."""
     pool = make_pool(tmp_path_factory.mktemp("fault-pool"), embedded_task.model, "vllm", sync_timeout_s=SYNC_TIMEOUT_S)
     pool.set_temperature(TemperatureUpdate(0.9, step=3))
     pool.sync_weights(learner, version=3)
