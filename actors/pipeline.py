@@ -74,6 +74,10 @@ class IssuedBatch:
     pending: Any = None
     """The pool's handle of the generation in flight (`RolloutPool.submit`); None when not submitted."""
     rollouts: list[Rollout] | None = field(default=None, repr=False)
+    dropped: int = 0
+    """Samples older than the staleness bound that were generated again (`stale_policy=drop`)."""
+    kept_stale: int = 0
+    """Samples older than the bound trained on all the same (`stale_policy=wait`)."""
 
     def state_dict(self) -> dict[str, Any]:
         """What regenerates this batch exactly (JSON values): its step, questions, ranks, bounds, per-question

@@ -9,7 +9,6 @@ test can build it in-process with any of them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -157,27 +156,22 @@ class Scheduler:
         With `plan.max_staleness` = k >= 1 the batches of the next k steps generate while this one trains
         (actors/pipeline.py); with k = 0 each phase waits for the one before."""
         timer = PhaseTimer()
-        ahead = self.plan.max_staleness > 0
         with timer("step"):
             step = self.step_count
             self._issue_through(step + self.plan.max_staleness, timer)  # phases sample, allocate (and submit)
             issued = self.pipeline.popleft()
             with timer("generate"):
-                rollouts, dropped, kept_stale = self._rollouts_of(issued)
+                rollouts = self._rollouts_of(issued)
             with timer("score"):
                 scored = self.scorer.score(rollouts, [q.ground_truth for q in issued.sampled.questions])
             with timer("update_table"):
                 self._observe(scored, step)
             with timer("build_batch"):
                 train_batch, stats = self._train_batch(scored, issued.sampled.questions)
-            if ahead:
-                with timer("keep_weights"):
-                    self._keep_weights()
+            self._keep_weights(timer)  # ahead of training only: the weights the queued batches sample with
             with timer("train"):
                 result = self.learner_group.train(train_batch, self.weights_version)
-            if ahead:
-                with timer("wait_ahead"):
-                    self._collect_ahead()
+            self._collect_ahead(timer)  # ahead of training only: weights move between generation batches
             with timer("sync"):
                 self._sync_weights(result.weights_version)
             with timer("temperature"):
@@ -185,19 +179,10 @@ class Scheduler:
             with timer("epoch_end"):
                 self._maybe_recompute(issued.sampled.batch.end_of_epoch, step)
             self.step_count += 1
-            if ahead:
-                self.rollout_pool.release_weights(min((b.version for b in self.pipeline), default=self.weights_version))
+            self._release_weights()
             self._checkpoint_if_due(timer)
         heldout = self._heldout_if_due(timer)
-        record = self._record(step, issued, [s.rollout for s in scored], scored, stats, result, control, timer, heldout)
-        if ahead:
-            trained_version = result.weights_version - 1
-            record = dataclasses.replace(
-                record,
-                staleness=staleness_histogram([s.rollout for s in scored], trained_version),
-                stale_dropped=dropped,
-                stale_kept=kept_stale,
-            )
+        record = self._record(step, issued, scored, stats, result, control, timer, heldout)
         self._log(record)
         return record
 
@@ -220,19 +205,19 @@ class Scheduler:
                     issued.pending = self.rollout_pool.submit(requests)
             self.pipeline.append(issued)
 
-    def _rollouts_of(self, issued: IssuedBatch) -> tuple[list[Rollout], int, int]:
+    def _rollouts_of(self, issued: IssuedBatch) -> list[Rollout]:
         """The batch's rollouts (generated now if it was not submitted, waited for if it still generates), with
         any older than `plan.max_staleness` versions dropped and generated again (`stale_policy=drop`) or kept
-        (`wait`); returns them and the counts of samples dropped and kept so."""
+        (`wait`), counted on `issued` (`dropped`, `kept_stale`)."""
         if self.plan.max_staleness == 0:
-            return self.rollout_pool.generate(issued.requests), 0, 0
+            return self.rollout_pool.generate(issued.requests)
         rollouts = self._collected(issued)
         stale = [
             i for i, r in enumerate(rollouts) if self.weights_version - r.weights_version > self.plan.max_staleness
         ]
         samples = sum(len(rollouts[i].completions) for i in stale)
         if not stale:
-            return rollouts, 0, 0
+            return rollouts
         log.warning(
             "step %d: %d rollouts are more than %d versions older than version %d: %s",
             issued.step,
@@ -242,11 +227,13 @@ class Scheduler:
             "generating them again" if self.plan.stale_policy == "drop" else "training on them (stale_policy=wait)",
         )
         if self.plan.stale_policy != "drop":
-            return rollouts, 0, samples
+            issued.kept_stale = samples
+            return rollouts
         fresh = self.rollout_pool.generate([issued.requests[i] for i in stale])  # same seeds, current weights
         for i, rollout in zip(stale, fresh, strict=True):
             rollouts[i] = rollout
-        return rollouts, samples, 0
+        issued.dropped = samples
+        return rollouts
 
     def _collected(self, issued: IssuedBatch) -> list[Rollout]:
         """The batch's rollouts: collected from the pool (submitted first if it was not)."""
@@ -255,18 +242,31 @@ class Scheduler:
             issued.rollouts, issued.pending = self.rollout_pool.collect(pending), None
         return issued.rollouts
 
-    def _keep_weights(self) -> None:
-        """Before the learner moves on: have the pool keep the weights batches still queued were issued with,
-        to restore a worker lost while it generates them, and for a checkpoint to save."""
-        if any(b.version == self.weights_version for b in self.pipeline):
-            self.rollout_pool.keep_weights(self.learner_group, self.weights_version)
+    def _keep_weights(self, timer: PhaseTimer) -> None:
+        """Ahead of training, before the learner moves on (timed as `keep_weights`): have the pool keep the
+        weights the queued batches were issued with, to restore a worker lost while it generates them, and for
+        a checkpoint to save. Nothing (and no phase) in the synchronous loop."""
+        if self.plan.max_staleness == 0:
+            return
+        with timer("keep_weights"):
+            if any(b.version == self.weights_version for b in self.pipeline):
+                self.rollout_pool.keep_weights(self.learner_group, self.weights_version)
 
-    def _collect_ahead(self) -> None:
-        """Wait for every batch generating ahead (they ran while the learner trained), so that the weights are
-        pushed between generation batches, never into one."""
-        for issued in self.pipeline:
-            if issued.pending is not None:
-                self._collected(issued)
+    def _collect_ahead(self, timer: PhaseTimer) -> None:
+        """Ahead of training (timed as `wait_ahead`): wait for every batch generating ahead (they ran while the
+        learner trained), so that the weights are pushed between generation batches, never into one. Nothing
+        (and no phase) in the synchronous loop."""
+        if self.plan.max_staleness == 0:
+            return
+        with timer("wait_ahead"):
+            for issued in self.pipeline:
+                if issued.pending is not None:
+                    self._collected(issued)
+
+    def _release_weights(self) -> None:
+        """Ahead of training: let the pool drop kept weights no queued batch was issued with any more."""
+        if self.plan.max_staleness > 0:
+            self.rollout_pool.release_weights(min((b.version for b in self.pipeline), default=self.weights_version))
 
     def _sample(self) -> Sampled:
         """Draw the step's questions and read their current ranks."""
@@ -359,7 +359,6 @@ class Scheduler:
         self,
         step: int,
         issued: IssuedBatch,
-        rollouts: list[Rollout],
         scored: list[ScoredRollouts],
         stats: BatchStats,
         result: LearnerResult,
@@ -367,8 +366,11 @@ class Scheduler:
         timer: PhaseTimer,
         heldout: dict[str, float],
     ) -> StepRecord:
-        """The step's record from what its phases produced; its temperature is the one the batch was issued with."""
+        """The step's record from what its phases produced; its temperature is the one the batch was issued with.
+        Ahead of training it also holds the samples' staleness against the weights trained on (`pipeline/`)."""
         sampled, requests, temperature = issued.sampled, issued.requests, issued.temperature
+        rollouts = [s.rollout for s in scored]
+        ahead = self.plan.max_staleness > 0
         return StepRecord(
             step=step,
             epoch=sampled.batch.epoch,
@@ -397,6 +399,9 @@ class Scheduler:
             learner={name: value for name, value in result.metrics.items() if name != "entropy"},
             timing=dict(timer.seconds),
             heldout=heldout,
+            staleness=staleness_histogram(rollouts, result.weights_version - 1) if ahead else (),
+            stale_dropped=issued.dropped,
+            stale_kept=issued.kept_stale,
         )
 
     def _log(self, record: StepRecord) -> None:
