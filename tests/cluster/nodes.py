@@ -1,0 +1,214 @@
+"""A Ray cluster of several nodes on one host, on 127.0.0.1, as `ray start` processes that this module starts
+and stops by their ids: a head and worker nodes, each with its own raylet, resources and ports, started from the
+project's environment the way the README's recipe does (its `bin/` first on PATH, as after activating it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from cluster.environment import LOOPBACK_ENV, OFFLINE_ENV, REPO_ROOT
+
+LOOPBACK = {"127.0.0.1", "::1"}
+ENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def node_env() -> dict[str, str]:
+    """The environment of every `ray start`: the project's environment first on PATH (as `source
+    .venv/bin/activate` gives), no token auth on this loopback-only cluster, every port on 127.0.0.1, offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(OFFLINE_ENV)
+    env.update(
+        PATH=f"{ENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        VIRTUAL_ENV=str(ENV_BIN.parent),
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        WANDB_MODE="offline",
+        **{LOOPBACK_ENV: "0"},
+    )
+    env.pop("PYTHONPATH", None)  # a job imports its uploaded working directory, as on a user's cluster
+    return env
+
+
+def process_tree(roots: Iterable[int]) -> dict[int, float]:
+    """Every live process under `roots` (themselves included): pid -> creation time (to tell a reused pid)."""
+    tree: dict[int, float] = {}
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                tree[proc.pid] = proc.create_time()
+        except psutil.NoSuchProcess:
+            continue
+    return tree
+
+
+def listening_addresses(pids: Iterable[int]) -> dict[tuple[str, int], int]:
+    """The TCP/UDP addresses that the processes `pids` listen on (or have bound, for UDP): (ip, port) -> pid."""
+    wanted = set(pids)
+    return {
+        (c.laddr.ip, c.laddr.port): c.pid
+        for c in psutil.net_connections(kind="inet")
+        if c.pid in wanted and c.laddr and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM)
+    }
+
+
+def stop_processes(tree: dict[int, float], timeout_s: float = 30.0) -> list[int]:
+    """SIGTERM each process of `tree` that is still the same process, wait up to `timeout_s`, SIGKILL what is
+    left; return the pids that had to be killed."""
+    procs = []
+    for pid, created in tree.items():
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() == created:
+                procs.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    return [proc.pid for proc in alive]
+
+
+@dataclass
+class RayNodes:
+    """A head and worker nodes started by `start_nodes`; `stop()` ends every process they started."""
+
+    gcs_address: str
+    dashboard_url: str
+    temp_dir: Path
+    starters: list[subprocess.Popen] = field(default_factory=list)
+    seen: dict[int, float] = field(default_factory=dict)
+    """Every process of the cluster seen so far (pid -> creation time), added to by `processes()`."""
+
+    def processes(self) -> dict[int, float]:
+        """The cluster's live processes now (the `ray start` processes and everything under them)."""
+        tree = process_tree(p.pid for p in self.starters)
+        self.seen.update(tree)
+        return tree
+
+    def non_loopback_listeners(self) -> dict[tuple[str, int], str]:
+        """Addresses beyond loopback that a process of the cluster listens on: (ip, port) -> its command."""
+        found = {}
+        for (ip, port), pid in listening_addresses(self.processes()).items():
+            if ip not in LOOPBACK:
+                try:
+                    found[(ip, port)] = " ".join(psutil.Process(pid).cmdline()[:3])
+                except psutil.NoSuchProcess:
+                    found[(ip, port)] = f"pid {pid}"
+        return found
+
+    def add_node(self, *args: str, wrap: Sequence[str] = ()) -> None:
+        """Start a worker node joining the head, with `ray start` arguments `args`, optionally under `wrap`."""
+        self.starters.append(_ray_start([f"--address={self.gcs_address}", *args], self.temp_dir, wrap))
+
+    def stop(self) -> list[int]:
+        """Stop every process the cluster started (by pid, SIGTERM then SIGKILL); return those killed hard."""
+        self.processes()
+        killed = stop_processes(self.seen)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return killed
+
+
+def _ray_start(args: Sequence[str], temp_dir: Path, wrap: Sequence[str] = ()) -> subprocess.Popen:
+    ports = {
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--metrics-export-port": free_port(),
+    }
+    command = [
+        *wrap,
+        str(ENV_BIN / "ray"),
+        "start",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+        *args,
+    ]
+    with open(temp_dir / f"ray-start-{time.monotonic_ns()}.log", "w") as log:
+        return subprocess.Popen(command, env=node_env(), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_logs(temp_dir: Path) -> str:
+    """The last lines of every `ray start` output under `temp_dir` (for a failure message)."""
+    return "\n".join(f"{p.name}: ...{p.read_text()[-1500:]}" for p in sorted(temp_dir.glob("ray-start-*.log")))
+
+
+def start_head(num_cpus: float, resources: dict[str, float] | None = None) -> RayNodes:
+    """Start a head node (GCS, dashboard with the job server on 127.0.0.1) and wait until it takes jobs."""
+    from ray.job_submission import JobSubmissionClient
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="e3ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    port, dashboard_port = free_port(), free_port()
+    head = _ray_start(
+        [
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--ray-client-server-port={free_port()}",
+            f"--num-cpus={num_cpus}",
+            f"--resources={json.dumps(resources or {})}",
+        ],
+        temp_dir,
+    )
+    nodes = RayNodes(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", temp_dir, [head])
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            JobSubmissionClient(nodes.dashboard_url).list_jobs()
+            return nodes
+        except Exception:  # noqa: BLE001 - not up yet
+            if head.poll() is not None or time.monotonic() > deadline:
+                logs = start_logs(temp_dir)
+                nodes.stop()
+                raise RuntimeError(f"the Ray head did not come up (exit code {head.poll()}):\n{logs}") from None
+            time.sleep(1)
+
+
+def wait_for_nodes(nodes: RayNodes, count: int, timeout_s: float = 120) -> list:
+    """Wait until `count` nodes are alive; return them (Ray's state API `NodeState`s)."""
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [n for n in list_nodes(address=nodes.dashboard_url, detail=True) if n.state == "ALIVE"]
+        if len(alive) >= count:
+            return alive
+        if time.monotonic() > deadline or any(p.poll() is not None for p in nodes.starters):
+            raise RuntimeError(f"{len(alive)} of {count} Ray nodes came up:\n{start_logs(nodes.temp_dir)}")
+        time.sleep(1)
