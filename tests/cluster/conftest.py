@@ -8,7 +8,6 @@ Every process the tier starts is stopped by its id at the end, also on failure, 
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import subprocess
@@ -90,9 +89,10 @@ def two_node_cluster(embedded_task) -> Iterator[TwoNodeCluster]:  # noqa: F811
     node_local = Path(tempfile.mkdtemp(prefix="e3-node-local-", dir="/tmp"))
     nodes = start_head(num_cpus=1)
     try:
-        nodes.add_node("--num-cpus=1", f"--resources={json.dumps({ROLLOUT_NODE: 1})}")
+        nodes.add_node(num_cpus=1, resources={ROLLOUT_NODE: 1})
+        wait_for_nodes(nodes, 2)  # one at a time: two raylets registering at once on 2 busy cores can time out
         wrap = private_mount_wrapper(node_local)
-        nodes.add_node("--num-cpus=1", f"--resources={json.dumps({LEARNER_NODE: 1})}", wrap=wrap)
+        nodes.add_node(num_cpus=1, resources={LEARNER_NODE: 1}, wrap=wrap)
         wait_for_nodes(nodes, 3)
         yield TwoNodeCluster(nodes, node_local, private_folder=bool(wrap))
     finally:

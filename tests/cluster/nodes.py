@@ -21,8 +21,13 @@ import psutil
 
 from cluster.environment import LOOPBACK_ENV, OFFLINE_ENV, REPO_ROOT
 
-LOOPBACK = {"127.0.0.1", "::1"}
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 ENV_BIN = Path(sys.executable).parent
+
+
+HEAD_PORTS = ["node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+              "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port"]  # fmt: skip
+"""`ray start --head` ports given free ones (the defaults are fixed numbers another cluster on the host may hold)."""
 
 
 def free_port() -> int:
@@ -33,8 +38,8 @@ def free_port() -> int:
 
 
 def node_env() -> dict[str, str]:
-    """The environment of every `ray start`: the project's environment first on PATH (as `source
-    .venv/bin/activate` gives), no token auth on this loopback-only cluster, every port on 127.0.0.1, offline."""
+    """The environment of every node: the project's environment first on PATH (as `source .venv/bin/activate`
+    gives), no token auth on this loopback-only cluster, Ray held on loopback, offline."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(OFFLINE_ENV)
     env.update(
@@ -72,7 +77,7 @@ def listening_addresses(pids: Iterable[int]) -> dict[tuple[str, int], int]:
     }
 
 
-def stop_processes(tree: dict[int, float], timeout_s: float = 30.0) -> list[int]:
+def stop_processes(tree: dict[int, float], timeout_s: float = 10.0) -> list[int]:
     """SIGTERM each process of `tree` that is still the same process, wait up to `timeout_s`, SIGKILL what is
     left; return the pids that had to be killed."""
     procs = []
@@ -126,9 +131,21 @@ class RayNodes:
                     found[(ip, port)] = f"pid {pid}"
         return found
 
-    def add_node(self, *args: str, wrap: Sequence[str] = ()) -> None:
-        """Start a worker node joining the head, with `ray start` arguments `args`, optionally under `wrap`."""
-        self.starters.append(_ray_start([f"--address={self.gcs_address}", *args], self.temp_dir, wrap))
+    def add_node(self, num_cpus: float, resources: dict[str, float], wrap: Sequence[str] = ()) -> None:
+        """Start a worker node that joins the head with `num_cpus` CPUs and custom `resources`, optionally under
+        the command prefix `wrap` (tests/cluster/worker_node.py says why not `ray start`)."""
+        ports = {
+            "node_manager_port": free_port(),
+            "object_manager_port": free_port(),
+            "dashboard_agent_listen_port": free_port(),
+            "runtime_env_agent_port": free_port(),
+            "metrics_export_port": free_port(),
+            "metrics_agent_port": free_port(),
+        }
+        command = [*wrap, sys.executable, "-m", "tests.cluster.worker_node", f"--gcs={self.gcs_address}",
+                   f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}", f"--temp-dir={self.temp_dir}",
+                   f"--ports={json.dumps(ports)}"]  # fmt: skip
+        self.starters.append(_spawn(command, self.temp_dir, {**node_env(), "PYTHONPATH": str(REPO_ROOT)}))
 
     def stop(self) -> list[int]:
         """Stop every process the cluster started (by pid, SIGTERM then SIGKILL); return those killed hard."""
@@ -138,33 +155,15 @@ class RayNodes:
         return killed
 
 
-def _ray_start(args: Sequence[str], temp_dir: Path, wrap: Sequence[str] = ()) -> subprocess.Popen:
-    ports = {
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--metrics-export-port": free_port(),
-    }
-    command = [
-        *wrap,
-        str(ENV_BIN / "ray"),
-        "start",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        "--disable-usage-stats",
-        f"--temp-dir={temp_dir}",
-        *(f"{flag}={port}" for flag, port in ports.items()),
-        *args,
-    ]
-    with open(temp_dir / f"ray-start-{time.monotonic_ns()}.log", "w") as log:
-        return subprocess.Popen(command, env=node_env(), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+def _spawn(command: Sequence[str], temp_dir: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start `command` with its output in a log file under `temp_dir`."""
+    with open(temp_dir / f"node-{time.monotonic_ns()}.log", "w") as log:
+        return subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 def start_logs(temp_dir: Path) -> str:
-    """The last lines of every `ray start` output under `temp_dir` (for a failure message)."""
-    return "\n".join(f"{p.name}: ...{p.read_text()[-1500:]}" for p in sorted(temp_dir.glob("ray-start-*.log")))
+    """The last lines of every node's output under `temp_dir` (for a failure message)."""
+    return "\n".join(f"{p.name}: ...{p.read_text()[-1500:]}" for p in sorted(temp_dir.glob("node-*.log")))
 
 
 def start_head(num_cpus: float, resources: dict[str, float] | None = None) -> RayNodes:
@@ -173,18 +172,25 @@ def start_head(num_cpus: float, resources: dict[str, float] | None = None) -> Ra
 
     temp_dir = Path(tempfile.mkdtemp(prefix="e3ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
     port, dashboard_port = free_port(), free_port()
-    head = _ray_start(
+    head = _spawn(
         [
+            str(ENV_BIN / "ray"),
+            "start",
             "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
             f"--port={port}",
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}",
-            f"--ray-client-server-port={free_port()}",
             f"--num-cpus={num_cpus}",
             f"--resources={json.dumps(resources or {})}",
+            *(f"--{name}={free_port()}" for name in HEAD_PORTS),
         ],
         temp_dir,
+        node_env(),
     )
     nodes = RayNodes(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", temp_dir, [head])
     deadline = time.monotonic() + 120
