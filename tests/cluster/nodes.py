@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from cluster.build import free_loopback_port as free_port
 from cluster.environment import LOOPBACK_ENV, OFFLINE_ENV, REPO_ROOT
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -28,13 +29,6 @@ ENV_BIN = Path(sys.executable).parent
 HEAD_PORTS = ["node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port"]  # fmt: skip
 """`ray start --head` ports given free ones (the defaults are fixed numbers another cluster on the host may hold)."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def node_env() -> dict[str, str]:
