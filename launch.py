@@ -187,7 +187,7 @@ def train(cfg: RunConfig) -> dict:
     from actors.report import write_report
     from actors.run_log import RunLog
     from actors.scheduler import StepPlan, latest_checkpoint
-    from cluster.build import build_cluster, ray_session, required_cpus
+    from cluster.build import build_cluster, ray_session, required_cpus, restart_local_ray
     from cluster.recovery import lost_process
     from core.sampler import EpochSampler
     from tasks.prepare import prepare_inputs
@@ -236,9 +236,9 @@ def train(cfg: RunConfig) -> dict:
         run_dir, cfg.run_name, cfg.wandb, json.loads(json.dumps(asdict(cfg), default=str)), resume=cfg.resume
     )
     recoveries: list[dict[str, Any]] = []
-    while True:  # one attempt per pass: build the cluster, restore the latest checkpoint, run the steps
-        try:
-            with ray_session(cfg.ray, required_cpus(cfg)):
+    with ray_session(cfg.ray, required_cpus(cfg)) as own_local_cluster:
+        while True:  # one attempt per pass: build the cluster, restore the latest checkpoint, run the steps
+            try:
                 cluster = build_cluster(
                     cfg,
                     inputs.files.model,
@@ -255,27 +255,30 @@ def train(cfg: RunConfig) -> dict:
                     ray.get(cluster.scheduler.finish.remote(summary))
                 finally:
                     cluster.shutdown()
-            break
-        except ray.exceptions.RayError as error:
-            resume_from = latest_checkpoint(run_dir / "checkpoints")
-            if not lost_process(error) or len(recoveries) >= cfg.train.max_failures:
-                log.error(
-                    "the run failed; last good checkpoint: %s. Resume with: python launch.py run_name=%s resume=true",
-                    resume_from or "none (rerun from the start)",
-                    cfg.run_name,
+                break
+            except ray.exceptions.RayError as error:
+                resume_from = latest_checkpoint(run_dir / "checkpoints")
+                if not lost_process(error) or len(recoveries) >= cfg.train.max_failures:
+                    log.error(
+                        "the run failed; last good checkpoint: %s. Resume with: python launch.py run_name=%s "
+                        "resume=true",
+                        resume_from or "none (rerun from the start)",
+                        cfg.run_name,
+                    )
+                    raise
+                recoveries.append({"error": str(error).splitlines()[0][:300], "resumed_from": str(resume_from or "")})
+                log.warning(
+                    "recovery %d of %d (train.max_failures): %s. Shutting the run's actors down, building them "
+                    "again and resuming from %s",
+                    len(recoveries),
+                    cfg.train.max_failures,
+                    recoveries[-1]["error"],
+                    resume_from or "the start (no checkpoint yet)",
                 )
-                raise
-            recoveries.append({"error": str(error).splitlines()[0][:300], "resumed_from": str(resume_from or "")})
-            log.warning(
-                "recovery %d of %d (train.max_failures): %s. Shutting the run's actors down, building them again "
-                "and resuming from %s",
-                len(recoveries),
-                cfg.train.max_failures,
-                recoveries[-1]["error"],
-                resume_from or "the start (no checkpoint yet)",
-            )
-            if resume_from is None:
-                run_log.rewind(0)
+                if resume_from is None:
+                    run_log.rewind(0)
+                if own_local_cluster:  # the lost node may have been this machine's Ray itself
+                    restart_local_ray(cfg.ray, required_cpus(cfg))
     report = write_report([run_dir])
     before, after = summary["heldout_before"], summary["heldout_after"]
     if recoveries:

@@ -91,14 +91,23 @@ def free_loopback_port() -> int:
 
 
 @contextmanager
-def ray_session(cfg: RayConfig, needed_cpus: float) -> Iterator[None]:
-    """`start_ray` for the block, and a disconnect at its end when this call connected."""
+def ray_session(cfg: RayConfig, needed_cpus: float) -> Iterator[bool]:
+    """`start_ray` for the block, and a disconnect at its end when this call connected. Yields whether this call
+    started a local cluster of its own (which `restart_local_ray` may then start afresh)."""
     connected = start_ray(cfg, needed_cpus)
     try:
-        yield
+        yield connected and not cfg.address
     finally:
         if connected:
             ray.shutdown()
+
+
+def restart_local_ray(cfg: RayConfig, needed_cpus: float) -> None:
+    """Stop the local cluster this process started (and whatever of it is left after a failure) and start a
+    fresh one. Only for a cluster of one's own: a driver of a Ray job stays connected, since Ray deletes the job's
+    working directory when its driver disconnects."""
+    ray.shutdown()
+    start_ray(cfg, needed_cpus)
 
 
 def node_resources(name: str) -> dict[str, float]:

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,18 @@ def private_mount_wrapper(folder: Path) -> list[str]:
     return wrap if probe.returncode == 0 else []
 
 
+@dataclass(frozen=True)
+class Job:
+    """How a submitted job ended."""
+
+    status: str
+    logs: str
+    job_id: str
+    """Ray's id of the job (its actors carry it)."""
+    beyond_loopback: dict
+    """Addresses beyond loopback that a process of the cluster listened on while the job ran (none, we hope)."""
+
+
 @dataclass
 class TwoNodeCluster:
     """The tier's cluster: its nodes, and a folder the learner node does not share with the others."""
@@ -60,10 +72,13 @@ class TwoNodeCluster:
     private_folder: bool
     """Whether `node_local` really is the learner node's own (the host allowed a private mount)."""
 
-    def run_job(self, args: list[str], timeout_s: float = 900) -> tuple[str, str, dict]:
+    def add_learner_node(self) -> None:
+        """Start a learner node (1 CPU, `LEARNER_NODE`), with `node_local` its own where the host allows it."""
+        self.nodes.add_node(num_cpus=1, resources={LEARNER_NODE: 1}, wrap=private_mount_wrapper(self.node_local))
+
+    def run_job(self, args: list[str], timeout_s: float = 900, meanwhile: Callable[[], None] = lambda: None) -> Job:
         """Submit `python launch.py <args>` as a Ray job with this repository as its working directory, as the
-        README does; wait for its end. Returns its final status, its logs, and the addresses beyond loopback
-        that a process of the cluster listened on meanwhile."""
+        README does; wait for its end, calling `meanwhile()` about every second."""
         from ray.job_submission import JobStatus, JobSubmissionClient
 
         client = JobSubmissionClient(self.nodes.dashboard_url)
@@ -75,11 +90,12 @@ class TwoNodeCluster:
         deadline = time.monotonic() + timeout_s
         while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
             listeners.update(self.nodes.non_loopback_listeners())
+            meanwhile()
             if time.monotonic() > deadline:
                 client.stop_job(job)
                 pytest.fail(f"job {job} still {status} after {timeout_s} s:\n{client.get_job_logs(job)[-3000:]}")
-            time.sleep(2)
-        return str(status), client.get_job_logs(job), listeners
+            time.sleep(0.5)
+        return Job(str(status), client.get_job_logs(job), client.get_job_info(job).job_id, listeners)
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +107,10 @@ def two_node_cluster(embedded_task) -> Iterator[TwoNodeCluster]:  # noqa: F811
     try:
         nodes.add_node(num_cpus=1, resources={ROLLOUT_NODE: 1})
         wait_for_nodes(nodes, 2)  # one at a time: two raylets registering at once on 2 busy cores can time out
-        wrap = private_mount_wrapper(node_local)
-        nodes.add_node(num_cpus=1, resources={LEARNER_NODE: 1}, wrap=wrap)
+        cluster = TwoNodeCluster(nodes, node_local, private_folder=bool(private_mount_wrapper(node_local)))
+        cluster.add_learner_node()
         wait_for_nodes(nodes, 3)
-        yield TwoNodeCluster(nodes, node_local, private_folder=bool(wrap))
+        yield cluster
     finally:
         seen = dict(nodes.seen)
         nodes.stop()

@@ -141,6 +141,21 @@ class RayNodes:
                    f"--ports={json.dumps(ports)}"]  # fmt: skip
         self.starters.append(_spawn(command, self.temp_dir, {**node_env(), "PYTHONPATH": str(REPO_ROOT)}))
 
+    def kill_node(self, index: int) -> None:
+        """Kill worker node `index` (0: the first added) at once, every process of it by its pid with SIGKILL, as
+        when a machine is lost."""
+        starter = self.starters[1 + index]
+        tree = process_tree([starter.pid])
+        self.seen.update(tree)
+        for pid, created in tree.items():
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() == created:
+                    proc.kill()
+            except psutil.NoSuchProcess:
+                continue
+        starter.wait(timeout=30)
+
     def stop(self) -> list[int]:
         """Stop every process the cluster started (by pid, SIGTERM then SIGKILL); return those killed hard."""
         self.processes()
