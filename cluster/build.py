@@ -161,8 +161,14 @@ class Cluster:
     learner_group: LearnerGroup
     scorer: RewardScorerClient
 
-    def shutdown(self) -> None:
-        """Stop every actor of the run (the Ray cluster itself stays up)."""
+    def shutdown(self, close_timeout_s: float = 30.0) -> None:
+        """Stop every actor of the run (the Ray cluster itself stays up), the scheduler after it has closed its
+        run log (so that a W&B run stopped by a failure keeps every step it logged), if it still can within
+        `close_timeout_s`."""
+        try:
+            ray.get(self.scheduler.close.remote(), timeout=close_timeout_s)
+        except ray.exceptions.RayError:  # the scheduler died with the run, or is stuck
+            log.warning("the scheduler could not close its run log; W&B may lack the last steps it logged")
         ray.kill(self.scheduler, no_restart=True)
         EvalCluster(self.rollout_pool, self.scorer).shutdown()
         self.learner_group.shutdown()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cluster.environment import REPO_ROOT
-from tests.cluster.nodes import RayNodes, process_tree, start_head, wait_for_nodes
+from tests.cluster.nodes import RayNodes, start_head, survivors, wait_for_nodes
 from tests.integration.conftest import embedded_task  # noqa: F401 - the base policy, built once and cached
 
 ROLLOUT_NODE = "e3_rollout_node"
@@ -115,6 +115,5 @@ def two_node_cluster(embedded_task) -> Iterator[TwoNodeCluster]:  # noqa: F811
         seen = dict(nodes.seen)
         nodes.stop()
         shutil.rmtree(node_local, ignore_errors=True)
-
-        alive = [pid for pid, created in process_tree(seen).items() if seen.get(pid) == created]
+        alive = survivors(seen, grace_s=0)
         assert not alive, f"processes of the cluster outlived it: {alive}"

@@ -71,6 +71,27 @@ def listening_addresses(pids: Iterable[int]) -> dict[tuple[str, int], int]:
     }
 
 
+def survivors(seen: dict[int, float], grace_s: float = 15.0) -> dict[int, str]:
+    """The processes of `seen` (pid -> creation time) still alive after up to `grace_s` seconds of waiting for
+    them to exit by themselves: pid -> command line."""
+    procs = []
+    for pid, created in seen.items():
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() == created:
+                procs.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    found = {}
+    for proc in alive:
+        try:
+            found[proc.pid] = " ".join(proc.cmdline())[:200]
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def stop_processes(tree: dict[int, float], timeout_s: float = 10.0) -> list[int]:
     """SIGTERM each process of `tree` that is still the same process, wait up to `timeout_s`, SIGKILL what is
     left; return the pids that had to be killed."""
