@@ -157,8 +157,12 @@ class RayNodes:
             "metrics_export_port": free_port(),
             "metrics_agent_port": free_port(),
         }
+        # A temporary folder of its own, as on a machine of its own: nodes sharing one would share (and clean up)
+        # one copy of each job's working directory under it, which no real cluster does.
+        node_dir = self.temp_dir / f"node{len(self.starters)}"
+        node_dir.mkdir()
         command = [*wrap, sys.executable, "-m", "tests.cluster.worker_node", f"--gcs={self.gcs_address}",
-                   f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}", f"--temp-dir={self.temp_dir}",
+                   f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}", f"--temp-dir={node_dir}",
                    f"--ports={json.dumps(ports)}"]  # fmt: skip
         self.starters.append(_spawn(command, self.temp_dir, {**node_env(), "PYTHONPATH": str(REPO_ROOT)}))
 
