@@ -71,9 +71,8 @@ def listening_addresses(pids: Iterable[int]) -> dict[tuple[str, int], int]:
     }
 
 
-def survivors(seen: dict[int, float], grace_s: float = 15.0) -> dict[int, str]:
-    """The processes of `seen` (pid -> creation time) still alive after up to `grace_s` seconds of waiting for
-    them to exit by themselves: pid -> command line."""
+def same_processes(seen: dict[int, float]) -> list[psutil.Process]:
+    """The processes of `seen` (pid -> creation time) that are still alive and still the same (not a reused pid)."""
     procs = []
     for pid, created in seen.items():
         try:
@@ -82,7 +81,22 @@ def survivors(seen: dict[int, float], grace_s: float = 15.0) -> dict[int, str]:
                 procs.append(proc)
         except psutil.NoSuchProcess:
             continue
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    return procs
+
+
+def signal_each(procs: list[psutil.Process], signum: int) -> None:
+    """Send `signum` to each of `procs` that is still there."""
+    for proc in procs:
+        try:
+            proc.send_signal(signum)
+        except psutil.NoSuchProcess:
+            continue
+
+
+def survivors(seen: dict[int, float], grace_s: float = 15.0) -> dict[int, str]:
+    """The processes of `seen` still alive after up to `grace_s` seconds of waiting for them to exit by
+    themselves: pid -> command line."""
+    _, alive = psutil.wait_procs(same_processes(seen), timeout=grace_s)
     found = {}
     for proc in alive:
         try:
@@ -95,25 +109,10 @@ def survivors(seen: dict[int, float], grace_s: float = 15.0) -> dict[int, str]:
 def stop_processes(tree: dict[int, float], timeout_s: float = 10.0) -> list[int]:
     """SIGTERM each process of `tree` that is still the same process, wait up to `timeout_s`, SIGKILL what is
     left; return the pids that had to be killed."""
-    procs = []
-    for pid, created in tree.items():
-        try:
-            proc = psutil.Process(pid)
-            if proc.create_time() == created:
-                procs.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
+    procs = same_processes(tree)
+    signal_each(procs, signal.SIGTERM)
     _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    signal_each(alive, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=10)
     return [proc.pid for proc in alive]
 
@@ -172,13 +171,7 @@ class RayNodes:
         starter = self.starters[1 + index]
         tree = process_tree([starter.pid])
         self.seen.update(tree)
-        for pid, created in tree.items():
-            try:
-                proc = psutil.Process(pid)
-                if proc.create_time() == created:
-                    proc.kill()
-            except psutil.NoSuchProcess:
-                continue
+        signal_each(same_processes(tree), signal.SIGKILL)
         starter.wait(timeout=30)
 
     def stop(self) -> list[int]:
