@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(SPEC_HASH)
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast test-cluster lint clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-cluster: setup  # the multi-node tier alone (tests/cluster/; `make test` runs it too)
+	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

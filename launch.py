@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cluster.environment import keep_ray_on_loopback
+from cluster.environment import keep_ray_on_loopback, ray_job_working_dir
 from core.config import ConfigError, RunConfig, register_configs, resolve, validate
 from tasks.dataset import DatasetError
 
@@ -66,6 +66,22 @@ def prepare_run_dir(cfg: RunConfig) -> tuple[Path, Path | None]:
         log.warning("an earlier run of the same name was moved to %s", aside)
     run_dir.mkdir(parents=True)
     return run_dir, None
+
+
+def refuse_paths_in_job_dir(cfg: RunConfig, cwd: Path | None = None) -> None:
+    """Raise `ConfigError` when this process runs in the working directory that `ray job submit --working-dir`
+    uploaded (Ray's temporary copy, deleted with its session) and `output_dir` or `cache_dir` is relative: the
+    run's outputs would be lost with that copy and the base policy built again inside it. Does nothing otherwise."""
+    job_dir = ray_job_working_dir(cwd)
+    paths = {"output_dir": cfg.output_dir, "cache_dir": cfg.cache_dir}
+    relative = [f"{key}={value!r}" for key, value in paths.items() if not Path(value).is_absolute()]
+    if job_dir is not None and relative:
+        raise ConfigError(
+            f"{' and '.join(relative)}: relative, but this process runs in Ray's uploaded copy of the job's "
+            f"working directory ({job_dir}), which Ray deletes with its session; the run's outputs would be lost "
+            "with it and the base policy built again inside it. Give absolute folders that every node of the "
+            "cluster sees, e.g. `output_dir=$PWD/runs cache_dir=$PWD/.cache` on the `ray job submit` command line"
+        )
 
 
 HELDOUT_BEFORE = "heldout_before.json"
@@ -122,15 +138,57 @@ def print_plan(cfg: RunConfig) -> list[str]:
     return problems
 
 
-def train(cfg: RunConfig) -> dict:
-    """Run training end to end and return the run's summary (also written to `<run_dir>/summary.json`)."""
+def run_steps(
+    cfg: RunConfig, scheduler: Any, run_dir: Path, resume_from: Path | None, total_steps: int
+) -> dict[str, Any]:
+    """One attempt at the run on a built cluster: restore `resume_from` (if any), evaluate before training (or
+    keep the persisted evaluation), run the remaining steps, checkpoint, evaluate after. Returns the run's summary
+    but its wall time and recoveries."""
     import ray
     from tqdm import tqdm
+
+    first_step = ray.get(scheduler.restore.remote(str(resume_from))) if resume_from else 0
+    before = heldout_before(
+        run_dir, resumed=resume_from is not None, evaluate=lambda: ray.get(scheduler.evaluate.remote())
+    )
+    bar = tqdm(range(first_step, total_steps), desc=cfg.run_name, unit="step", dynamic_ncols=True)
+    last = None
+    for _ in bar:
+        last = ray.get(scheduler.step.remote())
+        bar.set_postfix(
+            epoch=last.epoch,
+            reward=f"{last.reward_mean:.3f}",
+            T=f"{last.temperature:.3f}",
+            H=f"{last.entropy:.3f}",
+            refresh=False,
+        )
+    ray.get(scheduler.checkpoint.remote())
+    after = ray.get(scheduler.evaluate.remote())
+    summary = {
+        "run_name": cfg.run_name,
+        "algo": cfg.algo,
+        "steps": total_steps,
+        "heldout_before": before,
+        "heldout_after": after,
+        "final_temperature": last.next_temperature if last is not None else None,
+        "run_dir": str(run_dir),
+    }
+    return summary
+
+
+def train(cfg: RunConfig) -> dict:
+    """Run training end to end and return the run's summary (also written to `<run_dir>/summary.json`).
+
+    With `train.max_failures` > 0 the run heals itself: when an actor's process or a node is lost, the run's actors
+    are shut down and built again (with the Ray session, when this process started it) and the run resumes from
+    its last complete checkpoint, up to that many times; `summary["recoveries"]` counts them."""
+    import ray
 
     from actors.report import write_report
     from actors.run_log import RunLog
     from actors.scheduler import StepPlan, latest_checkpoint
-    from cluster.build import build_cluster, ray_session, required_cpus
+    from cluster.build import build_cluster, ray_session, required_cpus, restart_local_ray
+    from cluster.recovery import lost_process
     from core.sampler import EpochSampler
     from tasks.prepare import prepare_inputs
 
@@ -179,57 +237,54 @@ def train(cfg: RunConfig) -> dict:
     run_log = RunLog(
         run_dir, cfg.run_name, cfg.wandb, json.loads(json.dumps(asdict(cfg), default=str)), resume=cfg.resume
     )
-    with ray_session(cfg.ray, required_cpus(cfg)):
-        cluster = build_cluster(
-            cfg,
-            inputs.files.model,
-            inputs.files.reward_fn,
-            train=train_split,
-            plan=plan,
-            heldout=heldout,
-            run_log=run_log,
-        )
-        scheduler = cluster.scheduler
-        try:
-            first_step = ray.get(scheduler.restore.remote(str(resume_from))) if resume_from else 0
-            before = heldout_before(
-                run_dir, resumed=resume_from is not None, evaluate=lambda: ray.get(scheduler.evaluate.remote())
-            )
-            bar = tqdm(range(first_step, total_steps), desc=cfg.run_name, unit="step", dynamic_ncols=True)
-            last = None
-            for _ in bar:
-                last = ray.get(scheduler.step.remote())
-                bar.set_postfix(
-                    epoch=last.epoch,
-                    reward=f"{last.reward_mean:.3f}",
-                    T=f"{last.temperature:.3f}",
-                    H=f"{last.entropy:.3f}",
-                    refresh=False,
+    recoveries: list[dict[str, Any]] = []
+    with ray_session(cfg.ray, required_cpus(cfg)) as own_local_cluster:
+        while True:  # one attempt per pass: build the cluster, restore the latest checkpoint, run the steps
+            try:
+                cluster = build_cluster(
+                    cfg,
+                    inputs.files.model,
+                    inputs.files.reward_fn,
+                    train=train_split,
+                    plan=plan,
+                    heldout=heldout,
+                    run_log=run_log,
                 )
-            ray.get(scheduler.checkpoint.remote())
-            after = ray.get(scheduler.evaluate.remote())
-            summary = {
-                "run_name": cfg.run_name,
-                "algo": cfg.algo,
-                "steps": total_steps,
-                "heldout_before": before,
-                "heldout_after": after,
-                "final_temperature": last.next_temperature if last is not None else None,
-                "wall_s": time.perf_counter() - started,
-                "run_dir": str(run_dir),
-            }
-            ray.get(scheduler.finish.remote(summary))
-        except ray.exceptions.RayError:
-            checkpoint = latest_checkpoint(run_dir / "checkpoints")
-            log.error(
-                "the run failed; last good checkpoint: %s. Resume with: python launch.py run_name=%s resume=true",
-                checkpoint or "none (rerun from the start)",
-                cfg.run_name,
-            )
-            raise
-        finally:
-            cluster.shutdown()
+                try:
+                    summary = run_steps(cfg, cluster.scheduler, run_dir, resume_from, total_steps)
+                    summary.update(wall_s=time.perf_counter() - started, recoveries=len(recoveries))
+                    summary["recovery_log"] = recoveries
+                    ray.get(cluster.scheduler.finish.remote(summary))
+                finally:
+                    cluster.shutdown()
+                break
+            except ray.exceptions.RayError as error:
+                resume_from = latest_checkpoint(run_dir / "checkpoints")
+                if not lost_process(error) or len(recoveries) >= cfg.train.max_failures:
+                    log.error(
+                        "the run failed; last good checkpoint: %s. Resume with: python launch.py run_name=%s "
+                        "resume=true",
+                        resume_from or "none (rerun from the start)",
+                        cfg.run_name,
+                    )
+                    raise
+                recoveries.append({"error": str(error).splitlines()[0][:300], "resumed_from": str(resume_from or "")})
+                log.warning(
+                    "recovery %d of %d (train.max_failures): %s. Shutting the run's actors down, building them "
+                    "again and resuming from %s",
+                    len(recoveries),
+                    cfg.train.max_failures,
+                    recoveries[-1]["error"],
+                    resume_from or "the start (no checkpoint yet)",
+                )
+                if resume_from is None:
+                    run_log.rewind(0)
+                if own_local_cluster:  # the lost node may have been this machine's Ray itself
+                    restart_local_ray(cfg.ray, required_cpus(cfg))
     report = write_report([run_dir])
+    before, after = summary["heldout_before"], summary["heldout_after"]
+    if recoveries:
+        log.info("the run recovered %d time(s) from a lost process or node (summary.json: recoveries)", len(recoveries))
     if before and after:
         print(f"held-out greedy accuracy: {before['accuracy']:.3f} before, {after['accuracy']:.3f} after training")
     print(f"outputs: {run_dir}/ (metrics.jsonl, difficulty.parquet, summary.json, checkpoints/, {report.name})")
@@ -299,6 +354,7 @@ def main(raw: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = to_run_config(raw)
+        refuse_paths_in_job_dir(cfg)
         if not cfg.ray.address:  # a local cluster: keep every port on loopback (read when Ray is imported)
             keep_ray_on_loopback()
         if cfg.mode == "plan":

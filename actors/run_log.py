@@ -105,22 +105,25 @@ class RunLog:
         self._gauges = self._make_gauges()
         self._opened = True
 
-    def rewind(self, step: int) -> None:
-        """Forget logged steps >= `step` (a resumed run repeats them): rewrite `metrics.jsonl` without them."""
+    def rewind(self, step: int) -> list[StepRecord]:
+        """Forget logged steps >= `step` (a resumed run repeats them): rewrite `metrics.jsonl` without them.
+        Returns the records kept, in order."""
         path = self.run_dir / "metrics.jsonl"
         if self._opened:
             self._metrics.close()
             self._opened = False
+        kept: list[tuple[str, StepRecord]] = []
         if path.exists():
-            kept = []
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
-                    if StepRecord.from_log(json.loads(line)).step < step:
-                        kept.append(line)
+                    record = StepRecord.from_log(json.loads(line))
                 except (ValueError, KeyError):  # a line cut short by the crash that is being resumed from
                     continue
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+                if record.step < step:
+                    kept.append((line, record))
+            path.write_text("".join(line + "\n" for line, _ in kept), encoding="utf-8")
         self.resume = True
+        return [record for _, record in kept]
 
     @staticmethod
     def _make_gauges() -> dict[str, Any]:

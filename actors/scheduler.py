@@ -459,6 +459,12 @@ class Scheduler:
             self.run_log.log_summary(summary)
             self.run_log.close()
 
+    def close(self) -> None:
+        """Flush and close the run log (`metrics.jsonl`, the W&B run) without a summary, as when the run stops
+        on a failure; a no-op after `finish` or a second call."""
+        if self.run_log is not None:
+            self.run_log.close()
+
     # -- checkpoints ----------------------------------------------------------------------------------------
 
     def checkpoint(self) -> str:
@@ -507,7 +513,10 @@ class Scheduler:
         self._sync_weights(self.weights_version)
         self.rollout_pool.set_temperature(TemperatureUpdate(self.controller.temperature, self.step_count))
         if self.run_log is not None:
-            self.run_log.rewind(self.step_count)
+            kept = self.run_log.rewind(self.step_count)
+            # the epoch's steps before the checkpoint: its views at epoch end cover the whole epoch, as uninterrupted
+            epoch = self.pipeline[0].sampled.batch.epoch if self.pipeline else self.sampler.epoch  # the next to train
+            self._epoch_records = [record for record in kept if record.epoch == epoch]
         return self.step_count
 
     def _regenerate_pipeline(self, folder: Path) -> None:

@@ -39,3 +39,18 @@ def worker_env() -> dict[str, str]:
         "TQDM_DISABLE": "1",
         "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore"),
     }
+
+
+RAY_JOB_DIR_MARK = ("runtime_resources", "working_dir_files")
+"""Consecutive folders in the path of a working directory that `ray job submit --working-dir` uploaded: Ray
+unpacks it under its session's temporary folder and deletes it with the session."""
+
+
+def ray_job_working_dir(cwd: Path | None = None) -> Path | None:
+    """The uploaded Ray job working directory that `cwd` (default: this process's) lies in, or None when it lies
+    in none (a plain `python launch.py`, or a job submitted without `--working-dir`)."""
+    parts = (cwd or Path.cwd()).resolve().parts
+    for i in range(len(parts) - len(RAY_JOB_DIR_MARK)):
+        if parts[i : i + len(RAY_JOB_DIR_MARK)] == RAY_JOB_DIR_MARK:
+            return Path(*parts[: i + len(RAY_JOB_DIR_MARK) + 1])
+    return None

@@ -50,16 +50,26 @@ class LearnerGroup:
     """`config.num_ranks` Learner actors (named `e3/learner-<rank>`) that train one policy with FSDP2.
 
     Construction reserves one placement-group bundle per rank (`config.num_cpus` CPUs, `config.num_gpus`
-    GPUs, PACK strategy), starts the actors and sets them up; it raises if the cluster cannot hold the bundles
-    within `ready_timeout_s` seconds.
+    GPUs, and `node_resource_share` of the custom node resource `node_resource` when one is named, which keeps
+    the ranks on nodes that have it; PACK strategy), starts the actors and sets them up; it raises if the cluster
+    cannot hold the bundles within `ready_timeout_s` seconds.
     """
 
     def __init__(
-        self, model_path: str, config: LearnerConfig, dtype: str, seed: int, ready_timeout_s: float = 120.0
+        self,
+        model_path: str,
+        config: LearnerConfig,
+        dtype: str,
+        seed: int,
+        ready_timeout_s: float = 120.0,
+        node_resource: str = "",
+        node_resource_share: float = 0.01,
     ) -> None:
         bundle = {name: amount for name, amount in (("CPU", config.num_cpus), ("GPU", config.num_gpus)) if amount}
         if not bundle:
             raise ValueError("LearnerGroup: learner.num_cpus and learner.num_gpus are both 0; a rank needs resources")
+        if node_resource:
+            bundle[node_resource] = node_resource_share
         self.num_ranks = config.num_ranks
         self.actors: list[Any] = []
         self._placement = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy="PACK")
@@ -169,10 +179,14 @@ class LearnerGroup:
             remove_placement_group(self._placement)
             self._placement = None
 
+    def node_ids(self) -> list[str]:
+        """The id of the Ray node that holds each rank's bundle, by rank."""
+        nodes = placement_group_table(self._placement)["bundles_to_node_id"]
+        return [nodes[rank] for rank in range(self.num_ranks)]
+
     def _in_bundle(self, rank: int) -> PlacementGroupSchedulingStrategy:
         return PlacementGroupSchedulingStrategy(placement_group=self._placement, placement_group_bundle_index=rank)
 
     def _on_one_node(self) -> bool:
         """Whether Ray placed every bundle on the same node."""
-        nodes = placement_group_table(self._placement)["bundles_to_node_id"]
-        return len(set(nodes.values())) == 1
+        return len(set(self.node_ids())) == 1

@@ -438,6 +438,11 @@ class TrainConfig:
     waited for it; counted as `pipeline/stale_kept`), `drop` drops it and generates it again, same seed, with the
     current weights (counted as `pipeline/dropped`). The pipeline never issues a batch whose weights would be too
     old, so this decides only batches restored from a checkpoint written with a larger bound."""
+    max_failures: int = bounded(0, ge=0)
+    """Recoveries the run may make by itself: when a learner rank, the scheduler, a rollout worker or a node dies,
+    the driver shuts the run's actors down, builds them again and resumes from the last complete checkpoint (from
+    the start when there is none), up to this many times, logging each recovery and counting them in
+    `summary.json` (`recoveries`). 0: the first failure stops the run and prints the resume command."""
 
 
 @dataclass
@@ -478,6 +483,15 @@ class RayConfig:
     """Start the dashboard with a local cluster (on 127.0.0.1)."""
     dashboard_host: str = "127.0.0.1"
     """Where a local cluster's dashboard listens."""
+    metrics_export_port: int = bounded(0, ge=0, le=65535)
+    """With `include_dashboard`: the port on 127.0.0.1 where a local cluster serves its Prometheus metrics, the
+    `e3_*` gauges among them, at `/metrics` (logged at start); 0: a free port. (A cluster started with `ray start`
+    takes `--metrics-export-port` instead.)"""
+    rollout_node_resource: str = ""
+    """A custom node resource (`ray start --resources='{"<name>": 1}'`) that places every rollout worker on a node
+    that has it (each takes a 0.01 share); empty: anywhere."""
+    learner_node_resource: str = ""
+    """The same for every learner rank (each placement-group bundle takes a 0.01 share); empty: anywhere."""
 
 
 @dataclass

@@ -37,3 +37,29 @@ def step_record(step: int = 0, **fields: Any) -> StepRecord:
     }
     values.update(fields)
     return StepRecord(**values)
+
+
+def assert_same_run(expected_dir, run_dir) -> None:
+    """The run in `run_dir` logged the steps of the one in `expected_dir`, with the same questions, budgets,
+    temperatures, weights versions, entropies (relative 1e-4: kernels round differently after a reload) and rewards,
+    and its last checkpoint holds the same difficulty table (exact counts)."""
+    import pyarrow.parquet as pq
+    import pytest
+
+    from actors.report import load_run
+    from actors.scheduler import latest_checkpoint
+
+    expected, steps = load_run(expected_dir).steps, load_run(run_dir).steps
+    assert [m.step for m in steps] == [m.step for m in expected]
+    for a, b in zip(expected, steps, strict=True):
+        assert a.question_ids == b.question_ids
+        assert a.rollouts_per_question == b.rollouts_per_question
+        assert a.temperature == pytest.approx(b.temperature, abs=1e-9)
+        assert a.weights_version == b.weights_version
+        assert a.entropy == pytest.approx(b.entropy, rel=1e-4)
+        assert a.reward_mean == pytest.approx(b.reward_mean, abs=1e-6)
+    columns = ["question_id", "attempts", "correct"]
+    tables = [
+        pq.read_table(latest_checkpoint(d / "checkpoints") / "difficulty.parquet") for d in (expected_dir, run_dir)
+    ]
+    assert tables[0].select(columns).equals(tables[1].select(columns))

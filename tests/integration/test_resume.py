@@ -1,21 +1,24 @@
 """Exact resume: a run stopped at a checkpoint and resumed continues as if it had never stopped; a checkpoint
-whose save was cut short is never taken for the latest."""
+whose save was cut short is never taken for the latest; a run whose learner rank is killed heals itself
+(`train.max_failures`) and ends as the uninterrupted run does."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
 import threading
 import time
 
-import pyarrow.parquet as pq
 import pytest
 
 import launch
 from actors.report import load_run
 from actors.scheduler import latest_checkpoint
 from tests.integration.conftest import run_config
+from tests.records import assert_same_run
 
 COMMON = ["train.max_steps=4", "train.checkpoint_every=2", "eval.heldout_samples=0", "data.valid_size=4"]
 
@@ -24,8 +27,21 @@ def steps_of(run_dir):
     return load_run(run_dir).steps
 
 
-def test_resumed_run_equals_uninterrupted_run(embedded_task, ray_cluster, tmp_path, caplog):
-    launch.train(run_config(tmp_path, *COMMON, "run_name=straight"))
+@pytest.fixture(scope="module")
+def straight(embedded_task, ray_cluster, tmp_path_factory):
+    """The uninterrupted run that resumed and healed runs must reproduce: its folder and its summary."""
+    out = tmp_path_factory.mktemp("straight")
+    summary = launch.train(run_config(out, *COMMON, "run_name=straight"))
+    return out / "straight", summary
+
+
+def assert_same_steps(straight_dir, other_dir):
+    """Both runs logged steps 0-3 alike and ended with the same difficulty table."""
+    assert [m.step for m in steps_of(other_dir)] == [0, 1, 2, 3]
+    assert_same_run(straight_dir, other_dir)
+
+
+def test_resumed_run_equals_uninterrupted_run(straight, tmp_path, caplog):
     first = launch.train(run_config(tmp_path, *COMMON, "run_name=resumed", "train.max_steps=2"))
     stopped = tmp_path / "resumed"
     # what a save killed half-way leaves behind must be ignored
@@ -46,23 +62,7 @@ def test_resumed_run_equals_uninterrupted_run(embedded_task, ray_cluster, tmp_pa
     messages = [record.getMessage() for record in caplog.records if record.name == "e3"]
     assert any("kept from" in m for m in messages) and "held-out evaluation before training" not in messages
 
-    straight, resumed = steps_of(tmp_path / "straight"), steps_of(stopped)
-    assert [m.step for m in resumed] == [0, 1, 2, 3]
-    for a, b in zip(straight, resumed, strict=True):
-        assert a.question_ids == b.question_ids
-        assert a.rollouts_per_question == b.rollouts_per_question
-        assert a.temperature == pytest.approx(b.temperature, abs=1e-9)
-        assert a.weights_version == b.weights_version
-        assert a.entropy == pytest.approx(b.entropy, rel=1e-4)
-        assert a.reward_mean == pytest.approx(b.reward_mean, abs=1e-6)
-    tables = [
-        pq.read_table(d / "checkpoints" / "step_4" / "difficulty.parquet") for d in (tmp_path / "straight", stopped)
-    ]
-    assert (
-        tables[0]
-        .select(["question_id", "attempts", "correct"])
-        .equals(tables[1].select(["question_id", "attempts", "correct"]))
-    )
+    assert_same_steps(straight[0], stopped)
 
 
 AHEAD = ["train.max_staleness=1", "learner.off_policy_correction=icepop"]
@@ -116,3 +116,44 @@ def test_learner_rank_death_names_last_checkpoint_and_resume_command(embedded_ta
     assert "last good checkpoint" in caplog.text and "run_name=doomed resume=true" in caplog.text
     named = latest_checkpoint(tmp_path / "doomed" / "checkpoints")
     assert named is not None and str(named) in caplog.text
+
+
+def test_killed_learner_rank_heals_and_ends_as_the_uninterrupted_run(straight, ray_cluster, tmp_path, caplog):
+    cfg = run_config(tmp_path, *COMMON, "run_name=healed", "train.checkpoint_every=1", "train.max_failures=2")
+    first_checkpoint = tmp_path / "healed" / "checkpoints" / "step_1"
+    killed: list[int] = []
+
+    def kill_learner_process_after_first_checkpoint():
+        deadline = time.monotonic() + 600
+        while not first_checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        learner = ray_cluster.get_actor("e3/learner-0")
+        pid = ray_cluster.get(learner.__ray_call__.remote(lambda _: os.getpid()))
+        os.kill(pid, signal.SIGKILL)  # the process dies as on a crash or an OOM kill, not by ray.kill
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_learner_process_after_first_checkpoint, daemon=True)
+    killer.start()
+    with caplog.at_level(logging.INFO, logger="e3"):
+        summary = launch.train(cfg)
+    killer.join(timeout=60)
+
+    assert killed, "the learner rank was never killed"
+    assert summary["recoveries"] == 1 and summary["recovery_log"][0]["resumed_from"].startswith(str(tmp_path))
+    assert json.loads((tmp_path / "healed" / "summary.json").read_text())["recoveries"] == 1
+    assert "recovery 1 of 2 (train.max_failures)" in caplog.text
+    assert_same_steps(straight[0], tmp_path / "healed")
+    assert summary["heldout_after"] == pytest.approx(straight[1]["heldout_after"], abs=1e-9)
+    assert summary["heldout_before"] == straight[1]["heldout_before"]
+
+
+def test_only_a_lost_process_or_node_counts_as_a_failure_to_heal_from():
+    from ray.exceptions import ActorDiedError, NodeDiedError, RayTaskError
+
+    from cluster.recovery import lost_process
+
+    died = ActorDiedError()
+    in_scheduler = RayTaskError("Scheduler.step", "traceback", died)  # a rank died under the scheduler's call
+    bug = RayTaskError("Scheduler.step", "traceback", ValueError("a bug"))
+    assert lost_process(died) and lost_process(in_scheduler) and lost_process(NodeDiedError("node gone"))
+    assert not lost_process(bug) and not lost_process(ValueError("a bug"))

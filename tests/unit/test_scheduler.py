@@ -129,8 +129,9 @@ class FakeRunLog:
     def log_epoch(self, epoch: int, step: int, table: DifficultyTable, records: list[StepRecord]) -> None:
         self.epochs.append((epoch, step, [r.step for r in records]))
 
-    def rewind(self, step: int) -> None:
+    def rewind(self, step: int) -> list[StepRecord]:
         self.records = [r for r in self.records if r.step < step]
+        return self.records
 
     def log_summary(self, summary: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
@@ -218,6 +219,16 @@ def test_a_checkpoint_restores_into_a_fresh_scheduler_and_pushes_weights_and_tem
     assert calls.log[1][2].temperature == restored.controller.temperature
     again = restored.step()  # step 2 again, as the uninterrupted scheduler ran it
     assert again.step == 2 and again.question_ids == scheduler_step_2_ids(tmp_path)
+
+
+def test_a_run_resumed_mid_epoch_logs_the_whole_epoch_at_its_end(tmp_path):
+    scheduler, _, logged = build(tmp_path, checkpoint_every=1)
+    scheduler.step()  # step 0 of epoch 0 (two steps an epoch), checkpointed as step_1
+    restored, _, run_log = build(tmp_path)
+    run_log.records = list(logged.records)  # what metrics.jsonl holds when the run resumes
+    restored.restore(str(tmp_path / "checkpoints" / "step_1"))
+    restored.step()
+    assert run_log.epochs == [(0, 1, [0, 1])]  # the epoch's views see step 0, logged before the resume
 
 
 def scheduler_step_2_ids(tmp_path: Path) -> tuple[str, ...]:
