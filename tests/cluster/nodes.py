@@ -62,12 +62,18 @@ def process_tree(roots: Iterable[int]) -> dict[int, float]:
 
 
 def listening_addresses(pids: Iterable[int]) -> dict[tuple[str, int], int]:
-    """The TCP/UDP addresses that the processes `pids` listen on (or have bound, for UDP): (ip, port) -> pid."""
+    """The TCP/UDP addresses that the processes `pids` listen on (or have bound, for UDP): (ip, port) -> pid.
+
+    A UDP socket connected to a peer is left out: it receives from that peer only. Libraries open one for a
+    moment to learn the host's routable address (connect to a public address, read the local end; no datagram is
+    sent), which would otherwise count as a listener on that address."""
     wanted = set(pids)
     return {
         (c.laddr.ip, c.laddr.port): c.pid
         for c in psutil.net_connections(kind="inet")
-        if c.pid in wanted and c.laddr and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM)
+        if c.pid in wanted
+        and c.laddr
+        and (c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr))
     }
 
 
