@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.ab import run_metrics
+from bench.ab import aggregate, run_metrics
 from bench.machine import cpu_description
 from cluster.environment import keep_ray_on_loopback
 from core.markdown import markdown_table
@@ -150,10 +150,7 @@ def summarize(timings: dict[str, dict[str, float]], qualities: dict[str, list[di
         t = out[mode]
         t["step_over_max_generate_train"] = t["step_s"] / max(t["generate_s"], t["train_s"])
     out["speedup"] = out["sync"]["step_s"] / out["async"]["step_s"]
-    out["quality"] = {}
-    for mode, per_seed in qualities.items():
-        means = {key: statistics.fmean(q[key] for q in per_seed) for key in per_seed[0] if per_seed[0][key] is not None}
-        out["quality"][mode] = {**means, "per_seed": per_seed}
+    out["quality"] = {mode: aggregate(per_seed) for mode, per_seed in qualities.items()}
     q = out["quality"]
     out["targets"] = {
         "step_within_1.1x_of_max": out["async"]["step_over_max_generate_train"] <= 1.1,
