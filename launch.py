@@ -149,7 +149,9 @@ def run_steps(
 
     first_step = ray.get(scheduler.restore.remote(str(resume_from))) if resume_from else 0
     before = heldout_before(
-        run_dir, resumed=resume_from is not None, evaluate=lambda: ray.get(scheduler.evaluate.remote())
+        run_dir,
+        resumed=resume_from is not None,
+        evaluate=lambda: ray.get(scheduler.evaluate.remote(sample=cfg.eval.sample_before)),
     )
     bar = tqdm(range(first_step, total_steps), desc=cfg.run_name, unit="step", dynamic_ncols=True)
     last = None
@@ -227,6 +229,7 @@ def train(cfg: RunConfig) -> dict:
         pad_token_id=inputs.pad_token_id,
         vocab_size=len(inputs.tokenizer),
         heldout_samples=cfg.eval.heldout_samples,
+        heldout_ks=cfg.eval.heldout_ks(),
         eval_temperature=cfg.eval.temperature,
         checkpoint_dir=str(run_dir / "checkpoints"),
         checkpoint_every=cfg.train.checkpoint_every,

@@ -62,6 +62,8 @@ class StepPlan:
     """Vocabulary size V of the policy (the temperature controller's gain)."""
     heldout_samples: int = 0
     """Answers sampled per held-out question by `evaluate()` for mean@k and pass@k; 0: greedy only."""
+    heldout_ks: tuple[int, ...] = ()
+    """The k of those pass@k and mean@k (each at most `heldout_samples`); empty: 1 and `heldout_samples`."""
     eval_temperature: float = 1.0
     """Sampling temperature of those answers."""
     checkpoint_dir: str = ""
@@ -426,9 +428,9 @@ class Scheduler:
 
     # -- evaluation -----------------------------------------------------------------------------------------
 
-    def evaluate(self) -> dict[str, float]:
-        """The current policy on the held-out questions: greedy accuracy (overall, per source) and, when the plan
-        asks for it, mean@k and pass@k from k sampled answers each (as `sampled/<key>`)."""
+    def evaluate(self, sample: bool = True) -> dict[str, float]:
+        """The current policy on the held-out questions: greedy accuracy (overall, per source) and, when `sample`
+        and the plan ask for it, mean@k and pass@k from k sampled answers each (as `sampled/<key>`)."""
         if self.heldout is None:
             return {}
         result = greedy_accuracy(
@@ -438,7 +440,7 @@ class Scheduler:
             max_new_tokens=self.plan.max_new_tokens,
         )
         k = self.plan.heldout_samples
-        if k:
+        if k and sample:
             sampled = sampled_pass_at_k(
                 rollout_pool=self.rollout_pool,
                 scorer=self.scorer,
@@ -446,7 +448,7 @@ class Scheduler:
                 max_new_tokens=self.plan.max_new_tokens,
                 num_samples=k,
                 temperature=self.plan.eval_temperature,
-                ks=[1, k],
+                ks=list(self.plan.heldout_ks or (1, k)),
                 seed=self.plan.seed + 7919,
                 restore_temperature=self.controller.temperature,
             )

@@ -450,15 +450,25 @@ class EvalConfig:
     num_samples: int = bounded(16, ge=0)
     """`mode=eval`: answers sampled per question for pass@k and mean@k (greedy accuracy is always computed)."""
     ks: list[int] = bounded(default_factory=lambda: [1, 2, 4, 8, 16], ge=1, min_length=1)
-    """`mode=eval`: the k of pass@k and mean@k (those above num_samples are skipped)."""
+    """The k of pass@k and mean@k, in `mode=eval` and in training's held-out evaluations (those above the number
+    of samples are skipped)."""
     temperature: float = bounded(1.0, gt=0)
     """Sampling temperature of evaluation answers (training's held-out mean@k too)."""
     heldout_samples: int = bounded(8, ge=0)
-    """Answers sampled per held-out question before and after training, for mean@k; 0: greedy only."""
+    """Answers sampled per held-out question before and after training, for pass@k and mean@k; 0: greedy only."""
+    sample_before: bool = True
+    """Sample those answers before training too; false: greedy accuracy only before (variants of one base policy,
+    as in an ablation, need its pass@k once, not once a run)."""
     every_steps: int = bounded(0, ge=0)
     """Greedy held-out accuracy after every K-th training step, overall and per source, on that step's line of
     `metrics.jsonl` (and in W&B) as `heldout/accuracy` and `heldout/accuracy/<source>`; 0: only before and after
     training. The paper validates every 10 steps."""
+
+    def heldout_ks(self) -> tuple[int, ...]:
+        """The k of training's held-out pass@k and mean@k: 1, `heldout_samples` and each of `ks` between them;
+        empty when no answers are sampled."""
+        n = self.heldout_samples
+        return tuple(sorted({1, n, *(k for k in self.ks if k <= n)})) if n else ()
 
 
 @dataclass

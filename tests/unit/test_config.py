@@ -171,6 +171,18 @@ def test_heldout_during_training_is_off_by_default_and_needs_a_validation_file_o
         validate(cfg)
 
 
+def test_heldout_ks_run_from_one_to_the_samples_through_the_configured_ks():
+    cfg = RunConfig()
+    assert (cfg.eval.heldout_samples, cfg.eval.ks) == (8, [1, 2, 4, 8, 16])
+    assert cfg.eval.heldout_ks() == (1, 2, 4, 8)  # 16 needs more than 8 samples
+    cfg.eval.heldout_samples, cfg.eval.ks = 64, [4, 16, 64, 128]
+    assert cfg.eval.heldout_ks() == (1, 4, 16, 64)
+    cfg.eval.heldout_samples, cfg.eval.ks = 6, [2]
+    assert cfg.eval.heldout_ks() == (1, 2, 6)
+    cfg.eval.heldout_samples = 0
+    assert cfg.eval.heldout_ks() == ()
+
+
 # ------------------------------------------------------------------------------------------ choices are Enums
 
 

@@ -143,12 +143,13 @@ def split(n: int = QUESTIONS) -> Split:
 
 
 def build(
-    tmp_path: Path, checkpoint_every: int = 0, budget: BudgetConfig | None = None
+    tmp_path: Path, checkpoint_every: int = 0, budget: BudgetConfig | None = None, **plan_fields: Any
 ) -> tuple[Scheduler, Calls, FakeRunLog]:
     calls, run_log = Calls(), FakeRunLog()
     plan = StepPlan(
         questions_per_step=PER_STEP, total_steps=6, max_new_tokens=4, seed=3, pad_token_id=0, vocab_size=50,
         checkpoint_dir=str(tmp_path / "checkpoints"), checkpoint_every=checkpoint_every, heldout_every=2,
+        **plan_fields,
     )  # fmt: skip
     scheduler = Scheduler(
         train=split(),
@@ -203,6 +204,19 @@ def test_records_stamp_the_temperature_sampled_and_the_bounds_allocated_within(t
     assert records[1].heldout_accuracy == 1.0 and "heldout" in records[1].timing
     assert "heldout" not in records[1].step_phases
     assert calls.methods().count("pool.generate_greedy") == 2
+
+
+def test_heldout_evaluation_samples_pass_at_every_configured_k_and_restores_the_temperature(tmp_path):
+    scheduler, calls, _ = build(tmp_path, heldout_samples=4, heldout_ks=(1, 2, 4))
+    result = scheduler.evaluate()
+
+    # held-out q0 gets no right sample of 4, q1 one: pass@k of q1 = 1 - C(3, k) / C(4, k) = 1/4, 1/2, 1
+    assert result["accuracy"] == 1.0  # greedy answers are right
+    assert [result[f"sampled/all/pass@{k}"] for k in (1, 2, 4)] == [0.125, 0.25, 0.5]
+    assert "sampled/all/pass@8" not in result
+    updates = [detail for part, method, detail in calls.log if method == "set_temperature"]
+    assert [u.temperature for u in updates] == [1.0, scheduler.controller.temperature]
+    assert scheduler.evaluate(sample=False) == {"accuracy": 1.0, "accuracy/fake": 1.0}  # eval.sample_before=false
 
 
 def test_a_checkpoint_restores_into_a_fresh_scheduler_and_pushes_weights_and_temperature(tmp_path):
