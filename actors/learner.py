@@ -56,10 +56,18 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from actors.weight_transport import BucketLayout, TensorSpec, WeightGroup, plan_buckets, send_weights
+from actors.weight_transport import (
+    BucketLayout,
+    TensorSpec,
+    WeightGroup,
+    chunk_rows,
+    group_name,
+    plan_buckets,
+    send_weights,
+)
 from core.batch import pack_micro_batches
 from core.config import LearnerConfig
 from core.grpo import off_policy_weights, policy_loss
@@ -126,7 +134,7 @@ class Learner:
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._warned_long = False
-        self._weight_group: WeightGroup | None = None  # rank 0's membership of the weight-transport group
+        self._weight_group: WeightGroup | None = None  # this rank's weight-transport group (its sender)
 
     # ----------------------------------------------------------------------------------------------- set-up
 
@@ -441,21 +449,26 @@ class Learner:
         # On a single rank the gathered tensors are the live parameters themselves: copy them.
         return {name: tensor.to(self.dtype, copy=self.world_size == 1) for name, tensor in state.items()}
 
-    # -------------------------------------------------------------- collective weight transport (rank 0 sends)
+    # ------------------------------------------------------- collective weight transport (every rank sends)
 
     def weight_layout(self, bucket_bytes: int) -> BucketLayout:
-        """The buckets `broadcast_weights` sends: every parameter (a tied output head once), in the publish
-        `dtype`, in the order they are gathered. Local: any rank answers the same, no collective."""
-        specs = [TensorSpec(name, tuple(param.shape)) for _, names in self._gather_order() for name, param in names]
+        """The buckets `broadcast_weights` sends: every parameter (a tied output head once) with its dim-0 split
+        over the ranks, in the publish `dtype`, grouped by FSDP2 module (the root first, then the decoder
+        layers). Local: any rank answers the same, no collective. Raises, naming it, for a parameter that FSDP2
+        did not shard along dim 0 alone (its default `Shard(0)` is all the transport supports)."""
+        specs = [
+            TensorSpec(name, tuple(param.shape), chunk_rows(_dim0_sharded(name, param).shape[0], self.world_size))
+            for name, param in self._parameter_order()
+        ]
         return plan_buckets(specs, self.dtype, bucket_bytes)
 
     def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float, name: str) -> None:
-        """Rank 0 joins (and serves) the weight-transport group `name` as its rank 0, leaving any earlier one;
-        the other ranks do nothing (they only take part in the gathers). Returns once every member joined."""
+        """Join (and serve, at `address:port`) this rank's own weight-transport group of the generation `name`, as
+        its rank 0, leaving any earlier one. Every rank calls it with its own address; returns once every member
+        of its group joined."""
         self.leave_weight_group()
-        if self.rank == 0:
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            self._weight_group = WeightGroup(address, port, 0, world_size, backend, timeout_s, name)
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        self._weight_group = WeightGroup(address, port, 0, world_size, backend, timeout_s, group_name(name, self.rank))
 
     def leave_weight_group(self) -> None:
         """Leave the weight-transport group, if in one."""
@@ -464,50 +477,38 @@ class Learner:
             group.close()
 
     def broadcast_weights(self, layout: BucketLayout, version: int) -> str | None:
-        """Send the policy's weights as `version` to the weight-transport group, in `layout`'s buckets.
+        """Send this rank's shards of the policy's weights as `version` to its weight-transport group, in
+        `layout`'s buckets (`send_weights`).
 
-        Collective over the learner's ranks: each FSDP2 module is all-gathered in turn (in the publish dtype, as
-        the mixed-precision policy gathers), rank 0 packs and sends its tensors, and the module is resharded
-        before the next, so rank 0 never holds more than one module and two buckets beside its shards. Returns
-        None once every worker confirmed the transfer; on rank 0, when the transport fails, the error's text
-        (the group is then left, and the gathers still run to the end so that the other ranks never wait on
-        rank 0). Other ranks return None.
-        """
-        weights = self._gathered_weights()
-        error = None
-        if self.rank == 0:
-            try:
-                if self._weight_group is None:
-                    raise RuntimeError("broadcast_weights: not in a weight-transport group (join_weight_group)")
-                send_weights(self._weight_group, layout, version, weights)
-            except Exception as failure:  # noqa: BLE001 - a lost peer; reported to the pool, which rebuilds
-                error = f"{type(failure).__name__}: {failure}"
-                self.leave_weight_group()
-        for _ in weights:  # the other ranks, and rank 0 after a failure, finish every gather
-            pass
-        return error
+        Nothing is gathered and the ranks do not talk to each other: every rank calls it and sends its own
+        float32 shards, cast to the publish dtype bucket by bucket, holding at most two bucket parts beside them.
+        Returns None once every worker received this rank's parts; when the transport fails, the error's text
+        (the group is then left)."""
+        try:
+            if self._weight_group is None:
+                raise RuntimeError("broadcast_weights: not in a weight-transport group (join_weight_group)")
+            send_weights(self._weight_group, layout, self.rank, version, self._local_shards())
+        except Exception as failure:  # noqa: BLE001 - a lost peer; reported to the pool, which rebuilds
+            self.leave_weight_group()
+            return f"{type(failure).__name__}: {failure}"
+        return None
 
-    def _gathered_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, full tensor) of every parameter, module by module: each FSDP2 module is unsharded (an
-        all-gather every rank joins), its tensors yielded, and resharded when the next module is asked for."""
-        for module, names in self._gather_order():
-            module.unshard()
-            try:
-                for name, _ in names:
-                    yield name, self.model.get_parameter(name).detach()
-            finally:
-                module.reshard()
+    def _local_shards(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, this rank's rows) of every parameter, in `weight_layout`'s order, in the master dtype."""
+        for name, param in self._parameter_order():
+            yield name, _dim0_sharded(name, param).to_local().detach()
 
-    def _gather_order(self) -> list[tuple[FSDPModule, list[tuple[str, torch.nn.Parameter]]]]:
-        """Each FSDP2 module (the root first, then the decoder layers) with the parameters it shards."""
+    def _parameter_order(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Every parameter (a tied head once), grouped by the FSDP2 module that shards it: the root first, then
+        the decoder layers."""
         model = self._require_setup()[0]
-        fsdp_modules = {prefix: m for prefix, m in model.named_modules() if isinstance(m, FSDPModule)}
+        fsdp_modules = {prefix for prefix, m in model.named_modules() if isinstance(m, FSDPModule)}
         groups: dict[str, list[tuple[str, torch.nn.Parameter]]] = {}
         for name, param in model.named_parameters():  # a tied head is the embedding: listed once
             parts = name.split(".")
             owner = next(p for p in (".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)) if p in fsdp_modules)
             groups.setdefault(owner, []).append((name, param))
-        return [(fsdp_modules[owner], names) for owner, names in groups.items()]
+        return [item for names in groups.values() for item in names]
 
     def save(self, path: str) -> None:
         """Write the policy (float32) and optimizer state under the folder `path`, from rank 0, with the base
@@ -585,6 +586,17 @@ def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def _ties_embeddings(model: torch.nn.Module) -> bool:
     """Whether the output head shares the input embedding's weight (then only the embedding is stored)."""
     return bool(getattr(model.config, "tie_word_embeddings", False))
+
+
+def _dim0_sharded(name: str, param: torch.nn.Parameter) -> DTensor:
+    """`param`, after checking that it is a DTensor sharded along dim 0 alone (FSDP2's default); raises, naming
+    the parameter, for any other placement."""
+    if not isinstance(param, DTensor) or tuple(param.placements) != (Shard(0),):
+        placements = tuple(param.placements) if isinstance(param, DTensor) else "not a DTensor"
+        raise RuntimeError(
+            f"weight transport: parameter {name} is {placements}; only FSDP2's default Shard(0) is supported"
+        )
+    return param
 
 
 def _as_float(value: torch.Tensor) -> float:

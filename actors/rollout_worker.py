@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from actors.engines import Engine, create_engine
-from actors.weight_transport import BucketLayout, WeightGroup, receive_weights
+from actors.weight_transport import BucketLayout, WeightGroup, group_name, receive_weights
 from core.config import RolloutConfig
 from core.messages import Completion, Rollout, RolloutRequest, TemperatureUpdate
 
@@ -46,7 +46,7 @@ class RolloutWorker:
         self.temperature_step: int | None = None
         self.weights_version = 0
         self.weights_intact = True  # False once a streamed load failed midway: the engine then needs replacing
-        self._weight_group: WeightGroup | None = None
+        self._weight_groups: list[WeightGroup] = []  # one per learner rank, by rank
         self.engine: Engine = create_engine(config, model_path, dtype=dtype, seed=seed, max_model_len=max_model_len)
 
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
@@ -104,33 +104,40 @@ class RolloutWorker:
             )
 
     def join_weight_group(
-        self, address: str, port: int, rank: int, world_size: int, timeout_s: float, name: str
+        self, addresses: list[tuple[str, int]], rank: int, world_size: int, timeout_s: float, name: str
     ) -> None:
-        """Join the weight-transport group `name` (served by learner rank 0 at `address:port`) as `rank`, leaving
-        any earlier one; returns once every member joined. NCCL on CUDA, gloo on CPU."""
+        """Join, as `rank`, every learner rank's weight-transport group of the generation `name` (learner rank r
+        serves its group at `addresses[r]`), leaving any earlier ones; returns once every member of every group
+        joined, or raises having left those it had joined. NCCL on CUDA, gloo on CPU."""
         self.leave_weight_group()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        self._weight_group = WeightGroup(address, port, rank, world_size, backend, timeout_s, name)
+        try:
+            for learner_rank, (address, port) in enumerate(addresses):
+                group = WeightGroup(address, port, rank, world_size, backend, timeout_s, group_name(name, learner_rank))
+                self._weight_groups.append(group)
+        except Exception:
+            self.leave_weight_group()
+            raise
 
     def leave_weight_group(self) -> None:
-        """Leave the weight-transport group, if in one."""
-        group, self._weight_group = self._weight_group, None
-        if group is not None:
+        """Leave every weight-transport group, if in any."""
+        groups, self._weight_groups = self._weight_groups, []
+        for group in groups:
             group.close()
 
     def receive_weights(self, layout: BucketLayout, version: int) -> int:
-        """Stream the weights `version` that learner rank 0 broadcasts in `layout`'s buckets into the engine;
-        returns the version now loaded.
+        """Stream the weights `version` that the learner ranks broadcast in `layout`'s buckets (each rank its
+        rows, over its own group) into the engine; returns the version now loaded.
 
-        A failure before the first bucket (a member lost: the start is confirmed by every member) leaves the
-        engine as it was; one midway leaves it broken, and `info()["weights_intact"]` then says False. Either
-        way the group is left (the pool rebuilds it) and the error raised.
+        A failure before the first bucket (a member lost: the start is confirmed by every member of every group)
+        leaves the engine as it was; one midway leaves it broken, and `info()["weights_intact"]` then says
+        False. Either way the groups are left (the pool rebuilds them) and the error raised.
         """
         self._check_version(version)
-        if self._weight_group is None:
+        if not self._weight_groups:
             raise RuntimeError(f"RolloutWorker {self.name}: not in a weight-transport group (join_weight_group)")
         try:
-            weights = receive_weights(self._weight_group, layout, version)
+            weights = receive_weights(self._weight_groups, layout, version)
         except Exception:
             self.leave_weight_group()
             raise
@@ -159,7 +166,7 @@ class RolloutWorker:
         }
 
     def close(self) -> None:
-        """Leave the weight-transport group and release the engine."""
+        """Leave the weight-transport groups and release the engine."""
         self.leave_weight_group()
         self.engine.close()
 

@@ -1,25 +1,34 @@
-"""The collective weight transport, as each process sees it: a process group of its own between learner rank 0
-(rank 0 here) and every rollout worker (ranks 1..N), and the bucketed broadcast of the policy's weights over it.
+"""The collective weight transport, as each process sees it: one process group per learner rank, between that
+rank (rank 0 of its group, the sender) and every rollout worker (ranks 1..W), and the bucketed broadcast of that
+rank's shards of the policy's weights over it.
 
-Why a group of its own: the learner's ranks already share torch's default group (FSDP2), and vLLM builds one for
-itself inside each rollout worker; this group is a standalone `ProcessGroupGloo` (CPU) or `ProcessGroupNCCL`
-(GPU) on its own `TCPStore`, registered nowhere, so neither of the others sees it. Gloo and NCCL share every line
-here but the constructor and the device of the tensors.
+Why groups of their own: the learner's ranks already share torch's default group (FSDP2), and vLLM builds one
+for itself inside each rollout worker; each weight group is a standalone `ProcessGroupGloo` (CPU) or
+`ProcessGroupNCCL` (GPU) on its own `TCPStore`, registered nowhere, so neither of the others sees it. Gloo and
+NCCL share every line here but the constructor and the device of the tensors. Why one group per learner rank:
+nothing is gathered. FSDP2 splits every parameter along dim 0 over the R learner ranks (`chunk_rows`); each rank
+broadcasts its own rows to the workers, and a worker joins the R parts of each tensor. In one group holding every
+learner rank a broadcast would also send each rank's shards to the other learner ranks.
 
-One sync, in order:
-1. rank 0 broadcasts a header `[version, buckets, elements]`, and an all-reduce confirms that every member
-   holds it. A member that is dead or hung fails this step, before any worker has touched its engine;
-2. rank 0 broadcasts the weights in the order of the `BucketLayout` every member was given: tensors are packed
-   into flat buckets of about `bucket_bytes` in the publish dtype (one tensor larger than a bucket is sent by
-   itself, without a copy). Rank 0 keeps at most one bucket in flight while it fills the next; each worker
-   posts the receive of the next bucket while its engine consumes the current one;
-3. on any error a member drops the group, which closes its connections, so the other members fail at once
-   instead of waiting for the timeout; the group is then rebuilt (`cluster/weight_sync.py`).
+One sync, in order, in each of the R groups at once:
+1. learner rank r broadcasts a header `[version, buckets, ranks, elements of rank r]`, and an all-reduce confirms
+   that every member holds it. A worker checks the header of every group before it yields a single tensor, so a
+   member that is dead or hung fails this step before any worker has touched its engine;
+2. learner rank r broadcasts its part of each bucket of the `BucketLayout` every member was given: the buckets
+   are cut over whole tensors (about `bucket_bytes` each, in the publish dtype), and rank r's part of a bucket is
+   its rows of those tensors, packed flat and cast on the way (about `bucket_bytes / R`; one tensor larger than
+   a bucket is a bucket by itself, sent without a copy when its shard is already in the publish dtype; an empty
+   part is not sent at all). A sender keeps at most one part in flight while it fills the next; each worker posts
+   the receives of the next bucket's R parts while its engine consumes the current one;
+3. on any error a member drops its groups, which closes their connections, so the other members fail at once
+   instead of waiting for the timeout; the groups are then rebuilt (`cluster/weight_sync.py`).
 
 Sizes at the paper's scale (bf16 publish dtype, `rollout.weight_bucket_mb=512`): DeepSeek-R1-Distill-Qwen-1.5B
 (1.78B parameters, untied head) is 3.55 GB per worker per sync, about 7 buckets; the 7B (7.62B) is 15.2 GB, about
-29 buckets. Rank 0 holds two buckets (1.07 GB) and the module being gathered: the largest is the root, embedding
-plus output head (0.93 GB at 1.5B, 2.18 GB at 7B; a decoder layer is 0.47 GB at 7B). With NCCL all of it is
+29 buckets. Each learner rank sends 1/R of that (3.55 GB / R and 15.2 GB / R), and holds at most two of its
+bucket parts beside its shards, nothing gathered: 2 x 537 MB / R = 1.07 GB / R at 1.5B (its embedding and head,
+0.47 GB each, fit in a bucket). At 7B the embedding and the head (1.09 GB each) are larger than a bucket, so each
+is a bucket of its own: the head's part and the next bucket's make 1.63 GB / R at most. With NCCL all of it is
 device memory; on CPU (gloo) it is host memory. The object store instead puts the whole gathered float32 model
 (7.1 GB / 30.5 GB) and its bf16 copy on rank 0's host.
 """
@@ -27,9 +36,10 @@ device memory; on CPU (gloo) it is host memory. The object store instead puts th
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,34 +48,72 @@ import torch.distributed as dist
 BACKENDS = ("gloo", "nccl")
 
 
+def chunk_rows(length: int, ranks: int) -> tuple[int, ...]:
+    """How FSDP2's `Shard(0)` splits `length` rows over `ranks` ranks (`torch.chunk`'s rule): chunks of
+    ceil(length / ranks) rows, the last ones shorter or empty."""
+    if ranks < 1:
+        raise ValueError(f"chunk_rows: ranks={ranks} < 1")
+    size = -(-length // ranks)
+    return tuple(max(0, min(size, length - rank * size)) for rank in range(ranks))
+
+
+def group_name(name: str, rank: int) -> str:
+    """The name of learner rank `rank`'s weight group in the generation of groups called `name`."""
+    return f"{name}-r{rank}"
+
+
 @dataclass(frozen=True)
 class TensorSpec:
-    """One weight: its Hugging Face name and shape (its dtype is the layout's)."""
+    """One weight: its Hugging Face name, its full shape and how its dim 0 is split over the learner ranks
+    (`rows[r]` rows on rank r, in rank order; they sum to `shape[0]`). Its dtype is the layout's."""
 
     name: str
     shape: tuple[int, ...]
+    rows: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.shape or not self.rows or sum(self.rows) != self.shape[0] or min(self.rows) < 0:
+            raise ValueError(f"TensorSpec {self.name}: rows={self.rows} do not split dim 0 of shape {self.shape}")
 
     @property
     def numel(self) -> int:
         """Number of elements."""
         return math.prod(self.shape)
 
+    def part_shape(self, rank: int) -> tuple[int, ...]:
+        """The shape of learner rank `rank`'s rows."""
+        return (self.rows[rank], *self.shape[1:])
+
+    def part_numel(self, rank: int) -> int:
+        """Number of elements on learner rank `rank`."""
+        return math.prod(self.part_shape(rank))
+
 
 @dataclass(frozen=True)
 class BucketLayout:
     """How one sync's weights are cut into buckets: `buckets[k]` lists the tensors of bucket k, in order.
 
-    Every member of the group holds the same layout (rank 0 builds it, the pool hands it to the workers), so a
-    bucket's bytes need no names on the wire.
+    Every member of every group holds the same layout (the learner builds it, the pool hands it to the workers),
+    so no bytes on the wire need names. Every tensor is split over the same number of learner ranks.
     """
 
     dtype: str
     buckets: tuple[tuple[TensorSpec, ...], ...]
 
+    def __post_init__(self) -> None:
+        counts = {len(spec.rows) for bucket in self.buckets for spec in bucket}
+        if len(counts) > 1:
+            raise ValueError(f"BucketLayout: tensors split over different numbers of ranks {sorted(counts)}")
+
     @property
     def torch_dtype(self) -> torch.dtype:
         """The publish dtype as a torch dtype."""
         return getattr(torch, self.dtype)
+
+    @property
+    def ranks(self) -> int:
+        """The number of learner ranks the tensors are split over (1 for an empty layout)."""
+        return next((len(spec.rows) for bucket in self.buckets for spec in bucket), 1)
 
     @property
     def names(self) -> list[str]:
@@ -74,18 +122,27 @@ class BucketLayout:
 
     @property
     def numel(self) -> int:
-        """Elements sent per sync."""
+        """Elements sent per sync (to each worker, by all learner ranks together)."""
         return sum(spec.numel for bucket in self.buckets for spec in bucket)
 
     @property
     def nbytes(self) -> int:
-        """Bytes sent per sync (to each worker)."""
+        """Bytes sent per sync (to each worker, by all learner ranks together)."""
         return self.numel * self.torch_dtype.itemsize
+
+    def part_numel(self, bucket: int, rank: int) -> int:
+        """Elements of learner rank `rank`'s part of bucket `bucket`."""
+        return sum(spec.part_numel(rank) for spec in self.buckets[bucket])
+
+    def rank_numel(self, rank: int) -> int:
+        """Elements learner rank `rank` sends per sync (to each worker)."""
+        return sum(self.part_numel(k, rank) for k in range(len(self.buckets)))
 
 
 def plan_buckets(specs: Iterable[TensorSpec], dtype: torch.dtype, bucket_bytes: int) -> BucketLayout:
-    """Pack `specs`, in order, into buckets of at most `bucket_bytes`; a tensor larger than that gets a bucket of
-    its own. The order is kept, so that tensors arrive in the order the sender produces them."""
+    """Pack `specs`, in order, into buckets of at most `bucket_bytes` of whole tensors (so each learner rank's
+    part of a bucket is about `bucket_bytes / R`); a tensor larger than that gets a bucket of its own. The order
+    is kept, so that tensors arrive in the order the senders produce them."""
     if bucket_bytes < 1:
         raise ValueError(f"plan_buckets: bucket_bytes={bucket_bytes} < 1")
     capacity = max(1, bucket_bytes // dtype.itemsize)
@@ -101,7 +158,8 @@ def plan_buckets(specs: Iterable[TensorSpec], dtype: torch.dtype, bucket_bytes: 
 
 
 class WeightGroup:
-    """This process's membership of one weight-transport group (rank 0: learner rank 0, sender)."""
+    """This process's membership of one weight-transport group (rank 0: the learner rank whose group it is, the
+    sender; ranks 1..W: the rollout workers)."""
 
     def __init__(
         self, address: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float, name: str
@@ -132,14 +190,27 @@ class WeightGroup:
         else:
             self._group = dist.ProcessGroupNCCL(self._store, rank, world_size, timeout)
         self._keep_store = store  # rank 0 serves the store for as long as the group lives
+        # Posted operations by ticket: the group holds their only handles, so that `close` can drop them even
+        # while an exception's traceback keeps a caller's frames alive (a handle keeps the connections open).
+        self._posted: dict[int, dist.Work] = {}
+        self._tickets = itertools.count()
 
-    def broadcast(self, tensor: torch.Tensor, wait: bool = True) -> dist.Work | None:
-        """Broadcast `tensor` from rank 0 in place (on every rank); with `wait=False`, return the work handle."""
-        work = self._group.broadcast([tensor], dist.BroadcastOptions())
-        if wait:
-            work.wait()
-            return None
-        return work
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        """Broadcast `tensor` from rank 0 in place (on every rank); returns when it is done."""
+        self.wait(self.post(tensor))
+
+    def post(self, tensor: torch.Tensor) -> int:
+        """Start broadcasting `tensor` from rank 0 in place; returns the ticket to `wait` on."""
+        ticket = next(self._tickets)
+        self._posted[ticket] = self._group.broadcast([tensor], dist.BroadcastOptions())
+        return ticket
+
+    def wait(self, ticket: int) -> None:
+        """Wait for the broadcast `post` started as `ticket` (raises if it failed)."""
+        try:
+            self._posted[ticket].wait()
+        finally:
+            self._posted.pop(ticket, None)
 
     def confirm(self) -> None:
         """All-reduce a one: returns only when every member reached this point (raises otherwise)."""
@@ -149,94 +220,135 @@ class WeightGroup:
             raise RuntimeError(f"WeightGroup: {int(ones.item())} of {self.world_size} members confirmed")
 
     def close(self) -> None:
-        """Leave the group: drop its connections (members still waiting on this one fail at once)."""
+        """Leave the group: drop its connections and the operations still posted on it (members still waiting
+        on this one fail at once)."""
         group = self.__dict__.pop("_group", None)
         if group is not None and self.backend == "nccl":
             group.abort()
         del group
+        self._posted.clear()
         self.__dict__.pop("_store", None)
         self.__dict__.pop("_keep_store", None)
 
 
 def send_weights(
-    group: WeightGroup, layout: BucketLayout, version: int, weights: Iterator[tuple[str, torch.Tensor]]
+    group: WeightGroup, layout: BucketLayout, rank: int, version: int, shards: Iterator[tuple[str, torch.Tensor]]
 ) -> None:
-    """Rank 0: broadcast `weights` (name, tensor), which must come in the layout's order, bucket by bucket.
+    """Learner rank `rank`, rank 0 of its own `group`: broadcast its rows of every weight, bucket by bucket.
 
-    Each tensor is cast to the publish dtype while packed. Holds at most two buckets at once (one in flight,
-    one filling) besides what `weights` holds. Each tensor is used before `weights` is advanced (copied into
-    its bucket, or, alone in a bucket, sent as it is: no copy when it is in the publish dtype already), so the
-    producer may free it as soon as the next one is asked for.
+    `shards` yields (name, this rank's rows of the tensor) in the layout's order; a shard whose name or shape
+    is not what the layout expects raises, naming it. Each bucket part is packed flat and cast to the publish
+    dtype as the shards come (a part alone in its bucket is sent as it is when already contiguous in that
+    dtype); a part with no elements is not sent. Holds at most two parts at once (one in flight, one filling)
+    besides what `shards` holds. Returns once every worker has received every part.
     """
-    dtype = layout.torch_dtype
-    _header(group, layout, version)
-    in_flight: tuple[dist.Work, torch.Tensor] | None = None  # (the broadcast, the bucket it sends)
+    _header(group, layout, rank, version)
+    in_flight: tuple[int, torch.Tensor] | None = None  # (the broadcast's ticket, the part it sends)
     for bucket in layout.buckets:
-        if len(bucket) == 1:  # sent as it is, before the producer may free it
-            tensor = _checked(next(weights), bucket[0])
-            if in_flight is not None:
-                in_flight[0].wait()
-                in_flight = None
-            group.broadcast(tensor.to(device=group.device, dtype=dtype).contiguous())
-            del tensor
-            continue
-        flat = torch.empty(sum(spec.numel for spec in bucket), dtype=dtype, device=group.device)
-        offset = 0
-        for spec in bucket:  # copied (and cast) as it comes: the producer frees a module when it moves on
-            flat[offset : offset + spec.numel].copy_(_checked(next(weights), spec).reshape(-1))
-            offset += spec.numel
+        part = _pack(bucket, rank, shards, layout.torch_dtype, group.device)
         if in_flight is not None:
-            in_flight[0].wait()
-        in_flight = (group.broadcast(flat, wait=False), flat)  # the previous bucket is freed here
-        del flat
+            group.wait(in_flight[0])
+            in_flight = None  # the previous part is freed here
+        if part.numel():
+            in_flight = (group.post(part), part)
+        del part
     if in_flight is not None:
-        in_flight[0].wait()
+        group.wait(in_flight[0])
 
 
-def _checked(item: tuple[str, torch.Tensor], spec: TensorSpec) -> torch.Tensor:
-    """The tensor of `item`, after checking that it is the one the layout expects next."""
-    name, tensor = item
-    if name != spec.name or tuple(tensor.shape) != spec.shape:
-        raise RuntimeError(f"send_weights: got {name} {tuple(tensor.shape)}, the layout expects {spec}")
-    return tensor
+def _pack(
+    bucket: tuple[TensorSpec, ...],
+    rank: int,
+    shards: Iterator[tuple[str, torch.Tensor]],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """Learner rank `rank`'s part of `bucket`, flat, in `dtype` on `device`, from the next shards of `shards`."""
+    if len(bucket) == 1:  # no copy when the shard is already contiguous in `dtype` on `device`
+        return _checked(next(shards), bucket[0], rank).to(device=device, dtype=dtype).contiguous().view(-1)
+    part = torch.empty(sum(spec.part_numel(rank) for spec in bucket), dtype=dtype, device=device)
+    offset = 0
+    for spec in bucket:
+        numel = spec.part_numel(rank)
+        part[offset : offset + numel].copy_(_checked(next(shards), spec, rank).reshape(-1))
+        offset += numel
+    return part
 
 
-def receive_weights(group: WeightGroup, layout: BucketLayout, version: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Ranks 1..N: the weights rank 0 sends with `send_weights`, as (name, tensor) in the layout's order.
+def _checked(item: tuple[str, torch.Tensor], spec: TensorSpec, rank: int) -> torch.Tensor:
+    """The shard of `item`, after checking that it is learner rank `rank`'s rows of the tensor the layout
+    expects next."""
+    name, shard = item
+    if name != spec.name or tuple(shard.shape) != spec.part_shape(rank):
+        raise RuntimeError(
+            f"send_weights: learner rank {rank} got {name} of local shape {tuple(shard.shape)}, the layout expects "
+            f"{spec.name} {spec.shape} with rows {spec.rows}: local shape {spec.part_shape(rank)}"
+        )
+    return shard
 
-    The header is checked when this is called (before anything is yielded, so a failed start leaves the
-    caller's engine untouched); the receive of bucket k+1 is posted before bucket k's tensors are yielded.
-    Each bucket is a fresh tensor, so the consumer may keep references to what it was given.
+
+def receive_weights(
+    groups: Sequence[WeightGroup], layout: BucketLayout, version: int
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """A worker (ranks 1..W of every group; `groups[r]` is learner rank r's): the weights the learner ranks send
+    with `send_weights`, as (name, full tensor) in the layout's order.
+
+    The header of every group is checked when this is called (before anything is yielded, so a failed start
+    leaves the caller's engine untouched). The receives of bucket k+1's parts are posted before bucket k's
+    tensors are yielded. Each tensor is joined from its R row ranges into fresh memory (a tensor held by one
+    rank alone is a view of its fresh part), so the consumer may keep what it was given.
     """
-    _header(group, layout, version)
-    return _bucket_stream(group, layout)
+    if len(groups) != layout.ranks:
+        raise ValueError(f"receive_weights: {len(groups)} groups, the layout splits tensors over {layout.ranks} ranks")
+    for rank, group in enumerate(groups):
+        _header(group, layout, rank, version)
+    return _bucket_stream(groups, layout)
 
 
-def _bucket_stream(group: WeightGroup, layout: BucketLayout) -> Iterator[tuple[str, torch.Tensor]]:
+def _bucket_stream(groups: Sequence[WeightGroup], layout: BucketLayout) -> Iterator[tuple[str, torch.Tensor]]:
     dtype = layout.torch_dtype
 
-    def post(k: int) -> tuple[dist.Work, torch.Tensor]:
-        flat = torch.empty(sum(s.numel for s in layout.buckets[k]), dtype=dtype, device=group.device)
-        return group.broadcast(flat, wait=False), flat
+    def post(k: int) -> list[tuple[int | None, torch.Tensor]]:
+        """Post the receive of every non-empty part of bucket k, one per group: (ticket, part)."""
+        parts = []
+        for rank, group in enumerate(groups):
+            part = torch.empty(layout.part_numel(k, rank), dtype=dtype, device=group.device)
+            parts.append((group.post(part) if part.numel() else None, part))
+        return parts
 
     pending = post(0) if layout.buckets else None
     for k, bucket in enumerate(layout.buckets):
-        work, flat = pending
-        work.wait()
+        parts = []
+        for group, (ticket, part) in zip(groups, pending, strict=True):
+            if ticket is not None:
+                group.wait(ticket)
+            parts.append(part)
         pending = post(k + 1) if k + 1 < len(layout.buckets) else None
-        offset = 0
+        offsets = [0] * len(parts)
         for spec in bucket:
-            yield spec.name, flat[offset : offset + spec.numel].view(spec.shape)
-            offset += spec.numel
+            pieces = []
+            for rank, part in enumerate(parts):
+                numel = spec.part_numel(rank)
+                pieces.append(part[offsets[rank] : offsets[rank] + numel].view(spec.part_shape(rank)))
+                offsets[rank] += numel
+            yield spec.name, _joined(pieces)
 
 
-def _header(group: WeightGroup, layout: BucketLayout, version: int) -> None:
-    """Rank 0 sends `[version, buckets, elements]`; every rank checks it against its own, then all confirm."""
-    mine = [version, len(layout.buckets), layout.numel]
-    header = torch.tensor(mine if group.rank == 0 else [0, 0, 0], dtype=torch.int64, device=group.device)
+def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:
+    """The full tensor from its row ranges: the one non-empty piece itself, else their concatenation."""
+    held = [piece for piece in pieces if piece.numel()]
+    return held[0] if len(held) == 1 else torch.cat(pieces)
+
+
+def _header(group: WeightGroup, layout: BucketLayout, rank: int, version: int) -> None:
+    """Learner rank `rank` sends `[version, buckets, ranks, its elements]` in its `group`; every member checks
+    it against its own, then all confirm."""
+    mine = [version, len(layout.buckets), layout.ranks, layout.rank_numel(rank)]
+    header = torch.tensor(mine if group.rank == 0 else [0] * len(mine), dtype=torch.int64, device=group.device)
     group.broadcast(header)
     if header.tolist() != mine:
         raise RuntimeError(
-            f"weight transport: rank 0 sends [version, buckets, elements] {header.tolist()}, this rank expects {mine}"
+            f"weight transport: learner rank {rank} sends [version, buckets, ranks, elements] {header.tolist()}, "
+            f"this member expects {mine}"
         )
     group.confirm()

@@ -26,8 +26,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.machine import cpu_description
+
+if TYPE_CHECKING:
+    from actors.weight_transport import BucketLayout
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {"1M": (128, 512, 4), "9M": (384, 1536, 4), "50M": (768, 3072, 6), "150M": (1024, 4096, 10)}
@@ -48,12 +52,12 @@ class Row:
     peak_host_bytes: int
     bytes_per_worker: int
     bound_bytes: int
-    """Collective target: two buckets plus the largest FSDP2 module, in the publish dtype."""
+    """Collective target: two of learner rank 0's bucket parts (its rows of two buckets: the two largest, in the
+    publish dtype); nothing is gathered."""
 
 
-def build_policy(base: Path, out: Path, hidden: int, mlp: int, layers: int, seed: int = 0) -> tuple[int, int]:
-    """Save a random Qwen2 policy of this shape, with `base`'s tokenizer, to `out`; returns (parameters, bytes
-    of its largest FSDP2 module in float32: a decoder layer, or the root's embedding and norm)."""
+def build_policy(base: Path, out: Path, hidden: int, mlp: int, layers: int, seed: int = 0) -> int:
+    """Save a random Qwen2 policy of this shape, with `base`'s tokenizer, to `out`; returns its parameter count."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -68,9 +72,7 @@ def build_policy(base: Path, out: Path, hidden: int, mlp: int, layers: int, seed
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out)
-    params = sum(p.numel() for p in model.parameters())
-    layer = sum(p.numel() for p in model.model.layers[0].parameters())
-    return params, 4 * max(layer, params - layers * layer)
+    return sum(p.numel() for p in model.parameters())
 
 
 class RssSampler:
@@ -102,7 +104,7 @@ class RssSampler:
         return self.peak - self.baseline
 
 
-def measure(model: Path, params: int, module_bytes: int, workers: int, args: argparse.Namespace) -> list[Row]:
+def measure(model: Path, params: int, workers: int, args: argparse.Namespace) -> list[Row]:
     """Both transports on one model and worker count: a learner group, a pool, warm-up, then timed syncs."""
     import launch
     from cluster.build import build_rollout_pool
@@ -127,7 +129,7 @@ def measure(model: Path, params: int, module_bytes: int, workers: int, args: arg
         pool = build_rollout_pool(cfg, model)
         stack.callback(pool.shutdown)
         pid = _pid(learner.actors[0])
-        layout_bytes = learner.weight_layout(bucket_bytes).nbytes
+        layout = learner.weight_layout(bucket_bytes)
         version = 0
         for transport in TRANSPORTS:
             pool.transport = make_transport(transport, args.bucket_mb, cfg.rollout.sync_timeout_s)
@@ -148,13 +150,20 @@ def measure(model: Path, params: int, module_bytes: int, workers: int, args: arg
                 workers=workers,
                 seconds=statistics.median(seconds),
                 peak_host_bytes=max(peaks),
-                bytes_per_worker=layout_bytes,
-                bound_bytes=2 * bucket_bytes + module_bytes,
+                bytes_per_worker=layout.nbytes,
+                bound_bytes=rank0_bound(layout),
             )
             print(json.dumps(asdict(row)), flush=True)
             rows.append(row)
             assert pool.restarts == 0 and {i["weights_version"] for i in pool.info()} == {version}
     return rows
+
+
+def rank0_bound(layout: BucketLayout) -> int:
+    """Bytes learner rank 0 may hold during a collective sync beside its shards: its parts of the two largest
+    buckets (one in flight, one filling), in the publish dtype."""
+    parts = sorted(layout.part_numel(k, 0) for k in range(len(layout.buckets)))
+    return sum(parts[-2:]) * layout.torch_dtype.itemsize
 
 
 def _pid(actor) -> int:
@@ -190,9 +199,9 @@ def run(args: argparse.Namespace) -> dict:
             for label in args.sizes:
                 hidden, mlp, layers = SIZES[label]
                 model = Path(tmp) / label
-                params, module_bytes = build_policy(base, model, hidden, mlp, layers)
+                params = build_policy(base, model, hidden, mlp, layers)
                 for workers in args.workers:
-                    rows.extend(measure(model, params, module_bytes, workers, args))
+                    rows.extend(measure(model, params, workers, args))
     finally:
         ray.shutdown()
     return {
@@ -226,7 +235,7 @@ def markdown(doc: dict) -> str:
         "weights built locally; loopback only.",
         "",
         "| params | workers | MB per worker | object store s | collective s | speed-up | object store peak MB "
-        "| collective peak MB | collective bound MB (2 buckets + largest module) |",
+        "| collective peak MB | collective bound MB (2 of rank 0's bucket parts) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for params, workers in sorted({(r["params"], r["workers"]) for r in rows}):

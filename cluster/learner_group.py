@@ -11,6 +11,7 @@ loopback interface; only when Ray had to spread the ranks over nodes do they mee
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 from typing import Any
@@ -28,12 +29,15 @@ ACTOR_NAME = "e3/learner-{rank}"
 
 
 @ray.remote(num_cpus=0)
-def _rendezvous_address(loopback: bool) -> tuple[str, int]:
-    """A host address of this node (127.0.0.1 when `loopback`) and a TCP port that is free on it right now."""
+def _rendezvous_addresses(loopback: bool, count: int = 1) -> list[tuple[str, int]]:
+    """A host address of this node (127.0.0.1 when `loopback`) with each of `count` distinct TCP ports that are
+    free on it right now (held open together while probed, so that no two are the same)."""
     host = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return host, int(probe.getsockname()[1])
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [(host, int(probe.getsockname()[1])) for probe in probes]
 
 
 def _wait_all(refs: list[ray.ObjectRef], fetch: bool = True) -> list[Any]:
@@ -89,8 +93,8 @@ class LearnerGroup:
                 f"{self._placement.bundle_specs[0]} each within {ready_timeout_s} s "
                 f"(cluster resources: {ray.cluster_resources()})"
             ) from error
-        master_addr, master_port = ray.get(
-            _rendezvous_address.options(scheduling_strategy=self._in_bundle(0)).remote(self._on_one_node())
+        [(master_addr, master_port)] = ray.get(
+            _rendezvous_addresses.options(scheduling_strategy=self._in_bundle(0)).remote(self._on_one_node())
         )
         actor_class = ray.remote(num_cpus=config.num_cpus, num_gpus=config.num_gpus)(Learner)
         self.actors = [
@@ -134,28 +138,43 @@ class LearnerGroup:
     # ------------------------------------------------ the collective weight transport (cluster/weight_sync.py)
 
     def weight_layout(self, bucket_bytes: int) -> BucketLayout:
-        """The buckets a collective weight sync sends (`Learner.weight_layout`, asked of rank 0)."""
+        """The buckets a collective weight sync sends (`Learner.weight_layout`, asked of rank 0: every rank's
+        answer is the same)."""
         return ray.get(self.actors[0].weight_layout.remote(bucket_bytes))
 
-    def weight_group_address(self, loopback: bool) -> tuple[str, int]:
-        """Where rank 0 can serve a weight-transport group: 127.0.0.1 when `loopback` (every member on rank 0's
-        node), else rank 0's node address; and a port free there now."""
-        return ray.get(_rendezvous_address.options(scheduling_strategy=self._in_bundle(0)).remote(loopback))
-
-    def rank0_node_id(self) -> str:
-        """The Ray node id of rank 0's node."""
-        return placement_group_table(self._placement)["bundles_to_node_id"][0]
+    def weight_group_addresses(self, loopback: bool) -> list[tuple[str, int]]:
+        """Where each rank can serve its weight-transport group, by rank: 127.0.0.1 when `loopback` (every member
+        of every group on one node), else the rank's node address; and a port free there now, distinct from the
+        other ranks' on the same node."""
+        ranks_on: dict[str, list[int]] = {}
+        for rank, node in enumerate(self.node_ids()):
+            ranks_on.setdefault(node, []).append(rank)
+        probes = {
+            node: _rendezvous_addresses.options(scheduling_strategy=self._in_bundle(ranks[0])).remote(
+                loopback, len(ranks)
+            )
+            for node, ranks in ranks_on.items()
+        }
+        addresses: dict[int, tuple[str, int]] = {}
+        for node, ranks in ranks_on.items():
+            addresses.update(zip(ranks, ray.get(probes[node]), strict=True))
+        return [addresses[rank] for rank in range(self.num_ranks)]
 
     def join_weight_group(
-        self, address: str, port: int, world_size: int, timeout_s: float, name: str
+        self, addresses: list[tuple[str, int]], world_size: int, timeout_s: float, name: str
     ) -> list[ray.ObjectRef]:
-        """Start rank 0 joining the weight-transport group `name` (`Learner.join_weight_group`); the refs to
-        wait on, together with the workers' joins."""
-        return [actor.join_weight_group.remote(address, port, world_size, timeout_s, name) for actor in self.actors]
+        """Start every rank joining its own weight-transport group of the generation `name`, served at its
+        entry of `addresses` (`Learner.join_weight_group`); the refs to wait on, together with the workers'
+        joins."""
+        return [
+            actor.join_weight_group.remote(address, port, world_size, timeout_s, name)
+            for actor, (address, port) in zip(self.actors, addresses, strict=True)
+        ]
 
     def broadcast_weights(self, layout: BucketLayout, version: int) -> list[ray.ObjectRef]:
-        """Start a collective weight sync of `version` on every rank (`Learner.broadcast_weights`); the refs to
-        wait on, together with the workers' receives. Rank 0's ref holds None or the transport's error."""
+        """Start a collective weight sync of `version` on every rank (`Learner.broadcast_weights`: each sends its
+        own shards); the refs to wait on, together with the workers' receives. Each holds None or that rank's
+        transport error."""
         return [actor.broadcast_weights.remote(layout, version) for actor in self.actors]
 
     def save(self, path: str) -> None:

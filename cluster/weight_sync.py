@@ -1,16 +1,18 @@
 """How the learner's weights reach the rollout workers: two transports behind one `push`.
 
-- `collective` (the default): learner rank 0 broadcasts the weights in buckets of `rollout.weight_bucket_mb`,
-  in the publish dtype, over a process group of its own with every rollout worker (gloo on CPU, NCCL on GPU;
-  `actors/weight_transport.py`); the learner gathers its FSDP2 shards module by module as it sends, and each
-  worker streams the buckets into its engine. Nothing goes through Ray's object store but the bucket layout.
+- `collective` (the default): every learner rank broadcasts its own FSDP2 shards of the weights, in buckets of
+  `rollout.weight_bucket_mb` (over whole tensors, so a rank's part is about 1/R of that), in the publish dtype,
+  over a process group of its own with every rollout worker (gloo on CPU, NCCL on GPU;
+  `actors/weight_transport.py`); nothing is gathered. Each worker is a member of every rank's group, joins each
+  tensor's rows as the parts arrive and streams the tensors into its engine. Nothing goes through Ray's object
+  store but the bucket layout.
 - `object_store`: rank 0 gathers the full state dict and puts it in Ray's object store; every worker fetches
   and deserialises its own copy (kept as the fallback, and for tests).
 
 Bytes per sync at the paper's scale (bf16): the 1.5B policy (1.78B parameters, untied head) is 3.55 GB to each
 worker, the 7B (7.62B) 15.2 GB. The object store also holds one serialised copy on rank 0's node, after a full
-float32 gather on rank 0's host (7.1 GB / 30.5 GB); the collective sends from rank 0's device, with two buckets
-and one module there at a time (arithmetic in `actors/weight_transport.py`).
+float32 gather on rank 0's host (7.1 GB / 30.5 GB); the collective sends from each learner rank's device 1/R of
+the bytes, with at most two of its bucket parts there at a time (arithmetic in `actors/weight_transport.py`).
 
 `push` never raises for a lost worker: it returns, per worker, the error that kept it from loading the version,
 and the pool (`cluster/rollout_pool.py`) replaces the workers that are dead, hung or left broken, then pushes
@@ -38,10 +40,10 @@ class WeightSource(Protocol):
 
     def state_dict_ref(self) -> ray.ObjectRef: ...
     def weight_layout(self, bucket_bytes: int) -> BucketLayout: ...
-    def weight_group_address(self, loopback: bool) -> tuple[str, int]: ...
-    def rank0_node_id(self) -> str: ...
+    def weight_group_addresses(self, loopback: bool) -> list[tuple[str, int]]: ...
+    def node_ids(self) -> list[str]: ...
     def join_weight_group(
-        self, address: str, port: int, world_size: int, timeout_s: float, name: str
+        self, addresses: list[tuple[str, int]], world_size: int, timeout_s: float, name: str
     ) -> list[ray.ObjectRef]: ...
     def broadcast_weights(self, layout: BucketLayout, version: int) -> list[ray.ObjectRef]: ...
 
@@ -86,9 +88,10 @@ class ObjectStoreTransport:
 
 
 class CollectiveTransport:
-    """Bucketed broadcast from learner rank 0 over a process group of its own (see the module docstring).
+    """Bucketed broadcasts from every learner rank, each over a process group of its own with every worker (see
+    the module docstring).
 
-    The group is built for the set of workers a push addresses, and rebuilt whenever that set changes (a
+    The groups are built for the set of workers a push addresses, and rebuilt whenever that set changes (a
     worker replaced, or a push to the replacement alone) or a push failed.
     """
 
@@ -132,19 +135,20 @@ class CollectiveTransport:
         self._members = None
 
     def _build(self, source: WeightSource, workers: dict[int, Any]) -> dict[int, Exception]:
-        """(Re)build the group of learner rank 0 and `workers`, ranks 1.. in index order; the errors of the
-        workers that could not join (none: the group is up)."""
-        nodes = {source.rank0_node_id()} | set(ray.get([w.__ray_call__.remote(_node_id) for w in workers.values()]))
-        address, port = source.weight_group_address(loopback=len(nodes) == 1)
+        """(Re)build the groups, one per learner rank, each of that rank and `workers` (ranks 1.. in index
+        order); the errors of the workers that could not join (none: the groups are up). The groups meet on
+        127.0.0.1 when every learner rank and every worker sits on one node, else at each rank's node address."""
+        nodes = set(source.node_ids()) | set(ray.get([w.__ray_call__.remote(_node_id) for w in workers.values()]))
+        addresses = source.weight_group_addresses(loopback=len(nodes) == 1)
         self._generation += 1
         name = f"e3-weights-{self._generation}"
         world_size = 1 + len(workers)
-        learner_refs = source.join_weight_group(address, port, world_size, self.group_timeout_s, name)
+        learner_refs = source.join_weight_group(addresses, world_size, self.group_timeout_s, name)
         worker_refs = {
-            i: worker.join_weight_group.remote(address, port, rank, world_size, self.group_timeout_s, name)
+            i: worker.join_weight_group.remote(addresses, rank, world_size, self.group_timeout_s, name)
             for rank, (i, worker) in enumerate(sorted(workers.items()), start=1)
         }
-        log.info("weight transport: group %s of %d members at %s:%d", name, world_size, address, port)
+        log.info("weight transport: groups %s-r* of %d members each at %s", name, world_size, addresses)
         return self._wait(workers, worker_refs, learner_refs, self.timeout_s)[1]
 
     def _wait(
@@ -156,7 +160,8 @@ class CollectiveTransport:
     ) -> tuple[dict[int, Any], dict[int, Exception]]:
         """One deadline for the workers' and the learner's refs; workers still busy then are killed, which
         frees the others (their connections close), and the learner is then waited for (a learner error is not a
-        worker's fault: it raises). Returns the workers' (values, errors)."""
+        worker's fault: it raises). A learner rank that reports a transport error (it left its group) is logged
+        and the groups are rebuilt on the next push. Returns the workers' (values, errors)."""
         keyed: dict[Any, ray.ObjectRef] = {("worker", i): ref for i, ref in worker_refs.items()}
         keyed.update({("learner", r): ref for r, ref in enumerate(learner_refs)})
         values, errors = wait_all(keyed, timeout_s)
@@ -165,7 +170,7 @@ class CollectiveTransport:
             log.warning("weight transport: rollout worker %d did not answer within %.0f s; killing it", i, timeout_s)
             ray.kill(workers[i], no_restart=True)
         late = {key: keyed[key] for key, error in errors.items() if key[0] == "learner"}
-        if late:  # rank 0 was sending to a worker just killed: it is free now
+        if late:  # a learner rank was sending to a worker just killed: it is free now
             late_values, late_errors = wait_all(late, self.timeout_s)
             values.update(late_values)
             errors = {key: error for key, error in errors.items() if key[0] == "worker"} | late_errors
@@ -174,9 +179,10 @@ class CollectiveTransport:
             raise RuntimeError(f"weight transport: the learner failed: {learner_errors}") from next(
                 iter(learner_errors.values())
             )
-        sent = values.get(("learner", 0))
-        if sent is not None:
-            log.warning("weight transport: learner rank 0 could not send: %s", sent)
+        for (kind, rank), failure in values.items():
+            if kind == "learner" and failure is not None:
+                log.warning("weight transport: learner rank %d could not send: %s", rank, failure)
+                self._members = None
         worker_values = {key[1]: v for key, v in values.items() if key[0] == "worker"}
         worker_errors = {key[1]: e for key, e in errors.items() if key[0] == "worker"}
         return worker_values, worker_errors

@@ -1,7 +1,9 @@
-"""The collective weight transport and the rollout pool's fault tolerance, on a real local Ray cluster: a real
-FSDP2 learner group (two gloo ranks) broadcasts its weights to real rollout workers (vLLM and transformers), and
-workers killed (SIGKILL) or hung (fakes) during a weight sync, a temperature update, held-out evaluation or
-generation are replaced without any work counted twice."""
+"""The collective weight transport and the rollout pool's fault tolerance. Without Ray: two senders (the learner
+ranks, each its own group) and two receivers (the workers, members of both groups) as threads of this process,
+with uneven row splits. On a real local Ray cluster: a real FSDP2 learner group (two gloo ranks, each sending its
+own shards) broadcasts its weights to real rollout workers (vLLM and transformers), and workers killed (SIGKILL)
+or hung (fakes) during a weight sync, a temperature update, held-out evaluation or generation are replaced
+without any work counted twice."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import pytest
@@ -18,8 +22,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from actors.learner import _dim0_sharded
 from actors.rollout_worker import RolloutWorker
-from actors.weight_transport import TensorSpec, plan_buckets
+from actors.weight_transport import (
+    BucketLayout,
+    TensorSpec,
+    WeightGroup,
+    chunk_rows,
+    group_name,
+    plan_buckets,
+    receive_weights,
+    send_weights,
+)
 from cluster.build import spawn_rollout_worker
 from cluster.learner_group import LearnerGroup
 from cluster.rollout_pool import RolloutPool
@@ -47,10 +61,153 @@ SYNC_TIMEOUT_S = 20.0
 
 
 def test_plan_buckets_keeps_order_and_gives_large_tensors_their_own_bucket():
-    specs = [TensorSpec("a", (10,)), TensorSpec("b", (20,)), TensorSpec("big", (5, 30)), TensorSpec("c", (40,))]
-    layout = plan_buckets(specs, torch.float32, bucket_bytes=4 * 64)  # 64 elements
+    shapes = {"a": (10,), "b": (20,), "big": (5, 30), "c": (40,)}
+    specs = [TensorSpec(name, shape, chunk_rows(shape[0], 2)) for name, shape in shapes.items()]
+    layout = plan_buckets(specs, torch.float32, bucket_bytes=4 * 64)  # 64 elements of whole tensors
     assert [[s.name for s in bucket] for bucket in layout.buckets] == [["a", "b"], ["big"], ["c"]]
     assert layout.names == ["a", "b", "big", "c"] and layout.numel == 220 and layout.nbytes == 880
+    assert layout.ranks == 2 and [layout.part_numel(k, 1) for k in range(3)] == [15, 60, 20]  # big: rows (3, 2)
+    assert layout.rank_numel(0) + layout.rank_numel(1) == layout.numel
+
+
+def test_chunk_rows_splits_like_torch_chunk_and_fsdp2():
+    for length in range(10):
+        for ranks in range(1, 5):
+            chunks = [c.shape[0] for c in torch.chunk(torch.empty(length), ranks)]
+            assert chunk_rows(length, ranks) == tuple(chunks + [0] * (ranks - len(chunks))), (length, ranks)
+
+
+def test_a_parameter_not_sharded_along_dim0_alone_is_refused_by_name():
+    with pytest.raises(RuntimeError, match="model.norm.weight .*Shard\\(0\\)"):
+        _dim0_sharded("model.norm.weight", torch.nn.Parameter(torch.zeros(4)))
+
+
+# --------------------------------------------- the transport without Ray: two senders, two receivers, threads
+
+RANKS, WORKERS = 2, 2
+GROUP_TIMEOUT_S = 30.0
+
+
+def sharded_weights() -> tuple[BucketLayout, dict[str, torch.Tensor]]:
+    """Weights with uneven dim-0 splits over two ranks, and their layout in bf16 buckets of 32 elements: a tensor
+    of 5 rows (3 + 2), one of 1 row (rank 1's part empty), one larger than a bucket (its own bucket, already in
+    bf16: sent without a copy) and one after it."""
+    generator = torch.Generator().manual_seed(0)
+    weights = {
+        "a": torch.randn(5, 3, generator=generator),
+        "one": torch.randn(1, 4, generator=generator),
+        "b": torch.randn(4, generator=generator),
+        "big": torch.randn(9, 8, generator=generator).to(torch.bfloat16),
+        "c": torch.randn(3, 2, generator=generator),
+    }
+    specs = [TensorSpec(name, tuple(t.shape), chunk_rows(t.shape[0], RANKS)) for name, t in weights.items()]
+    layout = plan_buckets(specs, torch.bfloat16, bucket_bytes=2 * 32)
+    assert [[s.name for s in bucket] for bucket in layout.buckets] == [["a", "one", "b"], ["big"], ["c"]]
+    return layout, weights
+
+
+def shards_of(weights: dict[str, torch.Tensor], layout: BucketLayout, rank: int):
+    """Learner rank `rank`'s rows of every weight, in the layout's order (what `Learner._local_shards` yields)."""
+    for bucket in layout.buckets:
+        for spec in bucket:
+            start = sum(spec.rows[:rank])
+            yield spec.name, weights[spec.name][start : start + spec.rows[rank]]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 right now."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def run_sync(layout: BucketLayout, send, receive) -> tuple[list, list]:
+    """`send(group, rank)` on each learner rank's group and `receive(groups)` on each worker (a member of every
+    group, ranks 1..W), each in a thread; returns (senders', receivers') results or exceptions, by rank. Every
+    thread leaves its groups when done, so a failure anywhere ends the others at once."""
+    ports = free_ports(RANKS)
+
+    def sender(rank: int):
+        group = WeightGroup("127.0.0.1", ports[rank], 0, 1 + WORKERS, "gloo", GROUP_TIMEOUT_S, group_name("t", rank))
+        try:
+            return send(group, rank)
+        finally:
+            group.close()
+
+    def receiver(member: int):
+        groups = []
+        try:
+            for rank, port in enumerate(ports):
+                groups.append(
+                    WeightGroup("127.0.0.1", port, member, 1 + WORKERS, "gloo", GROUP_TIMEOUT_S, group_name("t", rank))
+                )
+            return receive(groups)
+        finally:
+            for group in groups:
+                group.close()
+
+    with ThreadPoolExecutor(RANKS + WORKERS) as threads:
+        senders = [threads.submit(sender, rank) for rank in range(RANKS)]
+        receivers = [threads.submit(receiver, member) for member in range(1, WORKERS + 1)]
+        outcomes = [[f.exception(timeout=3 * GROUP_TIMEOUT_S) or f.result() for f in fs] for fs in (senders, receivers)]
+    return outcomes[0], outcomes[1]
+
+
+def test_every_rank_sends_its_rows_and_workers_get_every_tensor_bit_exact_in_order():
+    layout, weights = sharded_weights()
+    senders, receivers = run_sync(
+        layout,
+        lambda group, rank: send_weights(group, layout, rank, 7, shards_of(weights, layout, rank)),
+        lambda groups: list(receive_weights(groups, layout, 7)),  # every tensor kept until the end
+    )
+    assert senders == [None, None]
+    for received in receivers:
+        assert [name for name, _ in received] == layout.names
+        for name, tensor in received:
+            assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, weights[name].to(torch.bfloat16)), name
+
+
+def test_a_header_mismatch_on_one_group_raises_before_anything_is_yielded():
+    layout, weights = sharded_weights()
+    yielded = []
+
+    def receive(groups):
+        for item in receive_weights(groups, layout, 7):  # raises on the call: headers are checked before it returns
+            yielded.append(item)
+
+    start = time.monotonic()
+    senders, receivers = run_sync(
+        layout,
+        lambda group, rank: send_weights(group, layout, rank, 7 + rank, shards_of(weights, layout, rank)),
+        receive,
+    )
+    for error in receivers:
+        assert isinstance(error, RuntimeError) and "learner rank 1 sends" in str(error), error
+    assert yielded == []
+    # the workers left both groups: both senders fail at once (rank 0 waits for a receive never posted)
+    assert all(isinstance(error, Exception) for error in senders) and time.monotonic() - start < GROUP_TIMEOUT_S / 3
+
+
+def test_a_shard_of_the_wrong_shape_fails_the_sender_naming_it():
+    layout, weights = sharded_weights()
+
+    def send(group, rank):
+        shards = shards_of(weights, layout, rank)
+        if rank == 1:  # rank 1 holds 2 rows of `a`, not 3
+            shards = ((name, torch.zeros(3, 3) if name == "a" else shard) for name, shard in shards)
+        send_weights(group, layout, rank, 7, shards)
+
+    start = time.monotonic()
+    senders, receivers = run_sync(layout, send, lambda groups: list(receive_weights(groups, layout, 7)))
+    assert isinstance(senders[1], RuntimeError) and "learner rank 1 got a of local shape (3, 3)" in str(senders[1])
+    # rank 1 left its group: the workers fail, leave rank 0's group too, and rank 0 fails, all at once
+    assert all(isinstance(error, Exception) for error in receivers + senders[:1])
+    assert time.monotonic() - start < GROUP_TIMEOUT_S / 3
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +280,7 @@ def test_collective_sync_generates_with_the_learners_weights(
     pool = make_pool(tmp_path, embedded_task.model, engine, sync_timeout_s=SYNC_TIMEOUT_S)
     try:
         layout = learner.weight_layout(int(BUCKET_MB * 2**20))
-        assert len(layout.buckets) > 4 and layout.dtype == "float32"
+        assert len(layout.buckets) > 4 and layout.dtype == "float32" and layout.ranks == 2
         pool.set_temperature(TemperatureUpdate(0.8, step=0))
         pool.sync_weights(learner, version=1)
         assert [(i["weights_version"], i["weights_intact"]) for i in pool.info()] == [(1, True), (1, True)]
