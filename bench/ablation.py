@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     runs = {name: [load_run(d) for d in dirs] for name, dirs in run_dirs.items()}
     results: dict[str, Any] = summarize(runs)
+    for variant in results["variants"].values():
+        variant["seeds"] = args.seeds
     results["base_policy"] = runs[args.variants[0]][0].heldout_before
     results["seeds"] = args.seeds
     results["config"] = config
