@@ -48,6 +48,11 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
         "entropy_off_target_last_epoch": (
             statistics.fmean(abs(r.entropy / r.target_entropy - 1) for r in targets) if targets else None
         ),
+        "entropy_mean_off_target_last_epoch": (
+            abs(statistics.fmean(r.entropy for r in targets) / statistics.fmean(r.target_entropy for r in targets) - 1)
+            if targets
+            else None
+        ),
         "final_temperature": summary["final_temperature"],
         "rollouts_total": sum(r.rollouts_total for r in steps),
         "steps": len(steps),
@@ -77,6 +82,11 @@ def markdown(results: dict[str, Any], command: str) -> str:
         ("entropy, last-epoch mean (nats)", "entropy_last_epoch", "{:.3f}"),
         ("entropy relative drift (last epoch / first step - 1)", "entropy_relative_drift", "{:+.1%}"),
         ("entropy off its target per step, last epoch (mean abs(H/H* - 1))", "entropy_off_target_last_epoch", "{:.1%}"),
+        (
+            "last epoch's mean entropy off its mean target (abs(mean H / mean H* - 1))",
+            "entropy_mean_off_target_last_epoch",
+            "{:.1%}",
+        ),
         ("final temperature", "final_temperature", "{:.3f}"),
         ("rollouts generated in total", "rollouts_total", "{:.0f}"),
         ("wall time per run (s)", "wall_s", "{:.0f}"),

@@ -129,6 +129,7 @@ def quality(run_dir: Path) -> dict[str, Any]:
         "all_wrong_last_epoch": m["all_wrong_last_epoch"],
         "entropy_last_epoch": m["entropy_last_epoch"],
         "entropy_off_target_last_epoch": m["entropy_off_target_last_epoch"],
+        "entropy_mean_off_target_last_epoch": m["entropy_mean_off_target_last_epoch"],
         "wall_s": m["wall_s"],
     }
 
@@ -158,6 +159,7 @@ def summarize(timings: dict[str, dict[str, float]], qualities: dict[str, list[di
         "accuracy_within_0.01": abs(q["async"]["heldout_greedy_accuracy"] - q["sync"]["heldout_greedy_accuracy"])
         <= 0.01,
         "entropy_within_10pct_of_target": q["async"]["entropy_off_target_last_epoch"] <= 0.10,
+        "mean_entropy_within_10pct_of_target": q["async"]["entropy_mean_off_target_last_epoch"] <= 0.10,
     }
     return out
 
@@ -177,6 +179,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
             ("all-wrong fraction, last epoch", "all_wrong_last_epoch"),
             ("entropy, last epoch (nats)", "entropy_last_epoch"),
             ("entropy off its target, last epoch (mean abs(H/H* - 1))", "entropy_off_target_last_epoch"),
+            ("last epoch's mean entropy off its mean target", "entropy_mean_off_target_last_epoch"),
         )
     ]
     return "\n".join(

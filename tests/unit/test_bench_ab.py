@@ -38,6 +38,7 @@ def test_run_metrics(tmp_path):
     assert m["all_wrong_last_epoch"] == pytest.approx(0.2)
     assert m["entropy_relative_drift"] == pytest.approx(0.7 / 1.0 - 1)
     assert m["entropy_off_target_last_epoch"] == pytest.approx((0.0 + 0.25) / 2)
+    assert m["entropy_mean_off_target_last_epoch"] == pytest.approx(abs(0.7 / 0.8 - 1))
     assert m["rollouts_total"] == 4 * 256 and m["steps"] == 4
     assert m["heldout_mean_at_8"] == 0.45 and m["final_temperature"] == 1.1
 
