@@ -33,6 +33,22 @@ class FakeWorkerDyingMidSync(RolloutWorker):
         return super().receive_weights(layout, version)
 
 
+class FakeWorkerDyingInSetTemperature(RolloutWorker):
+    """Takes the new temperature, then kills its own process before it answers (every time)."""
+
+    def set_temperature(self, update):
+        super().set_temperature(update)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FakeWorkerDyingInGreedy(RolloutWorker):
+    """Answers half of its greedy prompts, then kills its own process before it returns them (every time)."""
+
+    def generate_greedy(self, prompts, max_new_tokens):
+        super().generate_greedy(prompts[: len(prompts) // 2], max_new_tokens)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class FakeWorkerHungInSync(RolloutWorker):
     """Sleeps far past every deadline when asked to receive weights."""
 

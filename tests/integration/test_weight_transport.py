@@ -42,6 +42,8 @@ from core.messages import TemperatureUpdate
 from tests.integration.conftest import run_config
 from tests.integration.fake_workers import (
     HANG_S,
+    FakeWorkerDyingInGreedy,
+    FakeWorkerDyingInSetTemperature,
     FakeWorkerDyingMidSync,
     FakeWorkerHungInGeneration,
     FakeWorkerHungInSync,
@@ -408,6 +410,42 @@ def test_fake_worker_dying_mid_sync_is_replaced_and_broken_peers_too(
         assert [(i["weights_version"], i["weights_intact"], i["temperature"]) for i in infos] == [(7, True, 0.9)] * 2
         _, model, base_model = perturbed_policy
         assert_generated_with(pool.generate(requests([6, 6])), model, base_model, 0.9)
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.slow
+def test_fake_worker_killed_during_a_temperature_update_is_replaced_with_the_weights(
+    embedded_task, learner, perturbed_policy, tmp_path
+):
+    pool = make_pool(
+        tmp_path, embedded_task.model, "vllm", {1: FakeWorkerDyingInSetTemperature}, sync_timeout_s=SYNC_TIMEOUT_S
+    )
+    try:
+        pool.sync_weights(learner, version=5)
+        pool.set_temperature(TemperatureUpdate(0.75, step=5))  # worker 1 takes it and dies before it answers
+        assert pool.restarts == 1
+        infos = pool.info()
+        assert [(i["weights_version"], i["temperature"], i["temperature_step"]) for i in infos] == [(5, 0.75, 5)] * 2
+        _, model, base_model = perturbed_policy
+        rollouts = pool.generate(requests([8, 8], step=5))
+        assert_generated_with([r for r in rollouts if r.worker == "rollout-1"], model, base_model, 0.75)
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.slow
+def test_fake_worker_killed_during_heldout_evaluation_is_replaced_and_every_prompt_answered_once(
+    embedded_task, learner, tmp_path
+):
+    prompts = [[1, 2, 3, 4 + i] for i in range(10)]
+    pool = make_pool(tmp_path, embedded_task.model, "vllm", {0: FakeWorkerDyingInGreedy}, sync_timeout_s=SYNC_TIMEOUT_S)
+    try:
+        pool.sync_weights(learner, version=2)
+        answers = pool.generate_greedy(prompts, max_new_tokens=16)  # worker 0 dies halfway through its share
+        assert pool.restarts == 1 and len(answers) == len(prompts)
+        again = pool.generate_greedy(prompts, max_new_tokens=16)  # every worker real now: same weights, same answers
+        assert pool.restarts == 1 and [c.token_ids for c in again] == [c.token_ids for c in answers]
     finally:
         pool.shutdown()
 
