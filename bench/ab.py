@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"run_name={name}",
                     f"output_dir={args.runs}",
                     "wandb.mode=disabled",
+                    "train.max_staleness=0",  # the synchronous loop its committed results ran
+                    "learner.off_policy_correction=none",
                     *args.overrides,
                 ]
                 launch.train(launch.compose_run_config(overrides))

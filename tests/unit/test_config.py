@@ -152,11 +152,13 @@ def test_paper_recipes_compose_and_name_missing_paths(recipe, tmp_path):
     assert cfg.train.max_staleness == 1 and cfg.learner.off_policy_correction == "tis"
 
 
-def test_the_demo_and_the_defaults_stay_synchronous_without_correction():
+def test_the_demo_runs_one_step_ahead_with_tis_and_the_defaults_and_smoke_stay_synchronous():
     with initialize(version_base="1.3", config_path="../../conf"):
-        cfg = launch.to_run_config(compose("config"))
-    assert cfg.train.max_staleness == 0 and cfg.learner.off_policy_correction == "none"
-    assert cfg.train.stale_policy == "wait"
+        demo = launch.to_run_config(compose("config"))
+        smoke = launch.to_run_config(compose("config", overrides=["+experiment=smoke"]))
+    assert (demo.train.max_staleness, demo.learner.off_policy_correction, demo.train.stale_policy) == (1, "tis", "wait")
+    for cfg in (RunConfig(), smoke):
+        assert cfg.train.max_staleness == 0 and cfg.learner.off_policy_correction == "none"
 
 
 def test_heldout_during_training_is_off_by_default_and_needs_a_validation_file_on_math():
