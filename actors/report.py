@@ -238,10 +238,15 @@ def mean_phase_seconds(run: Run) -> dict[str, float]:
     return means
 
 
+def bin_index(x: np.ndarray, bins: int) -> np.ndarray:
+    """The index of each `x` in [0, 1] among `bins` equal bins: [0, 1/bins) is 0, ..., the last bin holds 1.0."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.digitize(x, edges) - 1, 0, bins - 1)
+
+
 def binned_means(x: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Split points into `bins` equal bins of `x` over [0, 1); each non-empty bin's mean x and mean y."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(x, edges) - 1, 0, bins - 1)
+    which = bin_index(x, bins)
     filled = [b for b in range(bins) if (which == b).any()]
     return (
         np.array([x[which == b].mean() for b in filled], dtype=np.float64),

@@ -79,8 +79,8 @@ ABLATION_CONFIG = [
 ]
 """The demo's config, synchronous, shortened to 48 steps (about 3.2 min a run on 2 cores of an Intel Xeon)."""
 
-RANK_QUARTERS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0 + 1e-9))
-"""Difficulty-rank bins for the allocation profile (rank 0: easiest, 1: hardest)."""
+RANK_BINS = 4
+"""Equal difficulty-rank bins of the allocation profile, the quarters of [0, 1] (rank 0: easiest, 1: hardest)."""
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -113,13 +113,14 @@ def rollouts_to_reach(run: Any, target: float) -> int | None:
     return None
 
 
-def rollouts_by_rank(records: Sequence[Any]) -> list[float]:
-    """Mean rollouts a question got, per quarter of the difficulty ranks it had when its step was allocated."""
-    bins: list[list[int]] = [[] for _ in RANK_QUARTERS]
-    for record in records:
-        for rank, count in zip(record.question_ranks, record.rollouts_per_question, strict=True):
-            bins[next(i for i, (lo, hi) in enumerate(RANK_QUARTERS) if lo <= rank < hi)].append(count)
-    return [statistics.fmean(b) if b else math.nan for b in bins]
+def rollouts_by_rank(run: Any, epoch: int) -> list[float]:
+    """Mean rollouts a question got in `epoch` of `run`, per quarter of the difficulty ranks it had when its step
+    was allocated (NaN for a quarter no question fell in)."""
+    from actors.report import allocation_of_epoch, bin_index
+
+    ranks, counts = allocation_of_epoch(run, epoch)
+    which = bin_index(ranks, RANK_BINS)
+    return [float(counts[which == b].mean()) if (which == b).any() else math.nan for b in range(RANK_BINS)]
 
 
 def target_noise(runs: Sequence[Any], init_steps: Sequence[int] = (1, 4, 8)) -> dict[str, Any]:
@@ -160,7 +161,7 @@ def run_metrics(run: Any) -> dict[str, Any]:
         "entropy_last_vs_first_epoch": entropy_last / entropy_first - 1,
         "final_temperature": steps[-1].next_temperature,
         "rollouts_total": sum(r.rollouts_total for r in steps),
-        "rollouts_by_rank_quarter_last_epoch": rollouts_by_rank(last),
+        "rollouts_by_rank_quarter_last_epoch": rollouts_by_rank(run, steps[-1].epoch),
         "wall_s": run.summary["wall_s"],
     }
 
@@ -178,7 +179,7 @@ def summarize(runs: dict[str, list[Any]]) -> dict[str, Any]:
         for key in per_seed[0]:
             values = [m[key] for m in per_seed]
             if key == "rollouts_by_rank_quarter_last_epoch":
-                out[key] = [statistics.fmean(v[i] for v in values) for i in range(len(RANK_QUARTERS))]
+                out[key] = [statistics.fmean(v[i] for v in values) for i in range(RANK_BINS)]
             else:
                 out[key] = mean_ci95(values)
         reached = [rollouts_to_reach(run, grpo_final) for run in variant_runs]
@@ -229,7 +230,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         [[label, *(_cell(variants[n][key], spec) for n in names)] for label, key, spec in ROWS],
     )
     profile = markdown_table(
-        ["variant", *(f"ranks {lo:.2f}-{min(hi, 1):.2f}" for lo, hi in RANK_QUARTERS)],
+        ["variant", *(f"ranks {b / RANK_BINS:.2f}-{(b + 1) / RANK_BINS:.2f}" for b in range(RANK_BINS))],
         [[LABELS[n], *(f"{v:.2f}" for v in variants[n]["rollouts_by_rank_quarter_last_epoch"])] for n in names],
     )
     base = results.get("base_policy") or {}

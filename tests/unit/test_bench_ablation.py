@@ -2,10 +2,11 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from actors.report import load_run
+from actors.report import Run, load_run
 from bench.ablation import (
     KS,
     VARIANTS,
@@ -66,8 +67,10 @@ def test_rollouts_to_reach_reads_the_held_out_curve(tmp_path):
 
 def test_rollouts_by_rank_bins_every_question_by_its_rank():
     records = [step_record(0, question_ranks=(0.1, 0.9), rollouts_per_question=(2, 6)),
-               step_record(1, question_ranks=(0.3, 1.0), rollouts_per_question=(4, 8))]  # fmt: skip
-    easiest, easy, hard, hardest = rollouts_by_rank(records)
+               step_record(1, question_ranks=(0.3, 1.0), rollouts_per_question=(4, 8)),
+               step_record(2, epoch=1, question_ranks=(0.6, 0.6), rollouts_per_question=(5, 5))]  # fmt: skip
+    run = Run(run_dir=Path("r"), name="r", algo="e3", steps=records)
+    easiest, easy, hard, hardest = rollouts_by_rank(run, epoch=0)  # epoch 1's questions left out
     assert (easiest, easy, hardest) == (2.0, 4.0, 7.0) and math.isnan(hard)  # rank 1.0 falls in the last bin
 
 
