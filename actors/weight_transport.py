@@ -15,11 +15,14 @@ One sync, in order, in each of the R groups at once:
    that every member holds it. A worker checks the header of every group before it yields a single tensor, so a
    member that is dead or hung fails this step before any worker has touched its engine;
 2. learner rank r broadcasts its part of each bucket of the `BucketLayout` every member was given: the buckets
-   are cut over whole tensors (about `bucket_bytes` each, in the publish dtype), and rank r's part of a bucket is
-   its rows of those tensors, packed flat and cast on the way (about `bucket_bytes / R`; one tensor larger than
-   a bucket is a bucket by itself, sent without a copy when its shard is already in the publish dtype; an empty
-   part is not sent at all). A sender keeps at most one part in flight while it fills the next; each worker posts
-   the receives of the next bucket's R parts while its engine consumes the current one;
+   are cut over whole tensors (about `bucket_bytes` each, in the publish dtype; one tensor larger than that is a
+   bucket by itself), and rank r's part of a bucket is its rows of those tensors (about `bucket_bytes / R`). A
+   tensor of at least `direct_bytes` travels in broadcasts of its own, one per learner rank, each received
+   straight into that rank's rows of the worker's full tensor: the sender sends its shard as it is (when already
+   in the publish dtype, else its cast), the worker joins nothing. The smaller tensors of a bucket travel packed
+   together, one broadcast per rank, cast on the way, and a worker joins their rows. An empty message is not
+   sent. A sender keeps at most one bucket in flight while it fills the next; each worker posts the receives of
+   the next bucket while its engine consumes the current one;
 3. on any error a member drops its groups, which closes their connections, so the other members fail at once
    instead of waiting for the timeout; the groups are then rebuilt (`cluster/weight_sync.py`).
 
@@ -31,6 +34,14 @@ bucket parts beside its shards, nothing gathered: 2 x 537 MB / R = 1.07 GB / R a
 is a bucket of its own: the head's part and the next bucket's make 1.63 GB / R at most. With NCCL all of it is
 device memory; on CPU (gloo) it is host memory. The object store instead puts the whole gathered float32 model
 (7.1 GB / 30.5 GB) and its bf16 copy on rank 0's host.
+
+Why large tensors travel alone: joining a tensor's R row ranges is one more copy of every byte on every worker,
+into fresh memory, and packing them one more on every sender. On two CPU cores that join was 30% of a worker's
+time in a sync (py-spy, 157.6M parameters, two workers: `bench/results/weight_sync.md`). Straight into the full
+tensor, the bytes are written once, by the receive. The price is one broadcast per large tensor and rank instead
+of one per bucket and rank (at 7B, 28 layers x 7 matrices + embedding and head: about 200 per rank and sync;
+NCCL launches one in tens of microseconds); tensors under `direct_bytes` (norms, biases) stay packed, where a
+broadcast of their own would cost more than the copy.
 """
 
 from __future__ import annotations
@@ -46,6 +57,9 @@ import torch
 import torch.distributed as dist
 
 BACKENDS = ("gloo", "nccl")
+DIRECT_BYTES = 1 << 20
+"""Tensors of at least this many bytes (in the publish dtype) travel in broadcasts of their own, straight into
+the workers' full tensors; smaller ones are packed by bucket (see the module docstring)."""
 
 
 def chunk_rows(length: int, ranks: int) -> tuple[int, ...]:
@@ -99,6 +113,8 @@ class BucketLayout:
 
     dtype: str
     buckets: tuple[tuple[TensorSpec, ...], ...]
+    direct_bytes: int = DIRECT_BYTES
+    """A tensor of at least this many bytes travels alone (`direct`); smaller ones packed with their bucket's."""
 
     def __post_init__(self) -> None:
         counts = {len(spec.rows) for bucket in self.buckets for spec in bucket}
@@ -130,6 +146,14 @@ class BucketLayout:
         """Bytes sent per sync (to each worker, by all learner ranks together)."""
         return self.numel * self.torch_dtype.itemsize
 
+    def direct(self, spec: TensorSpec) -> bool:
+        """Whether `spec` travels in broadcasts of its own (one per learner rank holding rows of it), not packed."""
+        return spec.numel * self.torch_dtype.itemsize >= self.direct_bytes
+
+    def packed_numel(self, bucket: int, rank: int) -> int:
+        """Elements of learner rank `rank`'s packed part of bucket `bucket` (its rows of the tensors not `direct`)."""
+        return sum(spec.part_numel(rank) for spec in self.buckets[bucket] if not self.direct(spec))
+
     def part_numel(self, bucket: int, rank: int) -> int:
         """Elements of learner rank `rank`'s part of bucket `bucket`."""
         return sum(spec.part_numel(rank) for spec in self.buckets[bucket])
@@ -139,10 +163,13 @@ class BucketLayout:
         return sum(self.part_numel(k, rank) for k in range(len(self.buckets)))
 
 
-def plan_buckets(specs: Iterable[TensorSpec], dtype: torch.dtype, bucket_bytes: int) -> BucketLayout:
+def plan_buckets(
+    specs: Iterable[TensorSpec], dtype: torch.dtype, bucket_bytes: int, direct_bytes: int = DIRECT_BYTES
+) -> BucketLayout:
     """Pack `specs`, in order, into buckets of at most `bucket_bytes` of whole tensors (so each learner rank's
     part of a bucket is about `bucket_bytes / R`); a tensor larger than that gets a bucket of its own. The order
-    is kept, so that tensors arrive in the order the senders produce them."""
+    is kept, so that tensors arrive in the order the senders produce them. Tensors of at least `direct_bytes`
+    travel alone within their bucket."""
     if bucket_bytes < 1:
         raise ValueError(f"plan_buckets: bucket_bytes={bucket_bytes} < 1")
     capacity = max(1, bucket_bytes // dtype.itemsize)
@@ -154,7 +181,9 @@ def plan_buckets(specs: Iterable[TensorSpec], dtype: torch.dtype, bucket_bytes: 
             filled = 0
         buckets[-1].append(spec)
         filled += spec.numel
-    return BucketLayout(dtype=str(dtype).removeprefix("torch."), buckets=tuple(tuple(b) for b in buckets))
+    return BucketLayout(
+        dtype=str(dtype).removeprefix("torch."), buckets=tuple(tuple(b) for b in buckets), direct_bytes=direct_bytes
+    )
 
 
 class WeightGroup:
@@ -237,42 +266,41 @@ def send_weights(
     """Learner rank `rank`, rank 0 of its own `group`: broadcast its rows of every weight, bucket by bucket.
 
     `shards` yields (name, this rank's rows of the tensor) in the layout's order; a shard whose name or shape
-    is not what the layout expects raises, naming it. Each bucket part is packed flat and cast to the publish
-    dtype as the shards come (a part alone in its bucket is sent as it is when already contiguous in that
-    dtype); a part with no elements is not sent. Holds at most two parts at once (one in flight, one filling)
-    besides what `shards` holds. Returns once every worker has received every part.
+    is not what the layout expects raises, naming it. Per bucket, the rows of the tensors too small to travel
+    alone are packed flat and cast to the publish dtype; each `direct` tensor's rows are sent as they are (cast
+    when not in the publish dtype); nothing empty is sent. Holds at most two buckets' messages at once (one in
+    flight, one filling) besides what `shards` holds. Returns once every worker has received every part.
     """
     _header(group, layout, rank, version)
-    in_flight: tuple[int, torch.Tensor] | None = None  # (the broadcast's ticket, the part it sends)
-    for bucket in layout.buckets:
-        part = _pack(bucket, rank, shards, layout.torch_dtype, group.device)
-        if in_flight is not None:
-            group.wait(in_flight[0])
-            in_flight = None  # the previous part is freed here
-        if part.numel():
-            in_flight = (group.post(part), part)
-        del part
-    if in_flight is not None:
-        group.wait(in_flight[0])
+    in_flight: list[tuple[int, torch.Tensor]] = []  # the previous bucket's (broadcast's ticket, tensor it sends)
+    for k in range(len(layout.buckets)):
+        messages = _outgoing(layout, k, rank, shards, group.device)
+        for ticket, _ in in_flight:
+            group.wait(ticket)
+        in_flight = [(group.post(message), message) for message in messages]  # the previous bucket is freed here
+        del messages
+    for ticket, _ in in_flight:
+        group.wait(ticket)
 
 
-def _pack(
-    bucket: tuple[TensorSpec, ...],
-    rank: int,
-    shards: Iterator[tuple[str, torch.Tensor]],
-    dtype: torch.dtype,
-    device: torch.device,
-) -> torch.Tensor:
-    """Learner rank `rank`'s part of `bucket`, flat, in `dtype` on `device`, from the next shards of `shards`."""
-    if len(bucket) == 1:  # no copy when the shard is already contiguous in `dtype` on `device`
-        return _checked(next(shards), bucket[0], rank).to(device=device, dtype=dtype).contiguous().view(-1)
-    part = torch.empty(sum(spec.part_numel(rank) for spec in bucket), dtype=dtype, device=device)
-    offset = 0
-    for spec in bucket:
+def _outgoing(
+    layout: BucketLayout, k: int, rank: int, shards: Iterator[tuple[str, torch.Tensor]], device: torch.device
+) -> list[torch.Tensor]:
+    """Learner rank `rank`'s messages for bucket `k`, in the order the workers post their receives: its packed
+    part (if not empty), then its rows of each `direct` tensor (those not empty), from the next shards."""
+    dtype = layout.torch_dtype
+    packed = torch.empty(layout.packed_numel(k, rank), dtype=dtype, device=device)
+    direct, offset = [], 0
+    for spec in layout.buckets[k]:
+        shard = _checked(next(shards), spec, rank)
+        if layout.direct(spec):
+            if shard.numel():  # no copy when the shard is already contiguous in `dtype` on `device`
+                direct.append(shard.to(device=device, dtype=dtype).contiguous())
+            continue
         numel = spec.part_numel(rank)
-        part[offset : offset + numel].copy_(_checked(next(shards), spec, rank).reshape(-1))
+        packed[offset : offset + numel].copy_(shard.reshape(-1))
         offset += numel
-    return part
+    return [packed, *direct] if packed.numel() else direct
 
 
 def _checked(item: tuple[str, torch.Tensor], spec: TensorSpec, rank: int) -> torch.Tensor:
@@ -294,9 +322,9 @@ def receive_weights(
     with `send_weights`, as (name, full tensor) in the layout's order.
 
     The header of every group is checked when this is called (before anything is yielded, so a failed start
-    leaves the caller's engine untouched). The receives of bucket k+1's parts are posted before bucket k's
-    tensors are yielded. Each tensor is joined from its R row ranges into fresh memory (a tensor held by one
-    rank alone is a view of its fresh part), so the consumer may keep what it was given.
+    leaves the caller's engine untouched). The receives of bucket k+1 are posted before bucket k's tensors are
+    yielded. Every tensor is fresh memory, so the consumer may keep what it was given: a `direct` tensor received
+    in place, a packed one joined from its R row ranges (a view of its packed part when one rank holds it all).
     """
     if len(groups) != layout.ranks:
         raise ValueError(f"receive_weights: {len(groups)} groups, the layout splits tensors over {layout.ranks} ranks")
@@ -306,32 +334,46 @@ def receive_weights(
 
 
 def _bucket_stream(groups: Sequence[WeightGroup], layout: BucketLayout) -> Iterator[tuple[str, torch.Tensor]]:
-    dtype = layout.torch_dtype
-
-    def post(k: int) -> list[tuple[int | None, torch.Tensor]]:
-        """Post the receive of every non-empty part of bucket k, one per group: (ticket, part)."""
-        parts = []
-        for rank, group in enumerate(groups):
-            part = torch.empty(layout.part_numel(k, rank), dtype=dtype, device=group.device)
-            parts.append((group.post(part) if part.numel() else None, part))
-        return parts
-
-    pending = post(0) if layout.buckets else None
+    pending = _post_bucket(groups, layout, 0) if layout.buckets else None
     for k, bucket in enumerate(layout.buckets):
-        parts = []
-        for group, (ticket, part) in zip(groups, pending, strict=True):
-            if ticket is not None:
+        tickets, packed, direct = pending
+        for group, group_tickets in zip(groups, tickets, strict=True):
+            for ticket in group_tickets:
                 group.wait(ticket)
-            parts.append(part)
-        pending = post(k + 1) if k + 1 < len(layout.buckets) else None
-        offsets = [0] * len(parts)
+        pending = _post_bucket(groups, layout, k + 1) if k + 1 < len(layout.buckets) else None
+        offsets = [0] * len(packed)
         for spec in bucket:
+            if layout.direct(spec):
+                yield spec.name, direct.pop(spec.name)
+                continue
             pieces = []
-            for rank, part in enumerate(parts):
+            for rank, part in enumerate(packed):
                 numel = spec.part_numel(rank)
                 pieces.append(part[offsets[rank] : offsets[rank] + numel].view(spec.part_shape(rank)))
                 offsets[rank] += numel
             yield spec.name, _joined(pieces)
+
+
+def _post_bucket(
+    groups: Sequence[WeightGroup], layout: BucketLayout, k: int
+) -> tuple[list[list[int]], list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Post every receive of bucket k, in each group in the order its sender posts (`_outgoing`): the packed
+    part, then the rows of each `direct` tensor, straight into that tensor's full memory (allocated here). Returns
+    (tickets by group, packed parts by rank, direct tensors by name)."""
+    dtype, device = layout.torch_dtype, groups[0].device
+    bucket = layout.buckets[k]
+    direct = {spec.name: torch.empty(spec.shape, dtype=dtype, device=device) for spec in bucket if layout.direct(spec)}
+    tickets, packed = [], []
+    for rank, group in enumerate(groups):
+        part = torch.empty(layout.packed_numel(k, rank), dtype=dtype, device=device)
+        messages = [part] if part.numel() else []
+        for spec in bucket:
+            if spec.name in direct and spec.rows[rank]:
+                start = sum(spec.rows[:rank])
+                messages.append(direct[spec.name][start : start + spec.rows[rank]])
+        tickets.append([group.post(message) for message in messages])
+        packed.append(part)
+    return tickets, packed, direct
 
 
 def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:

@@ -28,6 +28,7 @@ from actors.weight_transport import (
     BucketLayout,
     TensorSpec,
     WeightGroup,
+    _outgoing,
     chunk_rows,
     group_name,
     plan_buckets,
@@ -90,21 +91,22 @@ RANKS, WORKERS = 2, 2
 GROUP_TIMEOUT_S = 30.0
 
 
-def sharded_weights() -> tuple[BucketLayout, dict[str, torch.Tensor]]:
-    """Weights with uneven dim-0 splits over two ranks, and their layout in bf16 buckets of 32 elements: a tensor
-    of 5 rows (3 + 2), one of 1 row (rank 1's part empty), one larger than a bucket (its own bucket, already in
-    bf16: sent without a copy) and one after it."""
+def sharded_weights(direct_bytes: int = 2 * 12) -> tuple[BucketLayout, dict[str, torch.Tensor]]:
+    """Weights with uneven dim-0 splits over two ranks, and their layout in bf16 buckets of 32 elements, tensors
+    of at least 12 elements travelling alone (`direct_bytes` 24): a tensor of 5 rows (3 + 2, direct), a small
+    one (packed) and a direct one of 1 row (rank 1's part empty) in one bucket; one larger than a bucket (its
+    own bucket, already in bf16: sent without a copy) and a small one after it, alone in its packed bucket."""
     generator = torch.Generator().manual_seed(0)
     weights = {
         "a": torch.randn(5, 3, generator=generator),
-        "one": torch.randn(1, 4, generator=generator),
         "b": torch.randn(4, generator=generator),
+        "one": torch.randn(1, 12, generator=generator),
         "big": torch.randn(9, 8, generator=generator).to(torch.bfloat16),
         "c": torch.randn(3, 2, generator=generator),
     }
     specs = [TensorSpec(name, tuple(t.shape), chunk_rows(t.shape[0], RANKS)) for name, t in weights.items()]
-    layout = plan_buckets(specs, torch.bfloat16, bucket_bytes=2 * 32)
-    assert [[s.name for s in bucket] for bucket in layout.buckets] == [["a", "one", "b"], ["big"], ["c"]]
+    layout = plan_buckets(specs, torch.bfloat16, bucket_bytes=2 * 32, direct_bytes=direct_bytes)
+    assert [[s.name for s in bucket] for bucket in layout.buckets] == [["a", "b", "one"], ["big"], ["c"]]
     return layout, weights
 
 
@@ -160,8 +162,11 @@ def run_sync(layout: BucketLayout, send, receive) -> tuple[list, list]:
     return outcomes[0], outcomes[1]
 
 
-def test_every_rank_sends_its_rows_and_workers_get_every_tensor_bit_exact_in_order():
-    layout, weights = sharded_weights()
+@pytest.mark.parametrize("direct_bytes", [2 * 12, 2**20], ids=["mixed", "all-packed"])
+def test_every_rank_sends_its_rows_and_workers_get_every_tensor_bit_exact_in_order(direct_bytes):
+    layout, weights = sharded_weights(direct_bytes)
+    direct = {spec.name for bucket in layout.buckets for spec in bucket if layout.direct(spec)}
+    assert direct == ({"a", "one", "big"} if direct_bytes == 24 else set())
     senders, receivers = run_sync(
         layout,
         lambda group, rank: send_weights(group, layout, rank, 7, shards_of(weights, layout, rank)),
@@ -172,6 +177,20 @@ def test_every_rank_sends_its_rows_and_workers_get_every_tensor_bit_exact_in_ord
         assert [name for name, _ in received] == layout.names
         for name, tensor in received:
             assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, weights[name].to(torch.bfloat16)), name
+            if name in direct:  # received in place: the tensor is its whole memory, nothing joined or packed
+                assert tensor.untyped_storage().nbytes() == tensor.nbytes, name
+
+
+def test_a_direct_shard_already_in_the_publish_dtype_is_sent_without_a_copy():
+    layout, weights = sharded_weights()
+    shards = shards_of(weights, layout, 0)
+    for k in range(len(layout.buckets)):
+        messages = _outgoing(layout, k, 0, shards, torch.device("cpu"))
+        if layout.buckets[k][0].name == "big":
+            assert [m.data_ptr() for m in messages] == [weights["big"].data_ptr()]  # rank 0's rows start it
+        else:  # the packed part first, then the direct tensors' rows, cast to bf16
+            assert messages[0].numel() == layout.packed_numel(k, 0)
+            assert all(m.dtype == torch.bfloat16 for m in messages)
 
 
 def test_a_header_mismatch_on_one_group_raises_before_anything_is_yielded():
