@@ -481,7 +481,8 @@ class Learner:
         `layout`'s buckets (`send_weights`).
 
         Nothing is gathered and the ranks do not talk to each other: every rank calls it and sends its own
-        float32 shards, cast to the publish dtype bucket by bucket, holding at most two bucket parts beside them.
+        float32 shards bucket by bucket, cast to the publish dtype where they are not in it, holding at most two
+        buckets' packed parts and casts beside them (`send_weights`: large tensors go as they are).
         Returns None once every worker received this rank's parts; when the transport fails, the error's text
         (the group is then left)."""
         try:

@@ -3,12 +3,16 @@
 `python -m bench.weight_sync` builds random Qwen2 policies of about 1M, 9M, 50M and 150M parameters locally (the
 embedded policy's tokenizer, wider and deeper; nothing is downloaded), starts a real FSDP2 learner group (two
 gloo ranks) and a pool of one, then two vLLM rollout workers on a local Ray cluster (loopback only), and times
-`RolloutPool.sync_weights` (the scheduler's call) over each transport: the median of `--repeats` syncs after one
-warm-up. While each sync runs, a thread samples the resident set size of learner rank 0's process every
+`RolloutPool.sync_weights` (the scheduler's call) over each transport: one warm-up each, then `--repeats` rounds of
+one sync per transport, taking turns (so that a slow spell of the shared machine hits both alike), and the median
+of each. While each sync runs, a thread samples the resident set size of learner rank 0's process every
 millisecond (/proc/<pid>/statm); the peak minus the value just before the sync is the peak added host memory.
-Ray's workers run with `MALLOC_MMAP_THRESHOLD_=65536`, so that freed tensors go back to the OS at once and
-every sync starts from an honest baseline (glibc would otherwise keep them for reuse). The object store's
-serialised copy lives in shared memory that rank 0 writes, so it counts in rank 0's RSS.
+The learner ranks set glibc's mmap threshold to 64 KiB (`mallopt`, as `MALLOC_MMAP_THRESHOLD_=65536` would), so
+that freed tensors go back to the OS at once and every sync starts from an honest baseline (glibc would otherwise
+keep them for reuse). The rollout workers keep glibc's defaults, as in a run: with the threshold set, every
+tensor their engine allocates is fresh pages, faulted in one by one (a copy into fresh memory runs at 2.8 GB/s on
+this VM against 13 GB/s into memory already used), which slowed both transports' engine reload alike. The object
+store's serialised copy lives in shared memory that rank 0 writes, so it counts in rank 0's RSS.
 
 Writes `bench/results/weight_sync.json` and `.md` (the reading, with the paper-scale arithmetic).
 """
@@ -39,6 +43,8 @@ SIZES = {"1M": (128, 512, 4), "9M": (384, 1536, 4), "50M": (768, 3072, 6), "150M
 TRANSPORTS = ("collective", "object_store")
 RAY_CPUS = 4
 PAGE = os.sysconf("SC_PAGE_SIZE")
+M_MMAP_THRESHOLD = -3
+"""glibc's mallopt parameter for the size from which allocations get a mapping of their own (malloc.h)."""
 
 
 @dataclass
@@ -49,6 +55,8 @@ class Row:
     params: int
     workers: int
     seconds: float
+    samples_s: list[float]
+    """Every timed sync's seconds, by round (a round times each transport once, in turn)."""
     peak_host_bytes: int
     bytes_per_worker: int
     bound_bytes: int
@@ -106,6 +114,8 @@ class RssSampler:
 
 def measure(model: Path, params: int, workers: int, args: argparse.Namespace) -> list[Row]:
     """Both transports on one model and worker count: a learner group, a pool, warm-up, then timed syncs."""
+    import ray
+
     import launch
     from cluster.build import build_rollout_pool
     from cluster.learner_group import LearnerGroup
@@ -129,33 +139,40 @@ def measure(model: Path, params: int, workers: int, args: argparse.Namespace) ->
         pool = build_rollout_pool(cfg, model)
         stack.callback(pool.shutdown)
         pid = _pid(learner.actors[0])
+        # The measured processes only: the workers keep glibc's defaults, unless asked (`--mmap-everywhere`).
+        for actor in learner.actors + (pool.workers if args.mmap_everywhere else []):
+            ray.get(actor.__ray_call__.remote(_return_freed_memory_at_once))
         layout = learner.weight_layout(bucket_bytes)
+        transports = {name: make_transport(name, args.bucket_mb, cfg.rollout.sync_timeout_s) for name in TRANSPORTS}
+        seconds: dict[str, list[float]] = {name: [] for name in TRANSPORTS}
+        peaks: dict[str, list[int]] = {name: [] for name in TRANSPORTS}
         version = 0
-        for transport in TRANSPORTS:
-            pool.transport = make_transport(transport, args.bucket_mb, cfg.rollout.sync_timeout_s)
-            seconds, peaks = [], []
-            for repeat in range(args.repeats + 1):
+        for repeat in range(args.repeats + 1):  # round 0 is the warm-up (group set-up, first allocations)
+            for name, transport in transports.items():
+                pool.transport = transport
                 version += 1
                 sampler = RssSampler(pid)
                 start = time.perf_counter()
                 pool.sync_weights(learner, version)
                 elapsed = time.perf_counter() - start
                 peak = sampler.stop()
-                if repeat:  # the first sync of each transport is the warm-up (group set-up, first allocations)
-                    seconds.append(elapsed)
-                    peaks.append(peak)
+                assert pool.restarts == 0 and {i["weights_version"] for i in pool.info()} == {version}
+                if repeat:
+                    seconds[name].append(round(elapsed, 4))
+                    peaks[name].append(peak)
+        for name in TRANSPORTS:
             row = Row(
-                transport=transport,
+                transport=name,
                 params=params,
                 workers=workers,
-                seconds=statistics.median(seconds),
-                peak_host_bytes=max(peaks),
+                seconds=statistics.median(seconds[name]),
+                samples_s=seconds[name],
+                peak_host_bytes=max(peaks[name]),
                 bytes_per_worker=layout.nbytes,
                 bound_bytes=rank0_bound(layout),
             )
             print(json.dumps(asdict(row)), flush=True)
             rows.append(row)
-            assert pool.restarts == 0 and {i["weights_version"] for i in pool.info()} == {version}
     return rows
 
 
@@ -164,6 +181,15 @@ def rank0_bound(layout: BucketLayout) -> int:
     buckets (one in flight, one filling), in the publish dtype."""
     parts = sorted(layout.part_numel(k, 0) for k in range(len(layout.buckets)))
     return sum(parts[-2:]) * layout.torch_dtype.itemsize
+
+
+def _return_freed_memory_at_once(_actor) -> None:
+    """Run inside an actor: glibc serves every allocation of 64 KiB or more with its own mapping from now on, so
+    that freed tensors leave the resident set size at once (what `MALLOC_MMAP_THRESHOLD_=65536` does at start)."""
+    import ctypes
+
+    if ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 65536) != 1:
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) refused")
 
 
 def _pid(actor) -> int:
@@ -183,13 +209,12 @@ def run(args: argparse.Namespace) -> dict:
     from tasks.registry import prepare_task
 
     base = prepare_task(RunConfig()).model
-    env = worker_env() | {"MALLOC_MMAP_THRESHOLD_": "65536"}
     ray.init(
         address="local",
         num_cpus=RAY_CPUS,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": env},
+        runtime_env={"env_vars": worker_env()},
         logging_level="WARNING",
     )
     started = time.time()
@@ -212,6 +237,7 @@ def run(args: argparse.Namespace) -> dict:
         "dtype": "float32",
         "engine": args.engine,
         "repeats": args.repeats,
+        "workers_mmap_threshold": 65536 if args.mmap_everywhere else "glibc default",
         "wall_s": round(time.time() - started, 1),
         "rows": [asdict(r) for r in rows],
     }
@@ -228,25 +254,34 @@ def markdown(doc: dict) -> str:
         "",
         f"`RolloutPool.sync_weights` from a real FSDP2 learner group ({doc['learner_ranks']} gloo ranks) to "
         f"real rollout workers (engine `{doc['engine']}`), {doc['dtype']} publish dtype, buckets of "
-        f"{doc['bucket_mb']} MiB; median of {doc['repeats']} syncs after one warm-up per transport. Peak added "
+        f"{doc['bucket_mb']} MiB; one warm-up each, then {doc['repeats']} rounds of one sync per transport in turn, "
+        "median of each (the paired column: each round's object store time over its collective time, lowest to "
+        "highest). Peak added "
         "host memory: the resident set size of learner rank 0's process sampled every millisecond by a thread "
-        "during each sync, peak minus the value just before it, the largest over the timed syncs (Ray's workers "
-        "run with `MALLOC_MMAP_THRESHOLD_=65536` so that freed tensors leave the RSS at once). Random Qwen2 "
+        "during each sync, peak minus the value just before it, the largest over the timed syncs (the learner ranks "
+        "set glibc's mmap threshold to 64 KiB so that freed tensors leave the RSS at once; the rollout workers' "
+        f"threshold: {doc['workers_mmap_threshold']}). Random Qwen2 "
         "weights built locally; loopback only.",
         "",
-        "| params | workers | MB per worker | object store s | collective s | speed-up | object store peak MB "
-        "| collective peak MB | collective bound MB (2 of rank 0's bucket parts) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| params | workers | MB per worker | object store s | collective s | speed-up | paired speed-ups "
+        "| object store peak MB | collective peak MB | collective bound MB (2 of rank 0's bucket parts) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for params, workers in sorted({(r["params"], r["workers"]) for r in rows}):
         store, coll = key[("object_store", params, workers)], key[("collective", params, workers)]
         lines.append(
             f"| {params / 1e6:.1f}M | {workers} | {coll['bytes_per_worker'] / 1e6:.1f} | {store['seconds']:.3f} | "
-            f"{coll['seconds']:.3f} | {store['seconds'] / coll['seconds']:.2f}x | "
+            f"{coll['seconds']:.3f} | {store['seconds'] / coll['seconds']:.2f}x | {paired_speedups(store, coll)} | "
             f"{store['peak_host_bytes'] / 1e6:.1f} | {coll['peak_host_bytes'] / 1e6:.1f} | "
             f"{coll['bound_bytes'] / 1e6:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def paired_speedups(store: dict, collective: dict) -> str:
+    """Each round's object-store seconds over its collective seconds, lowest and highest: "2.9-3.3x"."""
+    ratios = [a / b for a, b in zip(store["samples_s"], collective["samples_s"], strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -256,8 +291,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--learner-ranks", type=int, default=2)
     parser.add_argument("--bucket-mb", type=float, default=32.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
+    parser.add_argument(
+        "--mmap-everywhere",
+        action="store_true",
+        help="the rollout workers too allocate every tensor as fresh pages (the learner ranks always do)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
