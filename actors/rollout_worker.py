@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +61,7 @@ class RolloutWorker:
         rollouts: dict[int, Rollout] = {}
         for max_new_tokens, positions in by_length.items():
             batch = [requests[p] for p in positions]
+            start = time.perf_counter()
             groups = self.engine.generate(
                 [list(r.prompt_token_ids) for r in batch],
                 [r.num_samples for r in batch],
@@ -67,8 +69,9 @@ class RolloutWorker:
                 max_new_tokens,
                 [r.seed for r in batch],
             )
+            seconds = time.perf_counter() - start
             for position, request, completions in zip(positions, batch, groups, strict=True):
-                rollouts[position] = self._rollout(request, completions)
+                rollouts[position] = self._rollout(request, completions, seconds)
         return [rollouts[p] for p in range(len(requests))]
 
     def generate_greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
@@ -170,8 +173,8 @@ class RolloutWorker:
         self.leave_weight_group()
         self.engine.close()
 
-    def _rollout(self, request: RolloutRequest, completions: list[Completion]) -> Rollout:
-        """Stamp one request's completions with what produced them."""
+    def _rollout(self, request: RolloutRequest, completions: list[Completion], seconds: float) -> Rollout:
+        """Stamp one request's completions with what produced them, and the `seconds` of the engine call."""
         if len(completions) != request.num_samples:
             raise RuntimeError(
                 f"engine {self.engine.name} returned {len(completions)} completions for "
@@ -185,6 +188,7 @@ class RolloutWorker:
             temperature=self.temperature,
             weights_version=self.weights_version,
             worker=self.name,
+            generate_s=seconds,
         )
 
 

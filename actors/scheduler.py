@@ -381,6 +381,7 @@ class Scheduler:
             question_ids=tuple(q.id for q in sampled.questions),
             rollouts_per_question=tuple(r.num_samples for r in requests),
             generated_tokens=sum(len(c.token_ids) for r in rollouts for c in r.completions),
+            generation_seconds=generation_seconds(rollouts),
             response_length_mean=stats.response_length_mean,
             truncated_fraction=stats.truncated_fraction,
             reward_mean=stats.reward_mean,
@@ -586,3 +587,15 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
         (int(p.name.removeprefix("step_")), p) for p in root.glob("step_*") if p.name.removeprefix("step_").isdigit()
     ]
     return max(steps)[1] if steps else None
+
+
+def generation_seconds(rollouts: list[Rollout]) -> float:
+    """How long the workers' engines took to generate `rollouts`: per worker, the sum of its engine calls (the
+    rollouts of one call share its `generate_s`), and the longest of the workers, who run in parallel; NaN when
+    none was measured. Unlike the step's `generate` phase this is not the scheduler's wait, which ahead of
+    training is only what is left of a generation that ran during the previous step's training."""
+    calls = {(r.worker, r.generate_s) for r in rollouts if r.generate_s > 0}
+    per_worker: dict[str, float] = {}
+    for worker, seconds in calls:
+        per_worker[worker] = per_worker.get(worker, 0.0) + seconds
+    return max(per_worker.values(), default=math.nan)

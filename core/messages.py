@@ -98,9 +98,16 @@ class Rollout:
     temperature: float
     weights_version: int
     worker: str = ""
+    generate_s: float = 0.0
+    """Seconds of the engine call that generated it, on its worker (the rollouts of one call all carry that
+    call's seconds); 0 when not measured."""
 
     def __post_init__(self) -> None:
         _require(len(self.completions) >= 1, f"Rollout {self.question_id!r}: no completions")
+        _require(
+            math.isfinite(self.generate_s) and self.generate_s >= 0,
+            f"Rollout {self.question_id!r}: generate_s={self.generate_s} must be finite and >= 0",
+        )
         _require(
             math.isfinite(self.temperature) and self.temperature > 0,
             f"Rollout {self.question_id!r}: temperature={self.temperature} must be finite and > 0",

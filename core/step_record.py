@@ -10,8 +10,11 @@ The line's keys, by namespace:
   and the weights version after its update.
 - `rollout/question_ids`, `rollout/per_question`: the step's questions and the rollouts each got (lists, in batch
   order); `rollout/total`, `rollout/min`, `rollout/max`: their sum (the step's budget), smallest and largest.
-- `rollout/generated_tokens`, `rollout/tokens_per_s`: response tokens generated, and per second of the generate
-  phase; `rollout/response_length_mean` (tokens), `rollout/truncated_fraction` (share that hit the length limit).
+- `rollout/generated_tokens`, `rollout/generate_s`, `rollout/tokens_per_s`: response tokens generated, the seconds
+  the workers' engines took to generate them (the longest worker's; ahead of training the `generate` phase is
+  only the scheduler's wait), and tokens per second of those (of the `generate` phase when the engines' seconds
+  are unknown); `rollout/response_length_mean` (tokens), `rollout/truncated_fraction` (share that hit the length
+  limit).
 - `reward/mean` (shaped reward), `reward/accuracy` (share of correct samples), `reward/all_wrong_fraction` and
   `reward/all_correct_fraction` (share of questions with no / only correct samples), `reward/zero_advantage_fraction`
   (share of samples with no learning signal), `reward/timeouts` and `reward/errors` (completions whose reward call
@@ -98,6 +101,8 @@ class StepRecord:
     """Samples older than `train.max_staleness` versions, dropped and generated again."""
     stale_kept: int = 0
     """Samples older than `train.max_staleness` versions, trained on all the same (`stale_policy=wait`)."""
+    generation_seconds: float = math.nan
+    """Seconds the workers' engines took to generate the step's rollouts (the longest worker's); NaN if unknown."""
 
     def __post_init__(self) -> None:
         if len(self.question_ids) != len(self.rollouts_per_question) or len(self.question_ids) != len(
@@ -127,8 +132,10 @@ class StepRecord:
 
     @property
     def tokens_per_s(self) -> float:
-        """Generated response tokens per second of the generate phase."""
-        return self.generated_tokens / max(self.timing.get("generate", 0.0), 1e-9)
+        """Generated response tokens per second of the engines' generation (`generation_seconds`), or of the
+        generate phase when that is unknown."""
+        seconds = self.generation_seconds if self.generation_seconds > 0 else self.timing.get("generate", 0.0)
+        return self.generated_tokens / max(seconds, 1e-9)
 
     @property
     def step_seconds(self) -> float:
@@ -163,6 +170,7 @@ class StepRecord:
             "rollout/min": self.rollouts_min,
             "rollout/max": self.rollouts_max,
             "rollout/generated_tokens": self.generated_tokens,
+            "rollout/generate_s": self.generation_seconds,
             "rollout/tokens_per_s": self.tokens_per_s,
             "rollout/response_length_mean": self.response_length_mean,
             "rollout/truncated_fraction": self.truncated_fraction,
@@ -205,8 +213,7 @@ class StepRecord:
             return line[key]
 
         def real(key: str) -> float:
-            value = get(key)
-            return math.nan if value is None else float(value)
+            return _real_or_nan(get(key))
 
         target = get("temperature/target_entropy")
         return cls(
@@ -240,6 +247,7 @@ class StepRecord:
             staleness=tuple(int(n) for n in line.get("pipeline/staleness", ())),
             stale_dropped=int(line.get("pipeline/dropped", 0)),
             stale_kept=int(line.get("pipeline/stale_kept", 0)),
+            generation_seconds=_real_or_nan(line.get("rollout/generate_s")),
         )
 
 
@@ -252,10 +260,15 @@ def step_phases(records: Iterable[StepRecord]) -> list[str]:
     return list(phases)
 
 
+def _real_or_nan(value: Any) -> float:
+    """A logged number (null or absent read as NaN)."""
+    return math.nan if value is None else float(value)
+
+
 def _namespace(line: Mapping[str, Any], prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, float]:
     """The `prefix`ed numbers of a line by their name after the prefix (null read as NaN), in line order."""
     return {
-        key.removeprefix(prefix): math.nan if value is None else float(value)
+        key.removeprefix(prefix): _real_or_nan(value)
         for key, value in line.items()
         if key.startswith(prefix) and key.removeprefix(prefix) not in exclude
     }

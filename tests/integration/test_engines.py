@@ -331,6 +331,8 @@ def test_worker_stamps_rollouts_with_temperature_version_and_name(
     assert [r.question_id for r in rollouts] == ["q-a", "q-bb", "q-c"]
     assert [len(r.completions) for r in rollouts] == [2, 3, 1]
     assert max(len(c.token_ids) for c in rollouts[1].completions) <= 5
+    # one engine call per max_new_tokens: q-a and q-c share theirs, q-bb has its own
+    assert rollouts[0].generate_s == rollouts[2].generate_s > 0 and rollouts[1].generate_s > 0
     for r, req in zip(rollouts, requests, strict=True):
         assert (r.temperature, r.weights_version, r.worker, r.step) == (0.8, 4, "rollout-7", 3)
         assert r.prompt_token_ids == req.prompt_token_ids

@@ -1,5 +1,7 @@
 """Messages reject inconsistent values with the values in the error; the train batch shards by tokens."""
 
+import math
+
 import pytest
 import torch
 
@@ -43,6 +45,12 @@ def test_completion_and_scored_lengths_must_agree():
     rollout = Rollout("q", 0, (1,), (Completion((1,), (-0.1,), "x", "stop"),), temperature=1.0, weights_version=0)
     with pytest.raises(ValueError, match="1 completions, 2 rewards"):
         ScoredRollouts(rollout, rewards=(1.0, 0.0), correct=(True,))
+
+
+@pytest.mark.parametrize("bad", [-0.5, math.nan, math.inf])
+def test_a_rollout_needs_finite_nonnegative_generation_seconds(bad):
+    with pytest.raises(ValueError, match=f"generate_s={bad} must be finite and >= 0"):
+        Rollout("q", 0, (1,), (Completion((1,), (-0.1,), "x", "stop"),), 1.0, 0, generate_s=bad)
 
 
 def test_train_batch_checks_shapes():

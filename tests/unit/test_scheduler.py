@@ -4,6 +4,7 @@ phases, the stamps on what it sends, the temperature it broadcasts, its records 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from actors.scheduler import ROLLOUT_WEIGHTS, Scheduler, StepPlan
+from actors.scheduler import ROLLOUT_WEIGHTS, Scheduler, StepPlan, generation_seconds
 from core.allocators import ALLOCATORS, QuestionStats
 from core.config import BudgetConfig, RewardConfig, TemperatureConfig
 from core.difficulty import DifficultyTable
@@ -474,3 +475,13 @@ def test_rollouts_older_than_the_bound_are_dropped_and_generated_again_or_kept(t
         assert "pool.generate" not in calls.methods()
     assert records[1].stale_dropped + records[1].stale_kept == records[1].rollouts_total
     assert records[2].staleness == (0, records[2].rollouts_total)  # step 4, issued under the new bound: 1 old
+
+
+def test_generation_seconds_sum_a_workers_calls_and_take_the_longest_worker():
+    def rollout(worker: str, seconds: float) -> Rollout:
+        return Rollout("q", 0, (1,), (Completion((1,), (-0.1,), "x", "stop"),), 1.0, 0, worker, seconds)
+
+    # w0 made one call of 2.0 s (two rollouts share it) and one of 0.5 s (a stale batch generated again)
+    rollouts = [rollout("w0", 2.0), rollout("w0", 2.0), rollout("w0", 0.5), rollout("w1", 2.25)]
+    assert generation_seconds(rollouts) == 2.5
+    assert math.isnan(generation_seconds([rollout("w0", 0.0)]))  # fakes that do not measure

@@ -68,6 +68,15 @@ def test_derived_values():
     assert math.isnan(step_record(0).step_seconds)
 
 
+def test_tokens_per_second_are_of_the_engines_generation_when_measured():
+    measured = step_record(0, generation_seconds=0.5, timing={"step": 2.0, "generate": 0.1})
+    assert measured.tokens_per_s == pytest.approx(80 / 0.5)  # ahead of training: `generate` is only the wait
+    line = measured.to_log()
+    assert line["rollout/generate_s"] == 0.5 and StepRecord.from_log(line).generation_seconds == 0.5
+    unmeasured = step_record(0, timing={"step": 2.0, "generate": 0.1})
+    assert unmeasured.tokens_per_s == pytest.approx(80 / 0.1) and unmeasured.to_log()["rollout/generate_s"] is None
+
+
 def test_phases_are_listed_in_the_order_they_first_ran():
     first = step_record(0, timing={"step": 1.0, "sample": 0.1, "train": 0.5})
     second = step_record(1, timing={"step": 1.0, "sample": 0.1, "generate": 0.2, "train": 0.5, "checkpoint": 0.1})
