@@ -22,13 +22,13 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TiePolicy = Literal["average", "index"]
+from core.config import TIES, Ties
 
 DEFAULT_RANK = 0.5
 """Rank of a question that has no initial rank, until ranks are first recomputed (E3_SPEC section 1)."""
@@ -50,7 +50,7 @@ def ids_fingerprint(question_ids: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def _rank_by_accuracy(accuracy: np.ndarray, ties: TiePolicy) -> np.ndarray:
+def _rank_by_accuracy(accuracy: np.ndarray, ties: Ties) -> np.ndarray:
     """Return `position / N` with questions sorted by descending accuracy (stable), ties averaged if asked."""
     n = len(accuracy)
     order = np.argsort(-accuracy, kind="stable")
@@ -77,14 +77,14 @@ class DifficultyTable:
         self,
         question_ids: Sequence[str],
         initial_ranks: Sequence[float] | None = None,
-        ties: TiePolicy = "average",
+        ties: Ties = Ties.average,
         fingerprint: str | None = None,
     ) -> None:
         """A table of `question_ids` (unique, in dataset order). `fingerprint` names the dataset in the table's
         saved files, so that a file only loads into a table of the same dataset; by default it is the SHA-256
         of the ordered ids (the scheduler passes the dataset's own, which covers the answers too)."""
-        if ties not in ("average", "index"):
-            raise ValueError(f"ties must be 'average' or 'index', got ties={ties!r}")
+        if ties not in TIES:
+            raise ValueError(f"ties must be one of {', '.join(TIES)}, got ties={ties!r}")
         ids = list(question_ids)
         not_str = [qid for qid in ids if not isinstance(qid, str)]
         if not_str:
@@ -95,7 +95,7 @@ class DifficultyTable:
             raise ValueError(f"question ids must be unique; duplicates: {duplicates[:10]}")
         n = len(ids)
         self._ids = ids
-        self._ties: TiePolicy = ties
+        self._ties: Ties = ties
         self._fingerprint = fingerprint if fingerprint is not None else ids_fingerprint(ids)
         self._attempts = np.zeros(n, dtype=np.int64)
         self._correct = np.zeros(n, dtype=np.int64)
