@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.machine import cpu_description
+from bench.runs import SYNCHRONOUS, machine_line, train_run
 from cluster.environment import keep_ray_on_loopback
 from core.markdown import markdown_table
 
@@ -122,7 +121,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     keep_ray_on_loopback()  # before Ray is imported
 
-    import launch
     from actors.report import write_report
     from cluster.build import ray_session
     from core.config import RayConfig
@@ -132,26 +130,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with ray_session(RayConfig(), needed_cpus=4):
         for seed in args.seeds:
             for algo in ALGOS:
-                name = f"{algo}-seed{seed}"
-                overrides = [
-                    f"algo={algo}",
-                    f"train.seed={seed}",
-                    f"run_name={name}",
-                    f"output_dir={args.runs}",
-                    "wandb.mode=disabled",
-                    "train.max_staleness=0",  # the synchronous loop its committed results ran
-                    "learner.off_policy_correction=none",
-                    *args.overrides,
-                ]
-                launch.train(launch.compose_run_config(overrides))
-                run_dirs[algo, seed] = args.runs / name
+                overrides = [f"algo={algo}", *SYNCHRONOUS, *args.overrides]  # the loop its committed results ran
+                run_dirs[algo, seed] = train_run(args.runs, f"{algo}-seed{seed}", seed, overrides)
 
     results: dict[str, Any] = {
         algo: aggregate([run_metrics(run_dirs[algo, seed]) for seed in args.seeds]) for algo in ALGOS
     }
     results["seeds"] = args.seeds
     results["overrides"] = args.overrides
-    results["machine"] = f"{cpu_description()}, {platform.machine()}, no GPU"
+    results["machine"] = machine_line()
     results["date"] = time.strftime("%Y-%m-%d")
     results["bench_wall_s"] = time.perf_counter() - started
     command = "python -m bench.ab " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -41,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.machine import cpu_description
+from bench.runs import SYNCHRONOUS, machine_line, train_run
 from cluster.environment import keep_ray_on_loopback
 from core.markdown import markdown_table
 
@@ -68,14 +67,12 @@ KS = (1, 4, 16, 64)
 """The k of the held-out pass@k (64 answers sampled per question)."""
 
 ABLATION_CONFIG = [
-    "train.max_staleness=0",  # the synchronous loop the committed results ran (the demo now runs one step ahead)
-    "learner.off_policy_correction=none",
+    *SYNCHRONOUS,  # the loop the committed results ran
     "data.max_train_questions=512",
     "eval.every_steps=4",
     f"eval.heldout_samples={max(KS)}",
     f"eval.ks=[{','.join(map(str, KS))}]",
     "eval.sample_before=false",
-    "wandb.mode=disabled",
 ]
 """The demo's config, synchronous, shortened to 48 steps (about 3.2 min a run on 2 cores of an Intel Xeon)."""
 
@@ -287,7 +284,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--variants must include grpo (the efficiency figure's reference)")
     keep_ray_on_loopback()  # before Ray is imported
 
-    import launch
     from actors.report import load_run, write_report
     from cluster.build import ray_session
     from core.config import RayConfig
@@ -299,18 +295,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in args.seeds:
             for name in args.variants:
                 first = not any(run_dirs.values())
-                run_name = f"{name}-seed{seed}"
                 overrides = [
                     *config,
                     *VARIANTS[name],
-                    f"train.seed={seed}",
-                    f"run_name={run_name}",
-                    f"output_dir={args.runs}",
                     *(["eval.sample_before=true"] if first else []),  # the base policy's pass@k, once
                 ]
-                if not (args.reuse and (args.runs / run_name / "summary.json").is_file()):
-                    launch.train(launch.compose_run_config(overrides))
-                run_dirs[name].append(args.runs / run_name)
+                run_dirs[name].append(train_run(args.runs, f"{name}-seed{seed}", seed, overrides, reuse=args.reuse))
 
     runs = {name: [load_run(d) for d in dirs] for name, dirs in run_dirs.items()}
     results: dict[str, Any] = summarize(runs)
@@ -320,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["seeds"] = args.seeds
     results["config"] = config
     results["variant_overrides"] = {name: VARIANTS[name] for name in args.variants}
-    results["machine"] = f"{cpu_description()}, {platform.machine()}, no GPU"
+    results["machine"] = machine_line()
     results["date"] = time.strftime("%Y-%m-%d")
     results["bench_wall_s"] = time.perf_counter() - started
     command = ("python -m bench.ablation " + " ".join(sys.argv[1:] if argv is None else argv)).strip()

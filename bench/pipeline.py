@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ab import aggregate, run_metrics
-from bench.machine import cpu_description
+from bench.runs import machine_line, train_run
 from cluster.environment import keep_ray_on_loopback
 from core.markdown import markdown_table
 
@@ -215,7 +214,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     keep_ray_on_loopback()  # before Ray is imported
 
-    import launch
     from cluster.build import ray_session
     from core.config import RayConfig
 
@@ -227,16 +225,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with ray_session(RayConfig(), needed_cpus=4):
             for seed in args.seeds:
                 for mode, staleness in MODES.items():
-                    name = f"{mode}-seed{seed}"
                     correction = "tis" if staleness else "none"
-                    launch.train(
-                        launch.compose_run_config(
-                            [f"train.max_staleness={staleness}", f"learner.off_policy_correction={correction}",
-                             f"train.seed={seed}", f"run_name={name}", f"output_dir={args.runs}",
-                             "wandb.mode=disabled", "rollout.num_cpus=1", "learner.num_cpus=1", *args.overrides]
-                        )
-                    )  # fmt: skip
-                    runs[mode, seed] = args.runs / name
+                    overrides = [
+                        f"train.max_staleness={staleness}",
+                        f"learner.off_policy_correction={correction}",
+                        "rollout.num_cpus=1",
+                        "learner.num_cpus=1",
+                        *args.overrides,
+                    ]
+                    runs[mode, seed] = train_run(args.runs, f"{mode}-seed{seed}", seed, overrides)
     finally:
         pinner.stop()
     first = args.seeds[0]
@@ -247,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results.update(
         seeds=args.seeds,
         overrides=args.overrides,
-        machine=f"{cpu_description()}, {platform.machine()}, no GPU",
+        machine=machine_line(),
         date=time.strftime("%Y-%m-%d"),
         pinned=sorted(set(pinner.seen.values())),
         bench_wall_s=time.perf_counter() - started,
