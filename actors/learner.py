@@ -482,7 +482,8 @@ class Learner:
 
         Nothing is gathered and the ranks do not talk to each other: every rank calls it and sends its own
         float32 shards bucket by bucket, cast to the publish dtype where they are not in it, holding at most two
-        buckets' packed parts and casts beside them (`send_weights`: large tensors go as they are).
+        buckets' packed parts and casts beside them (`send_weights`: large tensors go as they are, straight from
+        the live parameters, which no optimizer step touches meanwhile: the actor runs one call at a time).
         Returns None once every worker received this rank's parts; when the transport fails, the error's text
         (the group is then left)."""
         try:

@@ -294,7 +294,7 @@ def _outgoing(
     for spec in layout.buckets[k]:
         shard = _checked(next(shards), spec, rank)
         if layout.direct(spec):
-            if shard.numel():  # no copy when the shard is already contiguous in `dtype` on `device`
+            if spec.part_numel(rank):  # no copy when the shard is already contiguous in `dtype` on `device`
                 direct.append(shard.to(device=device, dtype=dtype).contiguous())
             continue
         numel = spec.part_numel(rank)
@@ -368,7 +368,7 @@ def _post_bucket(
         part = torch.empty(layout.packed_numel(k, rank), dtype=dtype, device=device)
         messages = [part] if part.numel() else []
         for spec in bucket:
-            if spec.name in direct and spec.rows[rank]:
+            if spec.name in direct and spec.part_numel(rank):
                 start = sum(spec.rows[:rank])
                 messages.append(direct[spec.name][start : start + spec.rows[rank]])
         tickets.append([group.post(message) for message in messages])
