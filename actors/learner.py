@@ -36,6 +36,7 @@ project trains fit comfortably in one host's memory.)
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import math
 import os
@@ -59,6 +60,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from actors.checkpoint_files import fsync_tree
 from actors.weight_transport import (
     BucketLayout,
     TensorSpec,
@@ -141,7 +143,8 @@ class Learner:
     def setup(self) -> None:
         """Join the process group, load the policy from `model_path`, shard it with FSDP2 and build AdamW.
 
-        Collective: every rank calls it. Seeds torch with `seed` and limits torch to `config.torch_threads`.
+        Collective: every rank calls it. Seeds torch with `seed` and limits torch to `config.torch_threads`. Every
+        collective of the group then fails after `config.collective_timeout_s` seconds of waiting.
         """
         os.environ.update(
             MASTER_ADDR=self.master_addr,
@@ -163,6 +166,7 @@ class Learner:
             store=self._rendezvous_store(),
             rank=self.rank,
             world_size=self.world_size,
+            timeout=datetime.timedelta(seconds=self.config.collective_timeout_s),
         )
         mesh = init_device_mesh(self.device.type, (self.world_size,))
 
@@ -462,13 +466,21 @@ class Learner:
         ]
         return plan_buckets(specs, self.dtype, bucket_bytes)
 
-    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float, name: str) -> None:
+    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float, name: str) -> str | None:
         """Join (and serve, at `address:port`) this rank's own weight-transport group of the generation `name`, as
-        its rank 0, leaving any earlier one. Every rank calls it with its own address; returns once every member
-        of its group joined."""
+        its rank 0, leaving any earlier one. Every rank calls it with its own address. Returns None once every
+        member of its group joined; when they did not within `timeout_s` (a worker died or hung while the groups
+        formed: no fault of this rank), the error's text, as `broadcast_weights` does, so that the pool replaces
+        the worker and rebuilds instead of taking the learner for lost."""
         self.leave_weight_group()
         backend = "nccl" if self.device.type == "cuda" else "gloo"
-        self._weight_group = WeightGroup(address, port, 0, world_size, backend, timeout_s, group_name(name, self.rank))
+        try:
+            self._weight_group = WeightGroup(
+                address, port, 0, world_size, backend, timeout_s, group_name(name, self.rank)
+            )
+        except Exception as failure:  # noqa: BLE001 - a member missing; reported to the pool, which rebuilds
+            return f"{type(failure).__name__}: {failure}"
+        return None
 
     def leave_weight_group(self) -> None:
         """Leave the weight-transport group, if in one."""
@@ -516,7 +528,8 @@ class Learner:
         """Write the policy (float32) and optimizer state under the folder `path`, from rank 0, with the base
         model's config and tokenizer files, so that the folder loads as a Hugging Face model directory.
 
-        Collective: every rank calls it; returns once the files are written.
+        Collective: every rank calls it; returns once the files are written and flushed to disk (fsync, on rank
+        0's node, which may not be the node that publishes the checkpoint).
         """
         model, optimizer = self._require_setup()
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -528,6 +541,7 @@ class Learner:
             save_file(model_state, str(folder / MODEL_FILE))
             torch.save(optimizer_state, folder / OPTIMIZER_FILE)
             copy_model_files(Path(self.model_path), folder)
+            fsync_tree(folder)
         dist.barrier()
 
     def load(self, path: str) -> None:

@@ -9,7 +9,9 @@ import logging
 import math
 import os
 import threading
+import uuid
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +46,49 @@ def _scalar_items(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def _init_wandb(config: WandbConfig, run_dir: Path, run_name: str, run_config: dict[str, Any], resume: bool) -> Any:
-    """Start a W&B run; online init that fails or hangs past `init_timeout_s` falls back to offline with a warning."""
-    if config.mode == "disabled":
-        return None
+WANDB_STATE = "wandb_run.json"
+"""In the run folder: the run's one W&B id and the last step and epoch end sent to W&B (`WandbProgress`)."""
+
+
+@dataclass
+class WandbProgress:
+    """What a run has sent to W&B, kept in `<run_dir>/wandb_run.json` across resumes and recoveries: every
+    attempt logs into the W&B run `id`, and sends no step (or epoch end) it sent before, which W&B would drop
+    as non-monotonic."""
+
+    id: str
+    step: int = -1
+    """The last step whose numbers were sent (-1: none)."""
+    epoch: int = -1
+    """The last epoch whose end-of-epoch views were sent (-1: none)."""
+
+    @classmethod
+    def for_run(cls, run_dir: Path, resume: bool) -> WandbProgress:
+        """A resumed run's progress as its folder keeps it; a new run's (or one whose file is missing: nothing
+        was sent to W&B yet, or unreadable: with a warning naming it) a new id with nothing sent, written to the
+        folder at once."""
+        path = run_dir / WANDB_STATE
+        if resume:
+            try:
+                return cls(**json.loads(path.read_text(encoding="utf-8")))
+            except FileNotFoundError:
+                log.info("no %s (nothing sent to W&B yet): this resumed run starts a W&B run", path)
+            except (OSError, ValueError, TypeError) as err:
+                log.warning("%s is unreadable (%s): this resumed run logs to a new W&B run", path, err)
+        progress = cls(id=uuid.uuid4().hex[:12])
+        progress.save(run_dir)
+        return progress
+
+    def save(self, run_dir: Path) -> None:
+        """Write the progress to `<run_dir>/wandb_run.json` (replacing it whole: a crash leaves the old or new)."""
+        partial = run_dir / f".{WANDB_STATE}.partial"
+        partial.write_text(json.dumps(asdict(self)), encoding="utf-8")
+        os.replace(partial, run_dir / WANDB_STATE)
+
+
+def _init_wandb(config: WandbConfig, run_dir: Path, run_name: str, run_config: dict[str, Any], run_id: str) -> Any:
+    """Start (or, when W&B knows `run_id`, continue) the W&B run `run_id`; online init that fails or hangs past
+    `init_timeout_s` falls back to offline with a warning."""
     import wandb
 
     def start(mode: str) -> Any:
@@ -55,8 +96,8 @@ def _init_wandb(config: WandbConfig, run_dir: Path, run_name: str, run_config: d
             project=config.project,
             entity=config.entity,
             name=run_name,
-            id=run_name if resume else None,
-            resume="allow" if resume else None,
+            id=run_id,
+            resume="allow",
             dir=str(run_dir),
             config=run_config,
             mode=mode,
@@ -75,7 +116,8 @@ class RunLog:
     """Appends one JSON line per step, mirrors scalars to W&B and to Ray gauges, and saves difficulty tables.
 
     Construction only records where things go; files, the W&B run and the gauges are opened on first use, in
-    the process that logs (the scheduler actor), so a RunLog can be built by the driver and shipped to it.
+    the process that logs (the scheduler actor), so a RunLog can be built by the driver and shipped to it. W&B
+    sees one run per run folder, whatever the attempts, each step once (`WandbProgress`).
     """
 
     def __init__(
@@ -92,6 +134,9 @@ class RunLog:
         self.run_config = run_config
         self.resume = resume
         self._opened = False
+        self._started = False
+        self._wandb: Any = None
+        self._sent: WandbProgress | None = None
 
     def _open(self) -> None:
         if self._opened:
@@ -100,14 +145,22 @@ class RunLog:
         mode = "a" if self.resume else "w"
         self._metrics = open(self.run_dir / "metrics.jsonl", mode, encoding="utf-8")  # noqa: SIM115
         self._lock = threading.Lock()
-        os.environ.setdefault("WANDB_SILENT", "true")
-        self._wandb = _init_wandb(self.wandb_config, self.run_dir, self.run_name, self.run_config, self.resume)
-        self._gauges = self._make_gauges()
         self._opened = True
+        if not self._started:  # the W&B run and the gauges: once, kept across a rewind
+            self._start_sinks()
+
+    def _start_sinks(self) -> None:
+        """Start the W&B run (unless disabled) under the run folder's id, and the gauges."""
+        if self.wandb_config.mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self._sent = WandbProgress.for_run(self.run_dir, self.resume)
+            self._wandb = _init_wandb(self.wandb_config, self.run_dir, self.run_name, self.run_config, self._sent.id)
+        self._gauges = self._make_gauges()
+        self._started = True
 
     def rewind(self, step: int) -> list[StepRecord]:
         """Forget logged steps >= `step` (a resumed run repeats them): rewrite `metrics.jsonl` without them.
-        Returns the records kept, in order."""
+        Returns the records kept, in order. W&B keeps them: the repeated steps are not sent to it again."""
         path = self.run_dir / "metrics.jsonl"
         if self._opened:
             self._metrics.close()
@@ -137,7 +190,8 @@ class RunLog:
         return {name: Gauge(name, description=f"E3 run: {name.removeprefix('e3_')}") for name in GAUGES}
 
     def log_step(self, record: StepRecord) -> None:
-        """Record one step everywhere: its line in `metrics.jsonl`, its numbers in W&B, the gauges."""
+        """Record one step everywhere: its line in `metrics.jsonl`, its numbers in W&B (unless an earlier attempt
+        of the run sent them), the gauges."""
         self._open()
         line = record.to_log()
         with self._lock:
@@ -147,19 +201,29 @@ class RunLog:
             value = GAUGES[name](record)
             if value is not None and math.isfinite(value):
                 gauge.set(value)
-        if self._wandb is not None:
+        if self._wandb is not None and record.step > self._sent.step:
             self._wandb.log(_scalar_items(line), step=record.step)
+            self._mark_sent(step=record.step)
 
     def log_epoch(self, epoch: int, step: int, table: DifficultyTable, records: list[StepRecord]) -> Path:
-        """Save the difficulty table (`difficulty.parquet`, plus a copy per epoch) and send epoch views to W&B."""
+        """Save the difficulty table (`difficulty.parquet`, plus a copy per epoch) and send epoch views to W&B
+        (unless an earlier attempt of the run sent this epoch's)."""
         self._open()
         path = self.run_dir / "difficulty.parquet"
         table.write_parquet(path)
         (self.run_dir / "difficulty").mkdir(exist_ok=True)
         table.write_parquet(self.run_dir / "difficulty" / f"epoch_{epoch}.parquet")
-        if self._wandb is not None:
+        if self._wandb is not None and epoch > self._sent.epoch:
             self._log_epoch_wandb(epoch, step, table, records)
+            self._mark_sent(epoch=epoch)
         return path
+
+    def _mark_sent(self, step: int | None = None, epoch: int | None = None) -> None:
+        """Record in the run folder that W&B has this step's numbers (or this epoch's end-of-epoch views)."""
+        with self._lock:
+            self._sent.step = self._sent.step if step is None else step
+            self._sent.epoch = self._sent.epoch if epoch is None else epoch
+            self._sent.save(self.run_dir)
 
     def _log_epoch_wandb(self, epoch: int, step: int, table: DifficultyTable, records: list[StepRecord]) -> None:
         import wandb
@@ -197,11 +261,11 @@ class RunLog:
 
     def close(self) -> None:
         """Flush and close every sink (nothing to do if nothing was logged)."""
-        if not self._opened:
-            return
-        self._opened = False
-        with self._lock:
-            self._metrics.close()
-        if self._wandb is not None:
+        if self._opened:
+            self._opened = False
+            with self._lock:
+                self._metrics.close()
+        if self._wandb is not None:  # started, even if a rewind closed the metrics since
             self._wandb.finish()
             self._wandb = None
+        self._started = False

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from actors import checkpoint_files
 from actors.evaluation import greedy_accuracy, sampled_pass_at_k
 from actors.pipeline import IssuedBatch, Sampled, staleness_histogram
 from actors.protocols import LearnerGroupLike, RolloutPoolLike, RunLogLike, ScorerLike
@@ -473,20 +472,18 @@ class Scheduler:
     def checkpoint(self) -> str:
         """Save the policy, the optimizer and the algorithmic state as `<checkpoint_dir>/step_<k>/`, atomically.
 
-        Everything is written into a hidden temporary folder that is renamed into place at the end, so a process
-        killed mid-save leaves the previous checkpoint as the latest loadable one.
+        Everything is written into a hidden temporary folder, flushed to disk, marked whole by a manifest written
+        last and renamed into place (`actors.checkpoint_files.publish`; an earlier folder of the same step is moved
+        aside, not deleted, until then), so a process killed mid-save leaves a complete checkpoint as the latest
+        loadable one.
         """
-        root = Path(self.plan.checkpoint_dir)
-        final = root / f"step_{self.step_count}"
-        partial = root / f".step_{self.step_count}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        final = Path(self.plan.checkpoint_dir) / f"step_{self.step_count}"
+        partial = checkpoint_files.partial_folder(final)
         self.learner_group.save(str(partial / "policy"))
         self.table.write_parquet(partial / "difficulty.parquet")
         self._save_pipeline_weights(partial / ROLLOUT_WEIGHTS)
         (partial / "scheduler.json").write_text(json.dumps(self.state_dict(), indent=1), encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
+        checkpoint_files.publish(partial, final)
         log.info("checkpoint written: %s", final)
         return str(final)
 
@@ -581,12 +578,9 @@ class Scheduler:
 
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step under `checkpoint_dir`, or None if there is none."""
-    root = Path(checkpoint_dir)
-    steps = [
-        (int(p.name.removeprefix("step_")), p) for p in root.glob("step_*") if p.name.removeprefix("step_").isdigit()
-    ]
-    return max(steps)[1] if steps else None
+    """The complete checkpoint (one that matches its manifest) with the highest step under `checkpoint_dir`, or
+    None if there is none; incomplete folders are skipped with a warning (`actors.checkpoint_files`)."""
+    return checkpoint_files.latest_checkpoint(checkpoint_dir)
 
 
 def generation_seconds(rollouts: list[Rollout]) -> float:

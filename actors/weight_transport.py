@@ -46,9 +46,11 @@ broadcast of their own would cost more than the copy.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import math
+import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -69,6 +71,16 @@ def chunk_rows(length: int, ranks: int) -> tuple[int, ...]:
         raise ValueError(f"chunk_rows: ranks={ranks} < 1")
     size = -(-length // ranks)
     return tuple(max(0, min(size, length - rank * size)) for rank in range(ranks))
+
+
+NCCL_FAILURE_SEMANTICS = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+"""How an NCCL weight group fails: as a gloo one. By default NCCL's `wait()` neither blocks the host nor raises,
+and its watchdog tears the whole process down when an operation outlives the group's timeout, so a receiver
+SIGKILLed mid-broadcast would take a learner rank with it (and the run would restart from a checkpoint). With a
+blocking wait, `wait()` blocks the host and raises once the group's timeout passes, and error handling mode 2
+(CleanUpOnly) aborts the group's communicator without killing the process: the sender reports the transport
+error and the pool replaces the lost worker, as on gloo. Both are read when a `ProcessGroupNCCL` is built, so
+they are set for the weight groups alone; the learner's FSDP2 group keeps torch's defaults."""
 
 
 def group_name(name: str, rank: int) -> str:
@@ -213,11 +225,12 @@ class WeightGroup:
         self._store = dist.PrefixStore(name, store)
         if backend == "gloo":
             options = dist.ProcessGroupGloo._Options()
-            options._devices = [dist.ProcessGroupGloo.create_device(hostname=address)]
+            options._devices = [dist.ProcessGroupGloo.create_device(hostname=gloo_bind_address(address, rank))]
             options._timeout = timeout
             self._group = dist.ProcessGroupGloo(self._store, rank, world_size, options)
         else:
-            self._group = dist.ProcessGroupNCCL(self._store, rank, world_size, timeout)
+            with _environment(NCCL_FAILURE_SEMANTICS):  # read by the constructor, for this group alone
+                self._group = dist.ProcessGroupNCCL(self._store, rank, world_size, timeout)
         self._keep_store = store  # rank 0 serves the store for as long as the group lives
         # Posted operations by ticket: the group holds their only handles, so that `close` can drop them even
         # while an exception's traceback keeps a caller's frames alive (a handle keeps the connections open).
@@ -258,6 +271,34 @@ class WeightGroup:
         self._posted.clear()
         self.__dict__.pop("_store", None)
         self.__dict__.pop("_keep_store", None)
+
+
+def gloo_bind_address(store_address: str, rank: int) -> str:
+    """The address a member of a gloo group served at `store_address` binds its device to: the store's own for
+    rank 0 (its host serves it), else this host's address on the route to it (127.0.0.1 towards a loopback
+    store). A worker on another host cannot bind the learner's address. Found by connecting a UDP socket, which
+    sends nothing."""
+    if rank == 0:
+        return store_address
+    family = socket.AF_INET6 if ":" in store_address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((store_address, 9))  # any port: a UDP connect only picks the route
+        return str(probe.getsockname()[0])
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set the environment variables `values` for the duration of the block, then restore what was there."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def send_weights(

@@ -124,7 +124,7 @@ class CollectiveTransport:
             self._layout = source.weight_layout(self.bucket_bytes)
         learner_refs = source.broadcast_weights(self._layout, version)
         worker_refs = {i: worker.receive_weights.remote(self._layout, version) for i, worker in workers.items()}
-        values, errors = self._wait(workers, worker_refs, learner_refs, timeout_s)
+        values, errors, _ = self._wait(workers, worker_refs, learner_refs, timeout_s)
         errors.update({i: RuntimeError(f"loaded version {v}") for i, v in values.items() if v != version})
         if errors:
             self._members = None
@@ -137,8 +137,15 @@ class CollectiveTransport:
     def _build(self, source: WeightSource, workers: dict[int, Any]) -> dict[int, Exception]:
         """(Re)build the groups, one per learner rank, each of that rank and `workers` (ranks 1.. in index
         order); the errors of the workers that could not join (none: the groups are up). The groups meet on
-        127.0.0.1 when every learner rank and every worker sits on one node, else at each rank's node address."""
-        nodes = set(source.node_ids()) | set(ray.get([w.__ray_call__.remote(_node_id) for w in workers.values()]))
+        127.0.0.1 when every learner rank and every worker sits on one node, else at each rank's node address. A
+        worker that dies or hangs while the groups form is reported like one lost in a broadcast (the pool
+        replaces it and builds again); the learner ranks waiting for it report their transport errors."""
+        worker_nodes, errors = wait_all(
+            {i: w.__ray_call__.remote(_node_id) for i, w in workers.items()}, self.timeout_s
+        )
+        if errors:
+            return errors
+        nodes = set(source.node_ids()) | set(worker_nodes.values())
         addresses = source.weight_group_addresses(loopback=len(nodes) == 1)
         self._generation += 1
         name = f"e3-weights-{self._generation}"
@@ -149,7 +156,12 @@ class CollectiveTransport:
             for rank, (i, worker) in enumerate(sorted(workers.items()), start=1)
         }
         log.info("weight transport: groups %s-r* of %d members each at %s", name, world_size, addresses)
-        return self._wait(workers, worker_refs, learner_refs, self.timeout_s)[1]
+        _, errors, learner_failures = self._wait(workers, worker_refs, learner_refs, self.timeout_s)
+        if learner_failures and not errors:  # a learner rank could not join although every worker did
+            errors = {
+                i: RuntimeError(f"weight transport: learner ranks could not join: {learner_failures}") for i in workers
+            }
+        return errors
 
     def _wait(
         self,
@@ -157,11 +169,13 @@ class CollectiveTransport:
         worker_refs: dict[int, ray.ObjectRef],
         learner_refs: list[ray.ObjectRef],
         timeout_s: float,
-    ) -> tuple[dict[int, Any], dict[int, Exception]]:
-        """One deadline for the workers' and the learner's refs; workers still busy then are killed, which
-        frees the others (their connections close), and the learner is then waited for (a learner error is not a
-        worker's fault: it raises). A learner rank that reports a transport error (it left its group) is logged
-        and the groups are rebuilt on the next push. Returns the workers' (values, errors)."""
+    ) -> tuple[dict[int, Any], dict[int, Exception], dict[int, str]]:
+        """One deadline for the workers' and the learner's refs (of a join or of a broadcast); workers still busy
+        then are killed, which frees the others (their connections close), and the learner is then waited for. A
+        learner rank that reports a transport error (it could not form its group, or left it: a worker died or
+        hung meanwhile) is logged and the groups are rebuilt on the next push; a learner rank that raises or is
+        lost is not a worker's fault: that raises. Returns the workers' values and errors, and the learner ranks'
+        transport errors, by rank."""
         keyed: dict[Any, ray.ObjectRef] = {("worker", i): ref for i, ref in worker_refs.items()}
         keyed.update({("learner", r): ref for r, ref in enumerate(learner_refs)})
         values, errors = wait_all(keyed, timeout_s)
@@ -179,13 +193,13 @@ class CollectiveTransport:
             raise RuntimeError(f"weight transport: the learner failed: {learner_errors}") from next(
                 iter(learner_errors.values())
             )
-        for (kind, rank), failure in values.items():
-            if kind == "learner" and failure is not None:
-                log.warning("weight transport: learner rank %d could not send: %s", rank, failure)
-                self._members = None
+        learner_failures = {key[1]: v for key, v in values.items() if key[0] == "learner" and v is not None}
+        for rank, failure in learner_failures.items():
+            log.warning("weight transport: learner rank %d failed in its group: %s", rank, failure)
+            self._members = None
         worker_values = {key[1]: v for key, v in values.items() if key[0] == "worker"}
         worker_errors = {key[1]: e for key, e in errors.items() if key[0] == "worker"}
-        return worker_values, worker_errors
+        return worker_values, worker_errors, learner_failures
 
 
 def make_transport(name: str, bucket_mb: float, timeout_s: float) -> ObjectStoreTransport | CollectiveTransport:

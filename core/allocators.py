@@ -7,13 +7,20 @@ counts within one of each other (E3_SPEC section 2, revised), earlier positions 
 
 - `e3`: E3's rule (E3_SPEC section 2): shares in proportion to the difficulty rank (`core.budget`).
 - `uniform`: GRPO's: every question `total // B`, the remainder one each to the hardest questions.
-- `informative`: maximise the expected number of groups that carry a gradient, i.e. hold at least one right and
-  one wrong answer: `sum_i 1 - p_i^n_i - q_i^n_i`, with `p_i` the posterior mean of question i's accuracy under a
-  uniform Beta(1, 1) prior, `p = (correct + 1) / (attempts + 2)`, and `q = (attempts - correct + 1) /
-  (attempts + 2)` its failure probability (computed so, not as `1 - p`, so that a question and its mirror image
-  get bit-identical gains). The objective is separable and, for p in (0, 1), strictly concave in n: the gain of
-  one more rollout, `p^n q + q^n p`, falls with n. Greedy marginal gains from `n_min` are therefore exactly
-  optimal under the box and sum constraints.
+- `informative`: maximise a plug-in estimate of the number of groups that carry a gradient, i.e. hold at least one
+  right and one wrong answer: `sum_i 1 - p_i^n_i - q_i^n_i`, with `p_i` the posterior mean of question i's
+  accuracy under a uniform Beta(1, 1) prior, `p = (correct + 1) / (attempts + 2)`, and `q = (attempts - correct +
+  1) / (attempts + 2)` its failure probability (computed so, not as `1 - p`, so that a question and its mirror
+  image get bit-identical gains). The objective is separable and, for p in (0, 1), strictly concave in n: the
+  gain of one more rollout, `p^n q + q^n p`, falls with n. Greedy marginal gains from `n_min` are therefore
+  exactly optimal under the box and sum constraints.
+
+  The plug-in is the expected count *if each question's accuracy were exactly its posterior mean*. It is not the
+  posterior expectation of the count, `sum_i 1 - E[t_i^n_i] - E[(1 - t_i)^n_i]` with
+  `t_i ~ Beta(correct + 1, attempts - correct + 1)`: `x^n` is convex, so `E[t^n] >= p^n` (equal only for
+  n <= 1) and the plug-in overstates each group's chance, the more the fewer attempts a question has (an unseen
+  question with 2 rollouts: 1/2 against 1/3). The two objectives can prefer different allocations
+  (`tests/unit/test_allocators.py` has one); this module maximises the plug-in.
 
 What the `informative` objective implies: a question near p = 0.5 has the largest first gains, but they fall
 fast (`~2^-n`); a hard question (p small) keeps a gain of about `(1 - p)^n p`, which falls slowly. Once the
@@ -102,9 +109,11 @@ def informative_gain(stats: QuestionStats, n: int) -> float:
 
 
 def informative_allocation(stats: Sequence[QuestionStats], total: int, n_min: int, n_max: int) -> list[int]:
-    """Counts that maximise the expected number of groups with at least one right and one wrong answer (see the
-    module docstring), by greedy marginal gains from `n_min`: each rollout goes to the question whose next one
-    gains most (ties: the question with fewer rollouts, then the earlier position)."""
+    """Counts that maximise the plug-in objective `sum_i 1 - p_i^n_i - q_i^n_i`: the chance that a group of `n_i`
+    rollouts holds at least one right and one wrong answer, with question i's posterior-mean accuracy `p_i` put in
+    for its unknown accuracy (not the posterior expectation of that chance; see the module docstring). Exact, by
+    greedy marginal gains from `n_min`: each rollout goes to the question whose next one gains most (ties: the
+    question with fewer rollouts, then the earlier position)."""
     _check(stats, total, n_min, n_max)
     counts = [n_min] * len(stats)
     heap = [(-informative_gain(s, n_min), n_min, i) for i, s in enumerate(stats) if n_min < n_max]

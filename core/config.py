@@ -346,14 +346,22 @@ class LearnerConfig:
     """Importance-sampling correction for tokens sampled by another policy than the one trained (an older weights
     version with `train.max_staleness` >= 1, or the engine's own numerics): with `r = pi_old / pi_behaviour` per
     token (the learner's old log-prob against the engine's tempered one), `tis` weights each token's loss by
-    `min(r, tis_cap)` (truncated importance sampling), `icepop` drops tokens whose `r` leaves
-    `[icepop_low, icepop_high]` from the gradient; `none` trains on the tokens as they are (core/grpo.py)."""
+    `min(r, tis_cap)` (truncated importance sampling), `icepop` weights it by `r` itself while
+    `icepop_low <= r <= icepop_high` and by 0 outside (the token drops out of the gradient); either weight is
+    detached, a coefficient of the token's loss; `none` trains on the tokens as they are (core/grpo.py)."""
     tis_cap: float = bounded(2.0, gt=0)
     """TIS: the largest importance weight a token gets (the truncation C; 2 as published for TIS)."""
     icepop_low: float = bounded(0.5, gt=0, lt=1)
     """IcePop: tokens with `r` below this are masked (0.5 as published for IcePop)."""
     icepop_high: float = bounded(5.0, gt=1)
     """IcePop: tokens with `r` above this are masked (5 as published for IcePop)."""
+    collective_timeout_s: float = bounded(1800.0, gt=0)
+    """Longest wait of a learner rank in one collective of the learner's process group (NCCL or gloo) before the
+    collective fails. It must cover rank 0 writing a checkpoint (`Learner.save`) or reading one (`Learner.load`)
+    while the other ranks wait for it: the float32 policy and AdamW's two float32 moments, 12 B/param, are
+    21.4 GB at 1.78B parameters and 91.4 GB at 7.62B, 107 s and 457 s at 200 MB/s to shared storage. NCCL's own
+    default, 10 minutes, leaves the 7B a factor of 1.3; 1800 s (gloo's default) leaves it 3.9. A rank that
+    hangs is noticed only after this long."""
 
 
 @dataclass
@@ -391,7 +399,8 @@ class BudgetConfig:
     """Recompute difficulty ranks every K steps as well as at each epoch end; 0: only at epoch end."""
     allocator: AllocatorName = AllocatorName.e3
     """`e3` (shares by difficulty rank, E3_SPEC §2), `uniform` (GRPO: `n` each) or `informative` (maximise the
-    expected number of groups with a right and a wrong answer; core/allocators.py). `algo=grpo` sets `uniform`."""
+    number of groups with a right and a wrong answer expected if each question's accuracy were its posterior mean:
+    a plug-in, not the posterior expectation; core/allocators.py). `algo=grpo` sets `uniform`."""
 
 
 @dataclass
@@ -432,7 +441,12 @@ class TrainConfig:
     """0: each step generates, scores, trains and syncs in turn (synchronous). k >= 1: generation runs up to k steps
     ahead of training, so the rollout workers sample step t + 1's batch while the learner trains step t, and a
     step's rollouts may come from a policy up to k versions older than the one trained (actors/pipeline.py).
-    Pair it with `learner.off_policy_correction`."""
+    Pair it with `learner.off_policy_correction`: `validate` refuses k >= 1 with `none` unless
+    `allow_uncorrected`."""
+    allow_uncorrected: bool = False
+    """Let `max_staleness` >= 1 run with `learner.off_policy_correction=none`, training on tokens sampled by an older
+    policy as if the trained one had sampled them (biased); for a deliberate comparison, such as a benchmark of
+    the corrections. False: `validate` refuses that pair."""
     stale_policy: StalePolicy = StalePolicy.wait
     """A rollout older than `max_staleness` versions when its step trains: `wait` trains it after all (the step
     waited for it; counted as `pipeline/stale_kept`), `drop` drops it and generates it again, same seed, with the
@@ -596,6 +610,8 @@ def validate(cfg: RunConfig) -> None:
             f"learner.num_ranks={cfg.learner.num_ranks} exceeds the smallest step "
             f"(train.questions_per_step={cfg.train.questions_per_step} * budget.n_low={b.n_low} samples)"
         )
+    if cfg.mode != "eval":
+        errors += _training_pair_errors(cfg)
     if cfg.data.task == "math" and not cfg.data.train_path and cfg.mode == "train":
         errors.append("data.task='math' needs data.train_path (a verl-style Parquet or JSON lines file)")
     if cfg.data.task == "math" and not cfg.model.path:
@@ -604,6 +620,28 @@ def validate(cfg: RunConfig) -> None:
         errors.append("mode=eval with data.task='math' needs data.test_path")
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def _training_pair_errors(cfg: RunConfig) -> list[str]:
+    """The problems of training keys that cannot go together, each naming both keys: generation ahead of
+    training without an off-policy correction (unless `train.allow_uncorrected`), and a learner and rollout
+    workers on different devices (one on GPUs, the other on CPUs)."""
+    errors = []
+    train, learner, rollout = cfg.train, cfg.learner, cfg.rollout
+    if train.max_staleness >= 1 and learner.off_policy_correction == "none" and not train.allow_uncorrected:
+        errors.append(
+            f"train.max_staleness={train.max_staleness} with learner.off_policy_correction=none trains on tokens "
+            f"sampled up to {train.max_staleness} policy version(s) back as if on-policy: set "
+            "learner.off_policy_correction to tis or icepop, or train.allow_uncorrected=true for a deliberate "
+            "uncorrected run"
+        )
+    if (learner.num_gpus > 0) != (rollout.num_gpus > 0):
+        errors.append(
+            f"learner.num_gpus={learner.num_gpus} with rollout.num_gpus={rollout.num_gpus}: the learner and the "
+            "rollout workers must both be on GPUs or both on CPUs (the collective weight transport joins them in "
+            "one NCCL or gloo group, and a mixed run is untested); set both > 0 or both 0"
+        )
+    return errors
 
 
 def resolve(cfg: RunConfig) -> RunConfig:

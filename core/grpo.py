@@ -14,9 +14,11 @@ How this departs from the GRPO paper (Shao et al. 2024, DeepSeekMath):
 - The log-ratio is clamped to [-20, 20] before `exp` (as verl) so that a garbage log-prob cannot overflow.
 - Optional off-policy correction (`off_policy_weights`, for a pipeline where the sampling policy lags the trained
   one, and for the engine's own numerics): the PPO ratio is taken against the learner's old log-probs (the
-  proximal policy, as in decoupled PPO), and each token's loss is then weighted by the truncated importance ratio
-  `min(pi_old / pi_behaviour, C)` (TIS, Yao et al. 2025) or kept only while that ratio stays in `[low, high]`
-  (IcePop, Ring-1T 2025), `pi_behaviour` being the rollout engine's tempered log-prob of the token.
+  proximal policy, as in decoupled PPO), and each token's loss is then weighted by the importance ratio
+  `r = pi_old / pi_behaviour`, truncated as `min(r, C)` (TIS, Yao et al. 2025) or kept as `r` while it stays in
+  `[low, high]` and set to 0 outside (IcePop, Ring-1T 2025, as verl, AReaL and prime-rl implement it),
+  `pi_behaviour` being the rollout engine's tempered log-prob of the token. Either weight is a detached
+  coefficient: the gradient flows through the PPO ratio only.
 - Optional length bias on rewards (`length_bias`, from the E3 reference code, not in the paper): correct
   answers to the easiest questions are rewarded `1 / (1 + mu * length)`.
 """
@@ -110,8 +112,10 @@ def off_policy_weights(
     their sums over the response tokens (`is_ratio_sum`, `is_ratio_max`, `is_masked` and `is_truncated` counts).
 
     With `r = exp(old_logprobs - behaviour_logprobs)` (the log-ratio clamped to [-20, 20]): `tis` gives each
-    token `min(r, tis_cap)`, `icepop` gives 1 where `icepop_low <= r <= icepop_high` and 0 elsewhere, `none`
-    gives 1 everywhere. Positions off `response_mask` get 0 and count in no statistic.
+    token `min(r, tis_cap)`, `icepop` gives `r` itself where `icepop_low <= r <= icepop_high` and 0 elsewhere
+    (IcePop's `M(r)`: the importance ratio, with the tokens outside the band dropped), `none` gives 1 everywhere.
+    Positions off `response_mask` get 0 and count in no statistic. `is_masked` counts the response tokens
+    outside IcePop's band (`icepop` only), `is_truncated` those with `r > tis_cap` (`tis` only).
     """
     if correction not in CORRECTIONS:
         raise ValueError(f"correction={correction!r}: expected one of {', '.join(CORRECTIONS)}")
@@ -129,17 +133,18 @@ def off_policy_weights(
     with torch.no_grad():
         log_ratio = torch.clamp(old_logprobs - behaviour_logprobs, -_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
         ratio = torch.where(mask, torch.exp(log_ratio), torch.zeros_like(log_ratio))
+        in_band = (ratio >= icepop_low) & (ratio <= icepop_high)  # a NaN ratio is outside: dropped
         if correction == "tis":
             weights = torch.clamp(ratio, max=tis_cap)
         elif correction == "icepop":
-            weights = ((ratio >= icepop_low) & (ratio <= icepop_high)).to(ratio.dtype)
+            weights = torch.where(in_band, ratio, torch.zeros_like(ratio))
         else:
             weights = torch.ones_like(ratio)
         weights = torch.where(mask, weights, torch.zeros_like(weights))
         sums = {
             "is_ratio_sum": float(ratio.sum().item()),
             "is_ratio_max": float(ratio.max().item()) if mask.any() else 0.0,
-            "is_masked": float((mask & (weights == 0)).sum().item()) if correction == "icepop" else 0.0,
+            "is_masked": float((mask & ~in_band).sum().item()) if correction == "icepop" else 0.0,
             "is_truncated": float((mask & (ratio > tis_cap)).sum().item()) if correction == "tis" else 0.0,
         }
     return weights, sums

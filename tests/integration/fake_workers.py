@@ -61,3 +61,18 @@ class FakeWorkerHungInGeneration(RolloutWorker):
 
     def generate(self, requests):
         time.sleep(HANG_S)
+
+
+class FakeWorkerDyingInJoin(RolloutWorker):
+    """Kills its own process while the weight groups form, after the other members started joining (every time)."""
+
+    def join_weight_group(self, addresses, rank, world_size, timeout_s, name):
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FakeWorkerHungInJoin(RolloutWorker):
+    """Sleeps far past every deadline when asked to join the weight groups."""
+
+    def join_weight_group(self, addresses, rank, world_size, timeout_s, name):
+        time.sleep(HANG_S)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -409,6 +410,24 @@ def test_rejects_a_batch_without_response_tokens(single_rank: Learner) -> None:
 def test_load_names_a_folder_without_a_checkpoint(single_rank: Learner, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         single_rank.load(str(tmp_path))
+
+
+def test_save_flushes_every_file_it_writes_to_disk(
+    single_rank: Learner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint's `policy/` may be written on another node than the one that publishes the checkpoint, so
+    rank 0 fsyncs its files and folder itself."""
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    folder = tmp_path.resolve() / "policy"
+    single_rank.save(str(folder))
+    assert {*folder.iterdir(), folder} <= set(synced)
 
 
 # ------------------------------------------------------------------------------------------- two Ray ranks

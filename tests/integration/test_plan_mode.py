@@ -48,7 +48,7 @@ def test_plan_names_what_does_not_fit(tmp_path: Path) -> None:
 
 
 def test_a_gpu_run_that_does_not_fit_stops_before_anything_starts(tmp_path: Path, embedded_task) -> None:
-    cfg = run_config(tmp_path, "learner.num_gpus=1", "learner.gpu_memory_gb=0.001")
+    cfg = run_config(tmp_path, "learner.num_gpus=1", "rollout.num_gpus=1", "learner.gpu_memory_gb=0.001")
     with pytest.raises(ConfigError, match="does not fit its GPUs"):
         launch.train(cfg)
     assert not (tmp_path / cfg.run_name).exists()  # nothing was written: it stopped before the run directory

@@ -19,6 +19,7 @@ from functools import partial
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -44,9 +45,11 @@ from tests.integration.conftest import run_config
 from tests.integration.fake_workers import (
     HANG_S,
     FakeWorkerDyingInGreedy,
+    FakeWorkerDyingInJoin,
     FakeWorkerDyingInSetTemperature,
     FakeWorkerDyingMidSync,
     FakeWorkerHungInGeneration,
+    FakeWorkerHungInJoin,
     FakeWorkerHungInSync,
 )
 from tests.integration.test_rollout_pool import (
@@ -231,6 +234,34 @@ def test_a_shard_of_the_wrong_shape_fails_the_sender_naming_it():
     assert time.monotonic() - start < GROUP_TIMEOUT_S / 3
 
 
+def test_a_worker_binds_its_gloo_device_to_its_own_address_not_the_learners(monkeypatch):
+    """The learner's group served at 127.0.0.2: rank 0 binds there, the worker to its own address on the route to
+    it (127.0.0.1); binding the learner's address would fail on another host."""
+    create_device = dist.ProcessGroupGloo.create_device
+    bound: list[str] = []
+
+    def spy(hostname: str):
+        bound.append(hostname)
+        return create_device(hostname=hostname)
+
+    monkeypatch.setattr(dist.ProcessGroupGloo, "create_device", staticmethod(spy))
+    [port] = free_ports(1)
+
+    def member(rank: int) -> list[float]:
+        group = WeightGroup("127.0.0.2", port, rank, 2, "gloo", GROUP_TIMEOUT_S, "bind")
+        try:
+            tensor = torch.full((3,), 7.0) if rank == 0 else torch.zeros(3)
+            group.broadcast(tensor)
+            return tensor.tolist()
+        finally:
+            group.close()
+
+    with ThreadPoolExecutor(2) as threads:
+        results = list(threads.map(member, [0, 1]))
+    assert results == [[7.0] * 3, [7.0] * 3]
+    assert sorted(bound) == ["127.0.0.1", "127.0.0.2"]  # the worker's own address, the learner's
+
+
 @pytest.fixture(scope="module")
 def perturbed_policy(embedded_task, tmp_path_factory):
     """A model directory holding the base policy with every parameter perturbed (the learner starts from it,
@@ -329,7 +360,7 @@ the CPU's 1e-4, still an order below the 1e-2 gap of sampling from other weights
 def test_nccl_sync_generates_with_the_learners_weights_on_gpu(embedded_task, perturbed_policy, ray_cluster, tmp_path):
     """The same code path as on CPU, with NCCL and CUDA tensors: one learner rank and one vLLM worker, a GPU each."""
     _, model, base_model = perturbed_policy
-    cfg = run_config(tmp_path, "learner.num_ranks=1", "learner.num_gpus=1")
+    cfg = run_config(tmp_path, "learner.num_ranks=1", "learner.num_gpus=1", "rollout.num_gpus=1")
     learner = LearnerGroup(str(perturbed_policy[0]), cfg.learner, "float32", seed=0)
     pool = None
     try:
@@ -490,3 +521,25 @@ def test_fake_hung_workers_in_a_weight_sync_and_in_generation_are_replaced_once_
     finally:
         pool.shutdown()
     assert time.monotonic() - start < HANG_S / 4  # nobody waited for a sleeper
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fake", [FakeWorkerDyingInJoin, FakeWorkerHungInJoin], ids=["dying", "hung"])
+def test_a_worker_lost_while_the_weight_groups_form_is_replaced_not_fatal(
+    fake, embedded_task, learner, perturbed_policy, tmp_path
+):
+    """The learner ranks waiting in their joins for the lost worker time out and report it (no learner error):
+    the pool replaces the worker, builds the groups again and every worker gets the version."""
+    pool = make_pool(tmp_path, embedded_task.model, "hf", {1: fake}, sync_timeout_s=8.0)
+    try:
+        pool.set_temperature(TemperatureUpdate(0.9, step=0))
+        pool.sync_weights(learner, version=4)
+        assert pool.restarts == 1
+        infos = pool.info()
+        assert [(i["weights_version"], i["weights_intact"], i["temperature"]) for i in infos] == [(4, True, 0.9)] * 2
+        _, model, base_model = perturbed_policy
+        assert_generated_with(pool.generate(requests([4, 4])), model, base_model, 0.9)
+        pool.sync_weights(learner, version=5)  # the rebuilt groups carry the next sync
+        assert [i["weights_version"] for i in pool.info()] == [5, 5] and pool.restarts == 1
+    finally:
+        pool.shutdown()

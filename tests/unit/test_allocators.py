@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -36,7 +37,7 @@ def problems(draw, max_batch: int = 12) -> tuple[list[QuestionStats], int, int, 
 
 
 def objective(stats: list[QuestionStats], counts: list[int]) -> float:
-    """Expected number of groups with at least one right and one wrong answer."""
+    """The plug-in number of groups with at least one right and one wrong answer (posterior-mean accuracies)."""
     return sum(1 - s.success**n - s.failure**n for s, n in zip(stats, counts, strict=True))
 
 
@@ -58,6 +59,35 @@ def test_informative_is_optimal_against_brute_force(problem):
     best = max(objective(stats, list(c)) for c in feasible)
     # the greedy is exact; the sums it is compared by differ by rounding only (a few ulps of terms below 4)
     assert objective(stats, counts) >= best - 1e-12
+
+
+def posterior_informative(stats: QuestionStats, n: int) -> Fraction:
+    """The posterior expectation, exactly, of the chance that n rollouts hold a right and a wrong answer:
+    `1 - E[t^n] - E[(1 - t)^n]`, t ~ Beta(a, b), with `E[t^n] = prod_k (a + k) / (a + b + k)`."""
+    a, b = stats.correct + 1, stats.attempts - stats.correct + 1
+    right = wrong = Fraction(1)
+    for k in range(n):
+        right *= Fraction(a + k, a + b + k)
+        wrong *= Fraction(b + k, a + b + k)
+    return 1 - right - wrong
+
+
+def test_informative_maximises_the_plug_in_count_not_its_posterior_expectation():
+    """An unseen question (p = 1/2) and one right in 3 (p = 2/5), 5 rollouts, 2 to 8 each: the plug-in prefers
+    (3, 2), 3/4 + 12/25 = 1.23 against 1/2 + 18/25 = 1.22; the posterior expectation prefers (2, 3),
+    1/3 + 3/5 = 14/15 against 1/2 + 2/5 = 9/10."""
+    stats = [QuestionStats(0, 0, 0.5), QuestionStats(3, 1, 0.5)]
+    counts = informative_allocation(stats, 5, 2, 8)
+    assert counts == [3, 2]
+    # two terms below 1 each, a few ulps of rounding
+    assert objective(stats, [3, 2]) == pytest.approx(1.23, abs=1e-12)
+    assert objective(stats, [2, 3]) == pytest.approx(1.22, abs=1e-12)
+    posterior = {c: sum(posterior_informative(s, n) for s, n in zip(stats, c, strict=True)) for c in [(3, 2), (2, 3)]}
+    assert posterior == {(3, 2): Fraction(9, 10), (2, 3): Fraction(14, 15)}
+    for s in stats:  # Jensen: the plug-in never falls below the posterior expectation, and is above it for n >= 2
+        assert posterior_informative(s, 1) == 0 and 1 - s.success - s.failure == pytest.approx(0, abs=1e-15)
+        for n in range(2, 9):
+            assert 1 - s.success**n - s.failure**n > posterior_informative(s, n)
 
 
 @settings(max_examples=200, deadline=None)

@@ -70,6 +70,11 @@ def test_defaults_are_valid():
         ),
         (lambda c: setattr(c.model, "dtype", "float16"), "model.dtype='float16': expected one of float32, bfloat16"),
         (lambda c: setattr(c.budget, "ties", "random"), "budget.ties='random': expected one of average, index"),
+        (lambda c: setattr(c.learner, "collective_timeout_s", 0.0), "learner.collective_timeout_s=0.0: expected > 0"),
+        (
+            lambda c: setattr(c.learner, "collective_timeout_s", -60.0),
+            "learner.collective_timeout_s=-60.0: expected > 0",
+        ),
     ],
 )
 def test_bad_values_are_named(change, named):
@@ -159,6 +164,57 @@ def test_the_demo_runs_one_step_ahead_with_tis_and_the_defaults_and_smoke_stay_s
     assert (demo.train.max_staleness, demo.learner.off_policy_correction, demo.train.stale_policy) == (1, "tis", "wait")
     for cfg in (RunConfig(), smoke):
         assert cfg.train.max_staleness == 0 and cfg.learner.off_policy_correction == "none"
+
+
+@pytest.mark.parametrize("mode", ["train", "plan"])
+def test_generation_ahead_without_a_correction_is_refused_naming_both_keys_unless_allowed(mode):
+    cfg = RunConfig(mode=mode)
+    cfg.train.max_staleness = 2
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert "train.max_staleness=2 with learner.off_policy_correction=none" in str(err.value)
+    assert "train.allow_uncorrected=true" in str(err.value)  # and says how to run it all the same
+    cfg.train.allow_uncorrected = True
+    validate(cfg)
+    cfg.train.allow_uncorrected = False
+    for correction in ("tis", "icepop"):
+        cfg.learner.off_policy_correction = correction
+        validate(cfg)
+
+
+def test_generation_ahead_without_a_correction_is_not_refused_in_eval_mode_nor_when_synchronous():
+    cfg = RunConfig(mode="eval")
+    cfg.train.max_staleness = 1
+    validate(cfg)  # nothing trains
+    assert not RunConfig().train.allow_uncorrected and RunConfig().train.max_staleness == 0
+    validate(RunConfig())
+
+
+@pytest.mark.parametrize(("learner_gpus", "rollout_gpus"), [(1.0, 0.0), (0.0, 1.0), (0.5, 0.0), (0.0, 0.25)])
+def test_a_learner_and_rollout_workers_on_different_devices_are_refused_naming_both_keys(learner_gpus, rollout_gpus):
+    cfg = RunConfig()
+    cfg.learner.num_gpus, cfg.rollout.num_gpus = learner_gpus, rollout_gpus
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert f"learner.num_gpus={learner_gpus} with rollout.num_gpus={rollout_gpus}" in str(err.value)
+    assert "must both be on GPUs or both on CPUs" in str(err.value)
+
+
+@pytest.mark.parametrize(("learner_gpus", "rollout_gpus"), [(0.0, 0.0), (1.0, 1.0), (1.0, 0.5)])
+def test_a_learner_and_rollout_workers_on_one_kind_of_device_pass(learner_gpus, rollout_gpus):
+    cfg = RunConfig()
+    cfg.learner.num_gpus, cfg.rollout.num_gpus = learner_gpus, rollout_gpus
+    validate(cfg)
+
+
+def test_the_paper_recipes_bound_the_learners_collectives_by_their_checkpoint_write():
+    """12 B/param (float32 policy and AdamW's two moments) over 200 MB/s, with a factor of 4 or more to spare."""
+    assert RunConfig().learner.collective_timeout_s == 1800.0
+    with initialize(version_base="1.3", config_path="../../conf"):
+        for recipe, params in (("paper_e3_1p5b", 1.78e9), ("paper_grpo_1p5b", 1.78e9), ("paper_e3_7b", 7.62e9)):
+            raw = compose("config", overrides=[f"+experiment={recipe}"])
+            write_s = 12 * params / 200e6
+            assert raw.learner.collective_timeout_s >= 4 * write_s, recipe
 
 
 def test_heldout_during_training_is_off_by_default_and_needs_a_validation_file_on_math():

@@ -146,7 +146,8 @@ def loop_off_policy_loss(
     batch: dict[str, torch.Tensor], behaviour: torch.Tensor, normalizer: float, correction: str, **bounds: float
 ) -> tuple[float, dict[str, float]]:
     """The corrected loss one token at a time: PPO's token loss (clip 0.2, dual clip 3) against the old log-prob,
-    times the TIS weight min(r, cap) or the IcePop indicator low <= r <= high, r = exp(old - behaviour)."""
+    times the TIS weight min(r, cap) or the IcePop weight (r where low <= r <= high, else 0),
+    r = exp(old - behaviour)."""
     cap, low, high = bounds.get("tis_cap", 2.0), bounds.get("icepop_low", 0.5), bounds.get("icepop_high", 5.0)
     total, ratios, masked, truncated = 0.0, [], 0, 0
     logprobs, old, adv, mask = (batch[k] for k in ("logprobs", "old_logprobs", "advantages", "response_mask"))
@@ -165,7 +166,7 @@ def loop_off_policy_loss(
                 weight = min(r, cap)
                 truncated += r > cap
             elif correction == "icepop":
-                weight = float(low <= r <= high)
+                weight = r if low <= r <= high else 0.0
                 masked += weight == 0
             else:
                 weight = 1.0
@@ -224,6 +225,41 @@ def test_on_policy_tokens_pass_every_correction_unchanged() -> None:
         grads.append(logprobs.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
     torch.testing.assert_close(grads[2], grads[0], rtol=0, atol=0)
+
+
+def test_icepop_keeps_the_ratio_inside_its_band_and_drops_the_token_outside() -> None:
+    """IcePop's M(r) = r on [0.5, 5] and 0 elsewhere (as verl, AReaL, prime-rl), not an indicator of the band."""
+    ratios = [0.3, 0.8, 1.0, 1.7, 4.0, 6.0]
+    old = torch.tensor([[math.log(r) for r in ratios] + [9.0]], dtype=torch.float64)  # the last: off the response
+    behaviour = torch.zeros_like(old)
+    mask = torch.tensor([[True] * len(ratios) + [False]])
+    weights, sums = off_policy_weights(old, behaviour, mask, "icepop", icepop_low=0.5, icepop_high=5.0)
+    # exp(log(r)) returns r to within a few float64 ulps: 1e-14 relative is ample
+    assert weights[0].tolist() == pytest.approx([0.0, 0.8, 1.0, 1.7, 4.0, 0.0, 0.0], rel=1e-14, abs=0)
+    assert sums["is_masked"] == 2 and sums["is_truncated"] == 0  # 0.3 and 6.0; the off-response 9.0 counts nowhere
+    assert sums["is_ratio_sum"] == pytest.approx(sum(ratios), rel=1e-14)
+    assert not weights.requires_grad
+
+
+def test_icepop_scales_each_in_band_tokens_gradient_by_its_ratio_and_zeroes_the_rest() -> None:
+    """The weight is a detached coefficient, as TIS's: d(loss)/d(logprob) is the plain one times the weight."""
+    batch = random_batch(seed=9)
+    gen = torch.Generator().manual_seed(10)
+    behaviour = (
+        batch["old_logprobs"] + (torch.rand(batch["old_logprobs"].shape, generator=gen, dtype=torch.float64) - 0.5) * 4
+    )
+    normalizer = float(batch["response_mask"].sum())
+    weights, _ = off_policy_weights(batch["old_logprobs"], behaviour, batch["response_mask"], "icepop")
+    grads = []
+    for token_weights in (None, weights):
+        logprobs = batch["logprobs"].clone().requires_grad_(True)
+        loss, _ = policy_loss(**{**batch, "logprobs": logprobs}, normalizer=normalizer, token_weights=token_weights)
+        loss.backward()
+        grads.append(logprobs.grad)
+    in_band = batch["response_mask"] & (weights > 0)
+    assert (weights[in_band] != 1).all()  # the ratios are not 1: an indicator weight would fail the next line
+    # (w * g) / n against w * (g / n): one rounding apart in float64
+    torch.testing.assert_close(grads[1], weights * grads[0], rtol=1e-13, atol=0)
 
 
 @pytest.mark.parametrize(
