@@ -33,7 +33,7 @@ from core.config import BudgetConfig, RewardConfig, StalePolicy, TemperatureConf
 from core.difficulty import DifficultyTable
 from core.messages import LearnerResult, Rollout, RolloutRequest, ScoredRollouts, TemperatureUpdate, TrainBatch
 from core.sampler import EpochBatch, EpochSampler
-from core.step_record import StepRecord
+from core.step_record import PREVIOUS_CHECKPOINT_PHASE, StepRecord
 from core.temperature import TemperatureController
 from tasks.dataset import Question, dataset_fingerprint
 from tasks.prepare import Split
@@ -148,6 +148,7 @@ class Scheduler:
         self.step_count = 0
         self.weights_version = 0
         self.pipeline: deque[IssuedBatch] = deque()  # batches issued ahead of training, oldest first
+        self._checkpoint_seconds: float | None = None  # of the checkpoint after the last step, for the next record
 
     # -- the step -------------------------------------------------------------------------------------------
 
@@ -169,10 +170,10 @@ class Scheduler:
                 self._observe(scored, step)
             with timer("build_batch"):
                 train_batch, stats = self._train_batch(scored, issued.sampled.questions)
-            self._keep_weights(timer)  # ahead of training only: the weights the queued batches sample with
+            self._keep_weights(timer)  # ahead of training, on steps whose checkpoints save the queued weights
             with timer("train"):
                 result = self.learner_group.train(train_batch, self.weights_version)
-            self._collect_ahead(timer)  # ahead of training only: weights move between generation batches
+            self._collect_ahead(result.weights_version, timer)  # ahead of training: weights move between batches
             with timer("sync"):
                 self._sync_weights(result.weights_version)
             with timer("temperature"):
@@ -181,10 +182,10 @@ class Scheduler:
                 self._maybe_recompute(issued.sampled.batch.end_of_epoch, step)
             self.step_count += 1
             self._release_weights()
-            self._checkpoint_if_due(timer)
         heldout = self._heldout_if_due(timer)
         record = self._record(step, issued, scored, stats, result, control, timer, heldout)
-        self._log(record)
+        self._log(record)  # before the checkpoint: a resume from it never skips this step's record
+        self._checkpoint_if_due()
         return record
 
     # -- the pipeline (plan.max_staleness >= 1; with 0 it issues one batch and generates it in the step) ------
@@ -244,21 +245,37 @@ class Scheduler:
         return issued.rollouts
 
     def _keep_weights(self, timer: PhaseTimer) -> None:
-        """Ahead of training, before the learner moves on (timed as `keep_weights`): have the pool keep the
-        weights the queued batches were issued with, to restore a worker lost while it generates them, and for
-        a checkpoint to save. Nothing (and no phase) in the synchronous loop."""
-        if self.plan.max_staleness == 0:
+        """Ahead of training, before the learner moves on (timed as `keep_weights`): on a step whose version a
+        checkpoint will need, have the pool keep the weights the queued batches were issued with, for the
+        checkpoint to save (a full gather of the policy; meanwhile a worker lost while it generates them is
+        restored to them exactly). A batch issued at step s with version s stays queued through the checkpoints
+        after steps s .. s + k - 1 (k = `max_staleness`); on every other step nothing is gathered. Nothing (and no
+        phase) in the synchronous loop."""
+        k = self.plan.max_staleness
+        if k == 0:
             return
         with timer("keep_weights"):
-            if any(b.version == self.weights_version for b in self.pipeline):
+            queued = any(b.version == self.weights_version for b in self.pipeline)
+            if queued and any(self._checkpoints_after(s) for s in range(self.step_count, self.step_count + k)):
                 self.rollout_pool.keep_weights(self.learner_group, self.weights_version)
 
-    def _collect_ahead(self, timer: PhaseTimer) -> None:
-        """Ahead of training (timed as `wait_ahead`): wait for every batch generating ahead (they ran while the
-        learner trained), so that the weights are pushed between generation batches, never into one. Nothing
-        (and no phase) in the synchronous loop."""
+    def _checkpoints_after(self, step: int) -> bool:
+        """Whether a checkpoint is written after step `step` (0-based): every `checkpoint_every`-th, and the
+        driver's at the run's end."""
+        if not self.plan.checkpoint_dir or step >= self.plan.total_steps:
+            return False
+        every = self.plan.checkpoint_every
+        return step == self.plan.total_steps - 1 or bool(every and (step + 1) % every == 0)
+
+    def _collect_ahead(self, learner_version: int, timer: PhaseTimer) -> None:
+        """Ahead of training (timed as `wait_ahead`), once the learner holds `learner_version`: wait for every
+        batch generating ahead (they ran while the learner trained), so that the weights are pushed between
+        generation batches, never into one. A worker lost meanwhile is replaced with the learner's
+        `learner_version`, stamped as such, unless its batch's weights were kept (`RolloutPool.track_source`).
+        Nothing (and no phase) in the synchronous loop."""
         if self.plan.max_staleness == 0:
             return
+        self.rollout_pool.track_source(self.learner_group, learner_version)
         with timer("wait_ahead"):
             for issued in self.pipeline:
                 if issued.pending is not None:
@@ -331,12 +348,14 @@ class Scheduler:
         target = target_before if target_before is not None else self.controller.target_entropy
         return _Control(next_temperature, target, self.controller.last_clamped)
 
-    def _checkpoint_if_due(self, timer: PhaseTimer) -> None:
-        """Checkpoint after every `plan.checkpoint_every`-th step, timed as the `checkpoint` phase."""
+    def _checkpoint_if_due(self) -> None:
+        """Checkpoint after every `plan.checkpoint_every`-th step, once the step's record is logged; its seconds
+        go into the next step's record (`previous_checkpoint`)."""
         every = self.plan.checkpoint_every
         if every and self.plan.checkpoint_dir and self.step_count % every == 0:
-            with timer("checkpoint"):
-                self.checkpoint()
+            start = time.perf_counter()
+            self.checkpoint()
+            self._checkpoint_seconds = time.perf_counter() - start
 
     def _heldout_if_due(self, timer: PhaseTimer) -> dict[str, float]:
         """After every `plan.heldout_every`-th step: greedy held-out accuracy of the policy just trained (the
@@ -372,6 +391,9 @@ class Scheduler:
         sampled, requests, temperature = issued.sampled, issued.requests, issued.temperature
         rollouts = [s.rollout for s in scored]
         ahead = self.plan.max_staleness > 0
+        timing = dict(timer.seconds)
+        if self._checkpoint_seconds is not None:
+            timing[PREVIOUS_CHECKPOINT_PHASE], self._checkpoint_seconds = self._checkpoint_seconds, None
         return StepRecord(
             step=step,
             epoch=sampled.batch.epoch,
@@ -399,7 +421,7 @@ class Scheduler:
             target_entropy=control.target_entropy,
             entropy=result.entropy,
             learner={name: value for name, value in result.metrics.items() if name != "entropy"},
-            timing=dict(timer.seconds),
+            timing=timing,
             heldout=heldout,
             staleness=staleness_histogram(rollouts, result.weights_version - 1) if ahead else (),
             stale_dropped=issued.dropped,
@@ -522,13 +544,15 @@ class Scheduler:
     def _regenerate_pipeline(self, folder: Path) -> None:
         """Generate the restored queue's batches again as they were issued: version by version, the workers
         load the weights saved for it and take the batch's temperature, and each batch is generated (the same
-        seeds: the same rollouts). A version whose weights are missing is generated with the checkpoint's own
-        weights (logged: the resumed run then departs from an uninterrupted one)."""
+        seeds: the same rollouts). The versions whose weights are missing come last, generated with the
+        checkpoint's own (newer) weights (logged: the resumed run then departs from an uninterrupted one), since
+        a worker refuses a version older than the one it holds."""
         batches = [b for b in self.pipeline if b.step < self.plan.total_steps]
-        for version in sorted({b.version for b in batches}):
-            weights = folder / f"v{version}"
-            if (weights / "model.safetensors").is_file():
-                self.rollout_pool.load_policy(str(weights), version)
+        versions = sorted({b.version for b in batches})
+        saved = [v for v in versions if (folder / f"v{v}" / "model.safetensors").is_file()]
+        for version in saved + [v for v in versions if v not in saved]:
+            if version in saved:
+                self.rollout_pool.load_policy(str(folder / f"v{version}"), version)
             else:
                 log.warning(
                     "restore: no saved weights version %d for queued generation; generating it with the "

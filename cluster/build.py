@@ -24,7 +24,7 @@ from actors.scheduler import Scheduler, StepPlan
 from cluster.environment import LOOPBACK_ENV, ray_on_loopback, worker_env
 from cluster.learner_group import LearnerGroup
 from cluster.reward_client import RewardScorerClient
-from cluster.rollout_pool import RolloutPool
+from cluster.rollout_pool import ROLLOUT_NAME, RolloutPool
 from cluster.shared_folder import check_shared_folder
 from cluster.weight_sync import make_transport
 from core.config import RayConfig, RewardConfig, RolloutConfig, RunConfig
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_NAME = "e3/scheduler"
 SCORER_NAME = "e3/reward-scorer"
-ROLLOUT_NAME = "e3/rollout-{index}"
 LIGHT_ACTOR_CPUS = 0.1
 """CPUs reserved by the scheduler and the reward scorer's front end: they mostly wait on the others."""
 NODE_RESOURCE_SHARE = 0.01

@@ -38,6 +38,8 @@ KILL_WAIT_S = 30.0
 """Longest wait for a killed worker to be reported dead (its name free for the replacement)."""
 WEIGHTS_FILE = "model.safetensors"
 """The file `save_weights` writes and `load_policy` reads in its folder."""
+ROLLOUT_NAME = "e3/rollout-{index}"
+"""The Ray name of rollout worker `index` (a replacement takes the name of the worker it replaces)."""
 
 
 @dataclass
@@ -66,11 +68,13 @@ class RolloutPool:
         sync_timeout_s: float = 300.0,
         max_restarts_per_hour: int = 10,
         transport: ObjectStoreTransport | CollectiveTransport | None = None,
+        worker_name: str = ROLLOUT_NAME,
     ) -> None:
-        """`spawn(i)` creates worker i's actor (named, with its resources). `timeout_s` bounds a generation call
-        and a fresh worker's start-up, `sync_timeout_s` a weight sync or a temperature update. `transport`
-        carries `sync_weights` (default: the object store)."""
+        """`spawn(i)` creates worker i's actor, named `worker_name.format(index=i)`, with its resources.
+        `timeout_s` bounds a generation call and a fresh worker's start-up, `sync_timeout_s` a weight sync or a
+        temperature update. `transport` carries `sync_weights` (default: the object store)."""
         self._spawn = spawn
+        self.worker_name = worker_name
         self.workers = [spawn(i) for i in range(num_workers)]
         self.timeout_s = timeout_s
         self.sync_timeout_s = sync_timeout_s
@@ -111,11 +115,12 @@ class RolloutPool:
     def collect(self, pending: PendingGeneration) -> list[Rollout]:
         """The rollouts of a `submit`ted generation, in request order, waiting at most `timeout_s` from now.
 
-        A worker lost while it held the work (dead or hung) is replaced, brought to the current weights version
-        and temperature, and given exactly its share again; one that another call has replaced already is not
-        replaced twice, its share only goes to the replacement. So every request is answered once. The
-        replacement samples with the weights the generation was issued with when the pool kept them
-        (`keep_weights`: the learner has moved on since), else with the current ones."""
+        A worker lost while it held the work (dead or hung) is replaced, brought to the current temperature, and
+        given exactly its share again; one that another call has replaced already is not replaced twice, its share
+        only goes to the replacement. So every request is answered once. The replacement samples with the weights
+        the generation was issued with when the pool kept them (`keep_weights`, on the steps that checkpoint),
+        else with the newest weights of the learner (`track_source`), stamped with their version: its share is
+        then fresher than the rest, never mislabelled."""
         answers: dict[int, Any] = {}
         refs = dict(pending.refs)
         while refs:
@@ -129,6 +134,15 @@ class RolloutPool:
                     self._replace(w, error, restore_weights=kept is None)
                     if kept is not None:  # the issue-time weights, not the learner's newer ones
                         self._call("load_weights", {w: (kept, pending.version)}, self.sync_timeout_s)
+                    elif self._version is not None and self._version != pending.version:
+                        log.warning(
+                            "rollout worker %d lost while generating with weights version %s; its share is "
+                            "generated again with version %d, the learner's newest (version %s was not kept)",
+                            w,
+                            pending.version,
+                            self._version,
+                            pending.version,
+                        )
                 pending.actors[w] = self.workers[w]
             refs = {w: self.workers[w].generate.remote(*pending.work[w]) for w in errors}
         results = {
@@ -161,11 +175,19 @@ class RolloutPool:
         if any(v != version for v in loaded.values()):
             raise RuntimeError(f"weight sync to version {version} failed: workers report versions {loaded}")
 
+    def track_source(self, source: WeightSource, version: int) -> None:
+        """`source` (the learner group) now holds `version`, newer than the weights the workers generate with
+        (ahead of training, once the learner has trained): a worker replaced from now on is brought to `version`,
+        stamped as such, unless the weights of its lost work were kept. Nothing is sent; the next `sync_weights`
+        brings every worker there."""
+        self._source, self._weights_ref, self._version = source, None, version
+
     def keep_weights(self, source: WeightSource, version: int) -> None:
         """Keep a copy of the weights `version` that `source` (the learner group) holds now, in the object store,
-        until `release_weights`: a worker lost while generation issued with them is still in flight is restored
-        to them (the learner trains on meanwhile), and a checkpoint saves them (`save_weights`). One
-        publish-dtype copy of the policy per version kept: 3.55 GB at 1.5B parameters in bf16, 15.2 GB at 7B."""
+        until `release_weights`, for a checkpoint to save (`save_weights`); meanwhile a worker lost while
+        generation issued with them is in flight is restored to them exactly. A full gather: one publish-dtype
+        copy of the policy per version kept, 3.55 GB at 1.5B parameters in bf16, 15.2 GB at 7B; the scheduler asks
+        for it only on the steps whose checkpoints need it."""
         self._kept[version] = source.state_dict_ref()
 
     def release_weights(self, below: int) -> None:
@@ -202,12 +224,22 @@ class RolloutPool:
         return ray.get([w.info.remote() for w in self.workers], timeout=self.sync_timeout_s)
 
     def shutdown(self) -> None:
-        """Kill every worker actor and wait until Ray has them dead, so that their names are free again (for a
-        new pool, or a run that rebuilds its cluster)."""
+        """Kill every worker actor, found by its name (so that a copy of this pool whose workers another copy
+        replaced, such as the driver's after the scheduler's replaced one, still stops the replacements), and
+        wait until Ray has them dead, so that their names are free again (for a new pool, or a run that rebuilds
+        its cluster)."""
         self.transport.close(self.workers)
-        for worker in self.workers:
+        workers = list(self.workers)
+        for index in range(len(self.workers)):
+            try:
+                named = ray.get_actor(self.worker_name.format(index=index))
+            except ValueError:  # no live actor of that name
+                continue
+            if named._actor_id != self.workers[index]._actor_id:
+                workers.append(named)
+        for worker in workers:
             ray.kill(worker, no_restart=True)
-        for worker in self.workers:
+        for worker in workers:
             _wait_dead(worker)
 
     # ------------------------------------------------------------------------------------------- recovery

@@ -27,7 +27,8 @@ The line's keys, by namespace:
 - `learner/entropy`: token-mean entropy of the tempered policy over the step's responses (the controller's input);
   `learner/<name>`: the learner's other metrics (loss, clip fractions, grad norm, log-prob mismatch, ...).
 - `timing/<phase>_s`: seconds of each phase, in the order they ran; `timing/step_s` is the whole step, and
-  `timing/heldout_s` (when the step evaluates) runs after it.
+  `timing/heldout_s` (when the step evaluates) runs after it; `timing/previous_checkpoint_s` is the checkpoint
+  written after the step before (written once that step's record was logged).
 - `heldout/accuracy`, `heldout/accuracy/<source>`: greedy held-out accuracy after this step, on steps that evaluate.
 - `pipeline/staleness` (only when generation runs ahead of training, `train.max_staleness` >= 1): the step's
   samples by how many weights versions older than the trained policy they were sampled with (entry j: j versions
@@ -46,7 +47,10 @@ from typing import Any
 
 STEP_PHASE = "step"
 """The timed phase that spans the whole step."""
-OUTSIDE_STEP_PHASES = ("heldout",)
+PREVIOUS_CHECKPOINT_PHASE = "previous_checkpoint"
+"""The checkpoint written after the step before: a step's record is logged before its checkpoint is written (so
+that a failure while writing it cannot lose the record), so the checkpoint's seconds travel in the next record."""
+OUTSIDE_STEP_PHASES = ("heldout", PREVIOUS_CHECKPOINT_PHASE)
 """Timed phases that run after the step, outside `timing/step_s` (so step times compare between runs)."""
 
 

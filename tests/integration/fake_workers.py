@@ -76,3 +76,10 @@ class FakeWorkerHungInJoin(RolloutWorker):
 
     def join_weight_group(self, addresses, rank, world_size, timeout_s, name):
         time.sleep(HANG_S)
+
+
+class FakeWorkerDyingInGeneration(RolloutWorker):
+    """Kills its own process when asked to generate (every time)."""
+
+    def generate(self, requests):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -7,6 +7,7 @@ without any work counted twice."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import os
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import pytest
+import ray
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -38,12 +40,13 @@ from actors.weight_transport import (
 )
 from cluster.build import spawn_rollout_worker
 from cluster.learner_group import LearnerGroup
-from cluster.rollout_pool import RolloutPool
+from cluster.rollout_pool import ROLLOUT_NAME, RolloutPool
 from cluster.weight_sync import make_transport
 from core.messages import TemperatureUpdate
 from tests.integration.conftest import run_config
 from tests.integration.fake_workers import (
     HANG_S,
+    FakeWorkerDyingInGeneration,
     FakeWorkerDyingInGreedy,
     FakeWorkerDyingInJoin,
     FakeWorkerDyingInSetTemperature,
@@ -543,3 +546,45 @@ def test_a_worker_lost_while_the_weight_groups_form_is_replaced_not_fatal(
         assert [i["weights_version"] for i in pool.info()] == [5, 5] and pool.restarts == 1
     finally:
         pool.shutdown()
+
+
+@pytest.mark.slow
+def test_a_worker_lost_generating_ahead_is_replaced_with_the_learners_newest_weights_stamped_as_such(
+    embedded_task, learner, perturbed_policy, tmp_path
+):
+    """Ahead of training the learner has moved on while the workers generate with the version before, which the
+    pool did not keep (no checkpoint needed it): the replacement samples with the learner's newest weights, and
+    its rollouts carry that version, not the one its batch was issued with."""
+    pool = make_pool(tmp_path, embedded_task.model, "hf", {0: FakeWorkerDyingInGeneration}, sync_timeout_s=8.0)
+    try:
+        pool.set_temperature(TemperatureUpdate(0.9, step=0))
+        pool.sync_weights(learner, version=3)
+        pending = pool.submit(requests([4, 4, 4, 4], step=3))  # issued with version 3; worker 0 dies in it
+        pool.track_source(learner, 4)  # the learner trained meanwhile
+        rollouts = pool.collect(pending)
+        assert pool.restarts == 1 and [len(r.completions) for r in rollouts] == [4] * 4
+        assert {(r.worker, r.weights_version) for r in rollouts} == {("rollout-0", 4), ("rollout-1", 3)}
+        _, model, base_model = perturbed_policy
+        assert_generated_with(rollouts, model, base_model, 0.9)
+        pool.sync_weights(learner, version=4)
+        assert [i["weights_version"] for i in pool.info()] == [4, 4]
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.slow
+def test_a_stale_copy_of_the_pool_still_shuts_down_the_replacement_of_its_worker(embedded_task, tmp_path):
+    """The driver's pool is a copy of the scheduler's, taken before the scheduler replaced a worker: shutting
+    the copy down stops the replacement too (found by name), so that none outlives the run."""
+    pool = make_pool(tmp_path, embedded_task.model, "hf", sync_timeout_s=8.0)
+    driver_copy = copy.copy(pool)
+    driver_copy.workers = list(pool.workers)
+    try:
+        kill_worker(pool, 0)
+        pool.set_temperature(TemperatureUpdate(0.9, step=0))  # the scheduler's copy replaces worker 0
+        assert pool.restarts == 1 and pool.workers[0] is not driver_copy.workers[0]
+    finally:
+        driver_copy.shutdown()
+    for index in range(2):
+        with pytest.raises(ValueError):
+            ray.get_actor(ROLLOUT_NAME.format(index=index))

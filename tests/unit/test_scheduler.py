@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -72,7 +73,7 @@ class FakePool:
         return [Completion((7,), (-0.1,), "right", "stop") for _ in prompts]
 
     def sync_weights(self, source: FakeLearner, version: int) -> None:
-        self.calls.log.append(("pool", "sync_weights", (source.state_dict_ref(), version)))
+        self.calls.log.append(("pool", "sync_weights", (source.weights_label(), version)))
         self.version = version
 
     def set_temperature(self, update: TemperatureUpdate) -> None:
@@ -81,19 +82,24 @@ class FakePool:
 
 
 class FakeLearner:
-    """Reports a falling entropy; `save` writes the version, `load` reads it back."""
+    """Reports a falling entropy; `save` writes the version, `load` reads it back; counts full gathers."""
 
     def __init__(self, calls: Calls) -> None:
-        self.calls, self.trained = calls, 0
+        self.calls, self.trained, self.gathers = calls, 0, []
 
     def train(self, batch: TrainBatch, weights_version: int) -> LearnerResult:
         self.calls.log.append(("learner", "train", (batch.num_samples, weights_version)))
         self.trained += 1
         return LearnerResult(weights_version + 1, entropy=1.0 / (1 + self.trained), metrics={"loss": 0.5})
 
-    def state_dict_ref(self) -> str:
-        """What the fake pool records of the weights it was given."""
+    def weights_label(self) -> str:
+        """What the fake pools record of the weights they were sent (a broadcast: nothing gathered)."""
         return f"weights-after-{self.trained}"
+
+    def state_dict_ref(self) -> str:
+        """A full gather of the policy (what `keep_weights` costs), counted by the version gathered."""
+        self.gathers.append(self.trained)
+        return self.weights_label()
 
     def save(self, path: str) -> None:
         Path(path).mkdir(parents=True)
@@ -131,7 +137,10 @@ class FakeRunLog:
         self.epochs.append((epoch, step, [r.step for r in records]))
 
     def rewind(self, step: int) -> list[StepRecord]:
+        """Forget what was logged at steps >= `step` (the real run log rewrites metrics.jsonl, overwrites an
+        epoch's table files and sends W&B no step twice)."""
         self.records = [r for r in self.records if r.step < step]
+        self.epochs = [e for e in self.epochs if e[1] < step]
         return self.records
 
     def log_summary(self, summary: dict[str, Any]) -> None: ...
@@ -331,7 +340,10 @@ class AheadPool(FakePool):
     def sync_weights(self, source: FakeLearner, version: int) -> None:
         assert self.in_flight == 0, "weights pushed into a generation batch"
         super().sync_weights(source, version)
-        self.weights = source.state_dict_ref()
+        self.weights = source.weights_label()
+
+    def track_source(self, source: FakeLearner, version: int) -> None:
+        assert version == source.trained, "the learner holds another version"
 
     def set_temperature(self, update: TemperatureUpdate) -> None:
         assert self.in_flight == 0, "temperature changed under a generation batch"
@@ -349,6 +361,8 @@ class AheadPool(FakePool):
         (Path(path) / "model.safetensors").write_text(self.kept[version])
 
     def load_policy(self, path: str, version: int) -> None:
+        if version < self.version:  # as a real worker does
+            raise ValueError(f"weights version {version} is older than the loaded {self.version}")
         self.calls.log.append(("pool", "load_policy", version))
         self.weights, self.version = (Path(path) / "model.safetensors").read_text(), version
         self.kept[version] = self.weights
@@ -376,7 +390,7 @@ def test_one_step_off_generates_the_next_batch_while_the_learner_trains(tmp_path
     first = scheduler.step()
     assert calls.methods() == [
         "pool.submit", "pool.submit",  # steps 0 and 1, both with the base weights (version 0)
-        "pool.collect", "scorer.score", "pool.keep_weights", "learner.train",
+        "pool.collect", "scorer.score", "learner.train",  # no checkpoint needs version 0: nothing kept
         "pool.collect",  # step 1's batch generated during the training: collected before the weights move
         "pool.sync_weights", "pool.set_temperature",
     ]  # fmt: skip
@@ -385,7 +399,7 @@ def test_one_step_off_generates_the_next_batch_while_the_learner_trains(tmp_path
     second = scheduler.step()
     assert calls.methods() == [
         "pool.submit",  # step 2, with version 1 and the temperature set after step 0
-        "scorer.score", "pool.keep_weights", "learner.train", "pool.collect", "pool.sync_weights",
+        "scorer.score", "learner.train", "pool.collect", "pool.sync_weights",
         "pool.set_temperature",
     ]  # fmt: skip
     assert calls.log[0][2] == (2, 1, first.next_temperature)
@@ -475,6 +489,86 @@ def test_rollouts_older_than_the_bound_are_dropped_and_generated_again_or_kept(t
         assert "pool.generate" not in calls.methods()
     assert records[1].stale_dropped + records[1].stale_kept == records[1].rollouts_total
     assert records[2].staleness == (0, records[2].rollouts_total)  # step 4, issued under the new bound: 1 old
+
+
+@pytest.mark.parametrize(
+    ("k", "every", "gathered"),
+    [(1, 0, [5]), (1, 2, [1, 3, 5]), (2, 3, [1, 2, 4, 5])],
+    ids=["final-checkpoint-only", "every-2", "two-ahead-every-3"],
+)
+def test_ahead_the_policy_is_gathered_only_on_steps_whose_checkpoints_need_it(tmp_path, k, every, gathered):
+    """No full copy of the policy on a step that neither checkpoints nor loses a worker: the version of step s
+    is kept (gathered) only when a checkpoint after steps s .. s + k - 1 queues a batch issued with it, and
+    every checkpoint then holds the weights of every queued batch (the last is the driver's, at the run's end)."""
+    scheduler, _, _ = build_ahead(tmp_path, max_staleness=k, checkpoint_every=every)
+    for _ in range(6):
+        scheduler.step()
+    scheduler.checkpoint()
+    assert scheduler.learner_group.gathers == gathered  # the learner's version when gathered: the step's
+    for folder in sorted((tmp_path / "checkpoints").glob("step_*")):
+        queued = {b["version"] for b in json.loads((folder / "scheduler.json").read_text())["pipeline"]}
+        saved = {int(v.name[1:]) for v in (folder / ROLLOUT_WEIGHTS).iterdir()}
+        assert saved == queued, folder.name
+
+
+def test_a_restore_missing_an_older_versions_weights_still_generates_every_queued_batch(tmp_path):
+    """Two steps ahead, the checkpoint after step 1 queues batches of versions 0 and 1. Without version 0's
+    weights its batch is generated with the checkpoint's (version 2), after version 1's batch: a worker refuses a
+    version older than the one it holds."""
+    ahead, _, _ = build_ahead(tmp_path, max_staleness=2, checkpoint_every=2)
+    ahead.step(), ahead.step()
+    folder = tmp_path / "checkpoints" / "step_2"
+    shutil.rmtree(folder / ROLLOUT_WEIGHTS / "v0")
+    resumed, calls, _ = build_ahead(tmp_path, max_staleness=2)
+    assert resumed.restore(str(folder)) == 2
+    assert [m for m in calls.methods() if m in ("pool.load_policy", "pool.sync_weights")] == [
+        "pool.load_policy", "pool.sync_weights", "pool.sync_weights"
+    ]  # fmt: skip
+    assert {b.step: {r.weights_version for r in b.rollouts} for b in resumed.pipeline} == {2: {2}, 3: {1}}
+
+
+class FailingOnce:
+    """Raises `RuntimeError` from the wrapped callable at its `at`-th call (0-based), once."""
+
+    def __init__(self, wrapped, at: int) -> None:
+        self.wrapped, self.at, self.calls = wrapped, at, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls - 1 == self.at:
+            raise RuntimeError("injected failure")
+        return self.wrapped(*args, **kwargs)
+
+
+@pytest.mark.parametrize("where", ["heldout", "checkpoint"])
+def test_after_a_failure_around_a_checkpoint_a_healed_run_logs_every_step_and_epoch_once(tmp_path, where):
+    """A failure after a checkpointing step's work (in its held-out evaluation, or while its checkpoint is
+    written), then a resume from the latest checkpoint as launch.py heals: every step's record and every epoch's
+    views are logged exactly once."""
+    from actors.scheduler import latest_checkpoint
+
+    scheduler, _, run_log = build(tmp_path, checkpoint_every=2)  # held-out every 2 steps, 2 steps an epoch
+    if where == "heldout":  # after step 3: the second held-out evaluation
+        scheduler.rollout_pool.generate_greedy = FailingOnce(scheduler.rollout_pool.generate_greedy, at=1)
+    else:  # the checkpoint after step 3, once its policy is written
+        scheduler.table.write_parquet = FailingOnce(scheduler.table.write_parquet, at=1)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        while scheduler.step_count < 6:
+            scheduler.step()
+    resumed, _, _ = build(tmp_path, checkpoint_every=2)
+    resumed.run_log = run_log  # the run folder's metrics.jsonl, as the healed run finds it
+    resumed.restore(str(latest_checkpoint(tmp_path / "checkpoints")))
+    while resumed.step_count < 6:
+        resumed.step()
+    assert [r.step for r in run_log.records] == list(range(6))
+    assert [(epoch, steps) for epoch, _, steps in run_log.epochs] == [(0, [0, 1]), (1, [2, 3]), (2, [4, 5])]
+
+
+def test_a_checkpoints_seconds_travel_in_the_next_steps_record(tmp_path):
+    scheduler, _, _ = build(tmp_path, checkpoint_every=2)
+    records = [scheduler.step() for _ in range(3)]
+    assert "previous_checkpoint" not in records[0].timing and "previous_checkpoint" not in records[1].timing
+    assert records[2].timing["previous_checkpoint"] > 0 and "previous_checkpoint" not in records[2].step_phases
 
 
 def test_generation_seconds_sum_a_workers_calls_and_take_the_longest_worker():
