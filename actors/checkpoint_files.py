@@ -23,6 +23,9 @@ MANIFEST = "manifest.json"
 """In a checkpoint folder, written last: `{"files": {relative path: size in bytes}}` of every other file."""
 
 STEP_PREFIX = "step_"
+LEGACY_FILES = ("scheduler.json", "difficulty.parquet", "policy/model.safetensors", "policy/optimizer.pt")
+"""What every checkpoint written before manifests holds: such a folder is taken when all of them are there (its
+sizes cannot be checked), so that a run checkpointed by an older version still resumes."""
 
 
 def partial_folder(final: Path) -> Path:
@@ -91,6 +94,11 @@ def incompleteness(folder: Path) -> str | None:
     try:
         files = json.loads(path.read_text(encoding="utf-8"))["files"]
     except FileNotFoundError:
+        if folder.name.startswith(STEP_PREFIX) and all((folder / name).is_file() for name in LEGACY_FILES):
+            log.warning(
+                "checkpoint %s has no %s (written by an older version); its files are all there", folder, MANIFEST
+            )
+            return None
         return f"no {MANIFEST} (its save did not finish)"
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"unreadable {MANIFEST} ({err})"

@@ -383,6 +383,40 @@ def test_nccl_sync_generates_with_the_learners_weights_on_gpu(embedded_task, per
         learner.shutdown()
 
 
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2 or importlib.util.find_spec("vllm") is None,
+    reason="needs two CUDA GPUs (NCCL cannot put two ranks on one) and vLLM",
+)
+def test_nccl_a_receiver_lost_mid_sync_is_replaced_and_the_learner_survives_on_gpu(
+    embedded_task, perturbed_policy, ray_cluster, tmp_path
+):
+    """NCCL with gloo's failure semantics (`NCCL_FAILURE_SEMANTICS`): a vLLM worker SIGKILLed after its engine
+    took the first weight leaves the learner rank blocked in a broadcast; the group's timeout ends the wait with
+    an error the rank reports (it is not torn down by NCCL's watchdog), and the pool replaces the worker and
+    syncs it. One learner rank and one worker, a GPU each."""
+    cfg = run_config(tmp_path, "learner.num_ranks=1", "learner.num_gpus=1", "rollout.num_gpus=1")
+    learner = LearnerGroup(str(perturbed_policy[0]), cfg.learner, "float32", seed=0)
+    pool = None
+    try:
+        pool = make_pool(
+            tmp_path, embedded_task.model, "vllm", {0: FakeWorkerDyingMidSync}, workers=1, num_gpus=1.0,
+            gpu_memory_utilization=0.3, sync_timeout_s=60.0,
+        )  # fmt: skip
+        learner_pid = ray.get(learner.actors[0].__ray_call__.remote(lambda self: os.getpid()))
+        pool.sync_weights(learner, version=1)
+        assert pool.restarts == 1
+        assert [(i["weights_version"], i["weights_intact"]) for i in pool.info()] == [(1, True)]
+        assert ray.get(learner.actors[0].__ray_call__.remote(lambda self: os.getpid())) == learner_pid
+        pool.sync_weights(learner, version=2)  # the learner rank's new group carries the next sync
+        assert [i["weights_version"] for i in pool.info()] == [2]
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        learner.shutdown()
+
+
 # ----------------------------------------------------------------------------------- killed worker processes
 
 

@@ -199,3 +199,15 @@ def test_publish_fsyncs_every_file_and_folder_before_the_rename(tmp_path, monkey
     expected |= {partial / "scheduler.json", partial / MANIFEST, partial / "policy", partial, final.parent}
     assert expected <= set(synced)
     assert synced.index(partial / "scheduler.json") < synced.index(partial / MANIFEST) < synced.index(final.parent)
+
+
+def test_a_checkpoint_of_an_older_version_without_a_manifest_is_taken_when_its_files_are_there(tmp_path, caplog):
+    folder = tmp_path / "step_3"
+    for name in checkpoint_files.LEGACY_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("x")
+    with caplog.at_level(logging.WARNING):
+        assert latest_checkpoint(tmp_path) == folder
+    assert "written by an older version" in caplog.text
+    (folder / "policy" / "optimizer.pt").unlink()  # a folder the old writer left half deleted
+    assert latest_checkpoint(tmp_path) is None
