@@ -9,10 +9,13 @@ scheduler keeps a queue of issued batches, oldest first, up to k steps ahead of 
    temperature the workers hold now (each rollout comes back stamped with both);
 2. pops batch t (waiting for it if it is still generating), scores it, counts it into the difficulty table and
    builds the train batch (the learner divides by the stamped temperature of each sample);
-3. keeps a copy of the weights the queued batches were issued with (`RolloutPool.keep_weights`), trains, and
-   meanwhile the rollout workers generate the batches queued for steps t + 1 .. t + k;
-4. waits for those batches (weights are pushed between generation batches, never into one), then pushes the
-   new weights and sends the temperature the controller sets from step t's entropy.
+3. on a step whose version a checkpoint will need (below), keeps a copy of the weights the queued batches were
+   issued with (`RolloutPool.keep_weights`); trains, and meanwhile the rollout workers generate the batches
+   queued for steps t + 1 .. t + k;
+4. tells the pool the learner's new version (`RolloutPool.track_source`: a worker lost from now on is replaced
+   with it, stamped as such, unless its batch's weights were kept), waits for those batches (weights are pushed
+   between generation batches, never into one), then pushes the new weights and sends the temperature the
+   controller sets from step t's entropy.
 
 So a batch issued at step s - k samples with weights version s - k (at the run's start: version 0) and trains at
 step s on version s: it is at most k versions old, and the pipeline never issues one that would be older.
@@ -33,11 +36,16 @@ not their outputs; `Scheduler.restore` loads those weights into the workers, gen
 (the same seeds, weights and temperatures: the same rollouts) and then syncs the checkpoint's own weights, so
 a resumed run equals an uninterrupted one.
 
+Which weights are kept: a batch issued at step s (with version s) stays queued through the checkpoints after
+steps s .. s + k - 1, so version s is gathered (before step s trains, while the learner still holds it) only
+when one of those steps checkpoints; on every other step nothing is gathered. A worker lost while generation
+runs ahead is then restored to the issue-time weights when they were kept, else given the learner's newest.
+
 Paper scale (E3_SPEC §6, one step ahead): the queue holds one step's rollouts, 512 responses of up to 6,144
-tokens: 3.1M token ids and 3.1M float32 log-probs, about 38 MB of Python-side data in the scheduler; the kept
-weights are one publish-dtype policy in the object store per version in flight, 3.55 GB for 1.5B parameters in
-bf16 and 15.2 GB for 7B (written into each checkpoint beside the float32 policy and AdamW state, 28.5 GB and
-122 GB: +12%).
+tokens: 3.1M token ids and 3.1M float32 log-probs, about 38 MB of Python-side data in the scheduler; a kept
+version is one publish-dtype policy in the object store, 3.55 GB for 1.5B parameters in bf16 and 15.2 GB for 7B,
+on checkpointing steps only (written into the checkpoint beside the float32 policy and AdamW's two moments,
+12 bytes a parameter: 21.4 GB and 91.4 GB, so +17%).
 """
 
 from __future__ import annotations
