@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cluster.environment import keep_ray_on_loopback, ray_job_working_dir
+from cluster.plan import memory_plan, print_plan
 from core.config import ConfigError, RunConfig, register_configs, resolve, validate
 from tasks.dataset import DatasetError
 
@@ -109,35 +110,6 @@ def heldout_before(run_dir: Path, resumed: bool, evaluate: Callable[[], dict[str
     return before
 
 
-def memory_plan(cfg: RunConfig, model_path: Path):
-    """The run's memory per GPU from the model's `config.json` (no weights loaded), and what does not fit."""
-    from core.plan import GB, ModelShape, fit_problems, plan_memory
-
-    try:
-        shape = ModelShape.from_config(json.loads((model_path / "config.json").read_text(encoding="utf-8")))
-    except KeyError as err:
-        raise ConfigError(
-            f"{model_path / 'config.json'} lacks {err} (the memory plan reads Qwen2/Llama fields)"
-        ) from err
-    longest = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-    plan = plan_memory(shape, cfg.learner, cfg.model.dtype, longest)
-    gpu_bytes = cfg.learner.gpu_memory_gb * GB
-    return plan, fit_problems(plan, gpu_bytes, cfg.rollout.gpu_memory_utilization, longest)
-
-
-def print_plan(cfg: RunConfig) -> list[str]:
-    """`mode=plan`: print the memory of each GPU and whether it fits; return the problems (empty: it fits)."""
-    from core.plan import GB, plan_table
-    from tasks.registry import prepare_task
-
-    files = prepare_task(cfg)
-    plan, problems = memory_plan(cfg, files.model)
-    print(f"# Memory plan for {files.model}\n")
-    print(plan_table(plan, cfg.learner.gpu_memory_gb * GB, cfg.rollout.gpu_memory_utilization))
-    print("\n".join(f"does not fit: {p}" for p in problems) if problems else "fits.")
-    return problems
-
-
 def run_steps(
     cfg: RunConfig, scheduler: Any, run_dir: Path, resume_from: Path | None, total_steps: int
 ) -> dict[str, Any]:
@@ -147,6 +119,8 @@ def run_steps(
     import ray
     from tqdm import tqdm
 
+    if resume_from is None:
+        ray.get(scheduler.start.remote())
     first_step = ray.get(scheduler.restore.remote(str(resume_from))) if resume_from else 0
     before = heldout_before(
         run_dir,
@@ -179,128 +153,77 @@ def run_steps(
 
 
 def train(cfg: RunConfig) -> dict:
-    """Run training end to end and return the run's summary (also written to `<run_dir>/summary.json`).
-
-    With `train.max_failures` > 0 the run heals itself: when an actor's process or a node is lost, the run's actors
-    are shut down and built again (with the Ray session, when this process started it) and the run resumes from
-    its last complete checkpoint, up to that many times; `summary["recoveries"]` counts them."""
-    import ray
-
-    from actors.report import write_report
-    from actors.run_log import RunLog
-    from actors.scheduler import StepPlan, latest_checkpoint
-    from cluster.build import build_cluster, ray_session, required_cpus, restart_local_ray
-    from cluster.recovery import lost_process
-    from core.sampler import EpochSampler
+    """Run training end to end and return the run's summary (also written to `<run_dir>/summary.json`): prepare
+    the inputs, plan the run, run it (healing up to `train.max_failures` lost processes or nodes:
+    `cluster.recovery.run_with_recovery`; `summary["recoveries"]` counts them), report."""
+    from actors.settings import SchedulerSettings
+    from cluster.build import build_cluster
+    from cluster.recovery import run_with_recovery
+    from reporting.run_log import RunLog
     from tasks.prepare import prepare_inputs
 
     started = time.perf_counter()
     inputs = prepare_inputs(cfg)
-    if cfg.learner.num_gpus > 0:  # a GPU run: stop before any actor starts if the plan does not fit
-        problems = memory_plan(cfg, inputs.files.model)[1]
+    refuse_gpus_that_do_not_fit(cfg, inputs.files.model)
+    train_split = inputs.split(inputs.files.train, cfg.data, limit=cfg.data.max_train_questions)
+    use_heldout = inputs.files.valid is not None and cfg.data.valid_size > 0
+    heldout = inputs.split(inputs.files.valid, cfg.data, limit=cfg.data.valid_size) if use_heldout else None
+    run_dir, resume_from = prepare_run_dir(cfg)
+    checkpoints = run_dir / "checkpoints"
+    settings = SchedulerSettings.from_config(
+        cfg, len(train_split), inputs.pad_token_id, len(inputs.tokenizer), checkpoint_dir=str(checkpoints)
+    )
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
+    log.info("%s: %d training questions, %d steps of %d, model %s, outputs in %s", cfg.algo, len(train_split),
+             settings.total_steps, settings.questions_per_step, inputs.files.model, run_dir)  # fmt: skip
+    run_config = json.loads(json.dumps(asdict(cfg), default=str))
+    run_log = RunLog(run_dir, cfg.run_name, cfg.wandb, run_config, resume=cfg.resume)
+
+    def build() -> Any:
+        return build_cluster(cfg, inputs.files.model, inputs.files.reward_fn, train=train_split, settings=settings,
+                             heldout=heldout, run_log=run_log)  # fmt: skip
+
+    def run(cluster: Any, resume_from: Path | None) -> dict[str, Any]:
+        summary = run_steps(cfg, cluster.scheduler, run_dir, resume_from, settings.total_steps)
+        return {**summary, "wall_s": time.perf_counter() - started}
+
+    summary = run_with_recovery(cfg, build, run, checkpoints, resume_from, run_log)
+    report_run(summary, run_dir)
+    return summary
+
+
+def refuse_gpus_that_do_not_fit(cfg: RunConfig, model_path: Path) -> None:
+    """A GPU run whose memory plan does not fit its GPUs stops here, before any actor starts (`mode=plan` shows
+    the plan); a CPU run is not planned."""
+    if cfg.learner.num_gpus > 0:
+        problems = memory_plan(cfg, model_path)[1]
         if problems:
             raise ConfigError(
                 "the run does not fit its GPUs (python launch.py mode=plan ... shows the plan): " + "; ".join(problems)
             )
-    train_split = inputs.split(inputs.files.train, cfg.data, limit=cfg.data.max_train_questions)
-    use_heldout = inputs.files.valid is not None and cfg.data.valid_size > 0
-    heldout = inputs.split(inputs.files.valid, cfg.data, limit=cfg.data.valid_size) if use_heldout else None
-    steps_per_epoch = EpochSampler(len(train_split), cfg.train.questions_per_step, cfg.train.seed).steps_per_epoch
-    total_steps = cfg.train.epochs * steps_per_epoch
-    if cfg.train.max_steps > 0:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    run_dir, resume_from = prepare_run_dir(cfg)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
-    log.info(
-        "%s: %d training questions (%d steps/epoch, %d steps), model %s, outputs in %s",
-        cfg.algo,
-        len(train_split),
-        steps_per_epoch,
-        total_steps,
-        inputs.files.model,
-        run_dir,
-    )
 
-    plan = StepPlan(
-        questions_per_step=cfg.train.questions_per_step,
-        total_steps=total_steps,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        seed=cfg.train.seed,
-        pad_token_id=inputs.pad_token_id,
-        vocab_size=len(inputs.tokenizer),
-        heldout_samples=cfg.eval.heldout_samples,
-        heldout_ks=cfg.eval.heldout_ks(),
-        eval_temperature=cfg.eval.temperature,
-        checkpoint_dir=str(run_dir / "checkpoints"),
-        checkpoint_every=cfg.train.checkpoint_every,
-        heldout_every=cfg.eval.every_steps,
-        max_staleness=cfg.train.max_staleness,
-        stale_policy=cfg.train.stale_policy,
-    )
-    run_log = RunLog(
-        run_dir, cfg.run_name, cfg.wandb, json.loads(json.dumps(asdict(cfg), default=str)), resume=cfg.resume
-    )
-    recoveries: list[dict[str, Any]] = []
-    with ray_session(cfg.ray, required_cpus(cfg)) as own_local_cluster:
-        while True:  # one attempt per pass: build the cluster, restore the latest checkpoint, run the steps
-            try:
-                cluster = build_cluster(
-                    cfg,
-                    inputs.files.model,
-                    inputs.files.reward_fn,
-                    train=train_split,
-                    plan=plan,
-                    heldout=heldout,
-                    run_log=run_log,
-                )
-                try:
-                    summary = run_steps(cfg, cluster.scheduler, run_dir, resume_from, total_steps)
-                    summary.update(wall_s=time.perf_counter() - started, recoveries=len(recoveries))
-                    summary["recovery_log"] = recoveries
-                    ray.get(cluster.scheduler.finish.remote(summary))
-                finally:
-                    cluster.shutdown()
-                break
-            except ray.exceptions.RayError as error:
-                resume_from = latest_checkpoint(run_dir / "checkpoints")
-                if not lost_process(error) or len(recoveries) >= cfg.train.max_failures:
-                    log.error(
-                        "the run failed; last good checkpoint: %s. Resume with: python launch.py run_name=%s "
-                        "resume=true",
-                        resume_from or "none (rerun from the start)",
-                        cfg.run_name,
-                    )
-                    raise
-                recoveries.append({"error": str(error).splitlines()[0][:300], "resumed_from": str(resume_from or "")})
-                log.warning(
-                    "recovery %d of %d (train.max_failures): %s. Shutting the run's actors down, building them "
-                    "again and resuming from %s",
-                    len(recoveries),
-                    cfg.train.max_failures,
-                    recoveries[-1]["error"],
-                    resume_from or "the start (no checkpoint yet)",
-                )
-                if resume_from is None:
-                    run_log.rewind(0)
-                if own_local_cluster:  # the lost node may have been this machine's Ray itself
-                    restart_local_ray(cfg.ray, required_cpus(cfg))
+
+def report_run(summary: dict[str, Any], run_dir: Path) -> None:
+    """Write the run's report page and print where its outputs are, with the held-out accuracy before and after."""
+    from reporting.report import write_report
+
     report = write_report([run_dir])
     before, after = summary["heldout_before"], summary["heldout_after"]
-    if recoveries:
-        log.info("the run recovered %d time(s) from a lost process or node (summary.json: recoveries)", len(recoveries))
+    if summary["recoveries"]:
+        log.info("the run recovered %d time(s) from a lost process or node (summary.json: recoveries)",
+                 summary["recoveries"])  # fmt: skip
     if before and after:
         print(f"held-out greedy accuracy: {before['accuracy']:.3f} before, {after['accuracy']:.3f} after training")
     print(f"outputs: {run_dir}/ (metrics.jsonl, difficulty.parquet, summary.json, checkpoints/, {report.name})")
-    return summary
 
 
 def evaluate(cfg: RunConfig) -> dict:
     """`mode=eval`: greedy accuracy, and the accuracy and pass@k of `eval.num_samples` sampled answers, overall
     and per source, of the model at `model.path` (or the embedded base policy) on the test questions; written to
     `<run_dir>/eval.json` (laid out as `eval_results` says) and `eval.md` (one table row per source)."""
-    from actors.eval_report import eval_markdown, eval_results
     from actors.evaluation import greedy_accuracy, sampled_pass_at_k
     from cluster.build import LIGHT_ACTOR_CPUS, build_eval_cluster, ray_session
+    from reporting.eval_report import eval_markdown, eval_results
     from tasks.prepare import prepare_inputs
 
     inputs = prepare_inputs(cfg)

@@ -4,33 +4,14 @@
 run one in-process. Every rank holds a shard of the policy (`fully_shard` on each decoder layer, then the
 root), so every method that touches the model is a collective: all ranks must call it, in the same order.
 
-A training step on a rank:
-1. pack the shard into micro-batches under `max_tokens_per_micro_batch` padded tokens (`micro_batch_size` rows
-   at most), similar lengths together;
-2. forward each micro-batch with gradient: the output head is `core.logprobs.ResponseHead`, which returns, for
-   response tokens only and `logits_chunk_tokens` rows at a time, the log-prob of each token under its sample's
-   temperature and the tempered entropy (no `[n, L, V]` logits ever exist); compute the clipped policy loss
-   (`core.grpo.policy_loss`, normalised by the response-token count of the *global* batch) and accumulate
-   gradients; FSDP2's gradient reduction is set to a plain sum over ranks (not its default mean), so the summed
-   rank losses are exactly the global token mean. With one optimizer step per training step
-   (`ppo_mini_batches=1`, the paper's setting) the old log-probs are the detached log-probs of this same pass
-   (the ratio is identically 1) and the entropy comes from it too; with more, a no-grad pass measures them
-   first and each mini-batch takes its own optimizer step. With `off_policy_correction` (`tis`, `icepop`) each
-   token's loss is weighted against the rollout engine's tempered log-prob of it (`TrainBatch.sampler_logprobs`,
-   the behaviour policy: an older weights version when generation runs ahead of training),
-   `core.grpo.off_policy_weights`;
-3. clip the global gradient norm, take the AdamW step, and reduce the metrics over ranks, so that every rank
-   returns the same global metrics.
+A training step (`Learner.train_step`, which gives it in full): micro-batches forward through
+`core.logprobs.ResponseHead` (tempered log-probs of response tokens only, never `[n, L, V]` logits), the clipped
+loss of `core.grpo.policy_loss` as a global token mean (gradients summed over ranks), optionally weighted against
+the engine's log-probs (`off_policy_correction`, docs/generation-ahead.md), then a clipped AdamW step and metrics
+reduced over ranks. Ranks run equal numbers of passes (`_mini_batches` pads with masked samples).
 
-Every rank must run the same number of forward and backward passes (FSDP2 gathers and reduces parameters
-inside them), so ranks agree on the micro-batch count first; a rank with fewer samples pads with a sample
-whose response mask is zero (it adds nothing to the loss, the gradient or the metrics).
-
-Checkpoints (`save`/`load`) are full, unsharded state dicts written by rank 0: the policy as
-`model.safetensors` (float32 master weights, Hugging Face names) and the AdamW state as `optimizer.pt`, read
-back with `torch.load(weights_only=True)`. No pickled code is ever loaded, and a checkpoint can be resumed on
-any number of ranks. (DCP's sharded format scales better, but its metadata is a pickle; the models this
-project trains fit comfortably in one host's memory.)
+Checkpoints (`save`/`load`) are full, unsharded, pickle-free state dicts from rank 0, resumable on any number of
+ranks. Run: `cluster/learner_group.py` starts the ranks (docs/architecture.md); tests run one in-process.
 """
 
 from __future__ import annotations
@@ -253,6 +234,28 @@ class Learner:
     def train_step(self, shard: TrainBatch, global_response_tokens: int) -> dict[str, float]:
         """Take `ppo_mini_batches` optimizer steps on this rank's `shard` of a batch with
         `global_response_tokens` in all.
+
+        The step on a rank:
+        1. pack the shard into micro-batches under `max_tokens_per_micro_batch` padded tokens (`micro_batch_size`
+           rows at most), similar lengths together (`_mini_batches`);
+        2. forward each micro-batch with gradient: the output head is `core.logprobs.ResponseHead`, which returns,
+           for response tokens only and `logits_chunk_tokens` rows at a time, the log-prob of each token under its
+           sample's temperature and the tempered entropy (no `[n, L, V]` logits ever exist); compute the clipped
+           policy loss (`core.grpo.policy_loss`, normalised by the response-token count of the *global* batch) and
+           accumulate gradients; FSDP2's gradient reduction is set to a plain sum over ranks (not its default
+           mean), so the summed rank losses are exactly the global token mean. With one optimizer step per
+           training step (`ppo_mini_batches=1`, the paper's setting) the old log-probs are the detached log-probs
+           of this same pass (the ratio is identically 1) and the entropy comes from it too; with more, a no-grad
+           pass measures them first and each mini-batch takes its own optimizer step. With
+           `off_policy_correction` (`tis`, `icepop`) each token's loss is weighted against the rollout engine's
+           tempered log-prob of it (`TrainBatch.sampler_logprobs`, the behaviour policy: an older weights version
+           when generation runs ahead of training), `core.grpo.off_policy_weights`;
+        3. clip the global gradient norm, take the AdamW step, and reduce the metrics over ranks, so that every
+           rank returns the same global metrics.
+
+        Every rank must run the same number of forward and backward passes (FSDP2 gathers and reduces parameters
+        inside them), so ranks agree on the micro-batch count first; a rank with fewer samples pads with a sample
+        whose response mask is zero (it adds nothing to the loss, the gradient or the metrics).
 
         Collective: every rank calls it with its own shard and the same `global_response_tokens`. Returns
         global metrics, identical on every rank:
@@ -527,6 +530,12 @@ class Learner:
     def save(self, path: str) -> None:
         """Write the policy (float32) and optimizer state under the folder `path`, from rank 0, with the base
         model's config and tokenizer files, so that the folder loads as a Hugging Face model directory.
+
+        The checkpoint is a full, unsharded state dict: the policy as `model.safetensors` (float32 master
+        weights, Hugging Face names) and the AdamW state as `optimizer.pt`, read back by `load` with
+        `torch.load(weights_only=True)`. No pickled code is ever loaded, and a checkpoint can be resumed on any
+        number of ranks. (DCP's sharded format scales better, but its metadata is a pickle; the models this
+        project trains fit comfortably in one host's memory.)
 
         Collective: every rank calls it; returns once the files are written and flushed to disk (fsync, on rank
         0's node, which may not be the node that publishes the checkpoint).

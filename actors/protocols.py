@@ -12,7 +12,7 @@ from core.messages import (
     RewardResult,
     Rollout,
     RolloutRequest,
-    ScoredRollouts,
+    ScoredRollout,
     TemperatureUpdate,
     TrainBatch,
 )
@@ -53,7 +53,7 @@ class LearnerGroupLike(Protocol):
 class ScorerLike(Protocol):
     """The reward scorer: rollouts to scored groups, plain texts to (reward, correct) results."""
 
-    def score(self, rollouts: list[Rollout], ground_truths: list[str]) -> list[ScoredRollouts]: ...
+    def score(self, rollouts: list[Rollout], ground_truths: list[str]) -> list[ScoredRollout]: ...
     def score_texts(self, texts: list[str], ground_truths: list[str]) -> list[RewardResult]: ...
 
 

@@ -13,11 +13,7 @@ The correctness flags, not the rewards, feed the difficulty table, the accuracie
 Anything else (None, a string, a non-finite reward, a pair whose verdict is not a bool) breaks the function's
 contract: scoring raises `RewardContractError`, naming the function and what it returned.
 
-Shutdown: pebble unlinks its pool's named semaphores before it terminates the workers, so a worker process that
-is still starting (spawned at pool start, or as the replacement of a worker killed at a timeout) would die in
-`SemLock._rebuild` with FileNotFoundError. `close` therefore first proves every worker past its start-up: one
-rendezvous task per worker, all waiting on a barrier the workers inherited (a busy or starting worker cannot take
-a second task, so the tasks land on distinct workers), then closes the idle pool.
+Shutdown waits until every worker is past its start-up (`RewardScorer.close` says why).
 """
 
 from __future__ import annotations
@@ -37,7 +33,7 @@ import numpy as np
 from pebble import ProcessPool
 
 from core.config import RewardConfig
-from core.messages import RewardResult, Rollout, ScoredRollouts
+from core.messages import RewardResult, Rollout, ScoredRollout
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +140,7 @@ class RewardScorer:
         self._started = False
         self._closed = False
 
-    def score(self, rollouts: list[Rollout], ground_truths: list[str]) -> list[ScoredRollouts]:
+    def score(self, rollouts: list[Rollout], ground_truths: list[str]) -> list[ScoredRollout]:
         """Score each rollout's completions against the ground truth at the same position."""
         if len(rollouts) != len(ground_truths):
             raise ValueError(f"score: {len(rollouts)} rollouts but {len(ground_truths)} ground truths")
@@ -156,7 +152,7 @@ class RewardScorer:
             group = results[start : start + len(rollout.completions)]
             start += len(group)
             scored.append(
-                ScoredRollouts(
+                ScoredRollout(
                     rollout=rollout,
                     rewards=tuple(outcome.result.reward for outcome in group),
                     correct=tuple(outcome.result.correct for outcome in group),
@@ -194,7 +190,14 @@ class RewardScorer:
         return results
 
     def close(self) -> None:
-        """Stop the worker processes, none of them caught starting (see the module docstring).
+        """Stop the worker processes, none of them caught starting.
+
+        Why: pebble unlinks its pool's named semaphores before it terminates the workers, so a worker process that
+        is still starting (spawned at pool start, or as the replacement of a worker killed at a timeout) would die
+        in `SemLock._rebuild` with FileNotFoundError. `close` therefore first proves every worker past its
+        start-up: one rendezvous task per worker, all waiting on a barrier the workers inherited (a busy or
+        starting worker cannot take a second task, so the tasks land on distinct workers), then closes the idle
+        pool.
 
         Call it when no scoring call is in flight. When a worker does not come up within `STARTUP_WAIT_S` (or the
         rendezvous fails), the pool is stopped anyway and the reason logged.

@@ -10,38 +10,11 @@ nothing is gathered. FSDP2 splits every parameter along dim 0 over the R learner
 broadcasts its own rows to the workers, and a worker joins the R parts of each tensor. In one group holding every
 learner rank a broadcast would also send each rank's shards to the other learner ranks.
 
-One sync, in order, in each of the R groups at once:
-1. learner rank r broadcasts a header `[version, buckets, ranks, elements of rank r]`, and an all-reduce confirms
-   that every member holds it. A worker checks the header of every group before it yields a single tensor, so a
-   member that is dead or hung fails this step before any worker has touched its engine;
-2. learner rank r broadcasts its part of each bucket of the `BucketLayout` every member was given: the buckets
-   are cut over whole tensors (about `bucket_bytes` each, in the publish dtype; one tensor larger than that is a
-   bucket by itself), and rank r's part of a bucket is its rows of those tensors (about `bucket_bytes / R`). A
-   tensor of at least `direct_bytes` travels in broadcasts of its own, one per learner rank, each received
-   straight into that rank's rows of the worker's full tensor: the sender sends its shard as it is (when already
-   in the publish dtype, else its cast), the worker joins nothing. The smaller tensors of a bucket travel packed
-   together, one broadcast per rank, cast on the way, and a worker joins their rows. An empty message is not
-   sent. A sender keeps at most one bucket in flight while it fills the next; each worker posts the receives of
-   the next bucket while its engine consumes the current one;
-3. on any error a member drops its groups, which closes their connections, so the other members fail at once
-   instead of waiting for the timeout; the groups are then rebuilt (`cluster/weight_sync.py`).
-
-Sizes at the paper's scale (bf16 publish dtype, `rollout.weight_bucket_mb=512`): DeepSeek-R1-Distill-Qwen-1.5B
-(1.78B parameters, untied head) is 3.55 GB per worker per sync, about 7 buckets; the 7B (7.62B) is 15.2 GB, about
-29 buckets. Each learner rank sends 1/R of that (3.55 GB / R and 15.2 GB / R), and holds at most two of its
-bucket parts beside its shards, nothing gathered: 2 x 537 MB / R = 1.07 GB / R at 1.5B (its embedding and head,
-0.47 GB each, fit in a bucket). At 7B the embedding and the head (1.09 GB each) are larger than a bucket, so each
-is a bucket of its own: the head's part and the next bucket's make 1.63 GB / R at most. With NCCL all of it is
-device memory; on CPU (gloo) it is host memory. The object store instead puts the whole gathered float32 model
-(7.1 GB / 30.5 GB) and its bf16 copy on rank 0's host.
-
-Why large tensors travel alone: joining a tensor's R row ranges is one more copy of every byte on every worker,
-into fresh memory, and packing them one more on every sender. On two CPU cores that join was 30% of a worker's
-time in a sync (py-spy, 157.6M parameters, two workers: `bench/results/weight_sync.md`). Straight into the full
-tensor, the bytes are written once, by the receive. The price is one broadcast per large tensor and rank instead
-of one per bucket and rank (at 7B, 28 layers x 7 matrices + embedding and head: about 200 per rank and sync;
-NCCL launches one in tens of microseconds); tensors under `direct_bytes` (norms, biases) stay packed, where a
-broadcast of their own would cost more than the copy.
+One sync, in each of the R groups at once: a header every member checks and confirms (`_header`), then the
+buckets of a `BucketLayout` (`plan_buckets`; large tensors travel alone, `DIRECT_BYTES`), sent by `send_weights`
+and received by `receive_weights`. On any error a member drops its groups (`WeightGroup.close`), so the others
+fail at once, and `cluster/weight_sync.py` rebuilds them. Sizes at the paper's scale: `BucketLayout`; the whole
+design: docs/weights.md.
 """
 
 from __future__ import annotations
@@ -61,7 +34,20 @@ import torch.distributed as dist
 BACKENDS = ("gloo", "nccl")
 DIRECT_BYTES = 1 << 20
 """Tensors of at least this many bytes (in the publish dtype) travel in broadcasts of their own, straight into
-the workers' full tensors; smaller ones are packed by bucket (see the module docstring)."""
+the workers' full tensors; smaller ones are packed by bucket.
+
+A large tensor travels in broadcasts of its own, one per learner rank, each received straight into that rank's
+rows of the worker's full tensor: the sender sends its shard as it is (when already in the publish dtype, else
+its cast), the worker joins nothing. The smaller tensors of a bucket travel packed together, one broadcast per
+rank, cast on the way, and a worker joins their rows.
+
+Why large tensors travel alone: joining a tensor's R row ranges is one more copy of every byte on every worker,
+into fresh memory, and packing them one more on every sender. On two CPU cores that join was 30% of a worker's
+time in a sync (py-spy, 157.6M parameters, two workers: `bench/results/weight_sync.md`). Straight into the full
+tensor, the bytes are written once, by the receive. The price is one broadcast per large tensor and rank instead
+of one per bucket and rank (at 7B, 28 layers x 7 matrices + embedding and head: about 200 per rank and sync;
+NCCL launches one in tens of microseconds); tensors under `direct_bytes` (norms, biases) stay packed, where a
+broadcast of their own would cost more than the copy."""
 
 
 def chunk_rows(length: int, ranks: int) -> tuple[int, ...]:
@@ -121,6 +107,15 @@ class BucketLayout:
 
     Every member of every group holds the same layout (the learner builds it, the pool hands it to the workers),
     so no bytes on the wire need names. Every tensor is split over the same number of learner ranks.
+
+    Sizes at the paper's scale (bf16 publish dtype, `rollout.weight_bucket_mb=512`): DeepSeek-R1-Distill-Qwen-1.5B
+    (1.78B parameters, untied head) is 3.55 GB per worker per sync, about 7 buckets; the 7B (7.62B) is 15.2 GB,
+    about 29 buckets. Each learner rank sends 1/R of that (3.55 GB / R and 15.2 GB / R), and holds at most two of
+    its bucket parts beside its shards, nothing gathered: 2 x 537 MB / R = 1.07 GB / R at 1.5B (its embedding and
+    head, 0.47 GB each, fit in a bucket). At 7B the embedding and the head (1.09 GB each) are larger than a
+    bucket, so each is a bucket of its own: the head's part and the next bucket's make 1.63 GB / R at most. With
+    NCCL all of it is device memory; on CPU (gloo) it is host memory. The object store instead puts the whole
+    gathered float32 model (7.1 GB / 30.5 GB) and its bf16 copy on rank 0's host.
     """
 
     dtype: str
@@ -178,10 +173,10 @@ class BucketLayout:
 def plan_buckets(
     specs: Iterable[TensorSpec], dtype: torch.dtype, bucket_bytes: int, direct_bytes: int = DIRECT_BYTES
 ) -> BucketLayout:
-    """Pack `specs`, in order, into buckets of at most `bucket_bytes` of whole tensors (so each learner rank's
-    part of a bucket is about `bucket_bytes / R`); a tensor larger than that gets a bucket of its own. The order
-    is kept, so that tensors arrive in the order the senders produce them. Tensors of at least `direct_bytes`
-    travel alone within their bucket."""
+    """Pack `specs`, in order, into buckets of at most `bucket_bytes` (in the publish dtype `dtype`) of whole
+    tensors (so each learner rank's part of a bucket, its rows of those tensors, is about `bucket_bytes / R`); a
+    tensor larger than that gets a bucket of its own. The order is kept, so that tensors arrive in the order the
+    senders produce them. Tensors of at least `direct_bytes` travel alone within their bucket (`DIRECT_BYTES`)."""
     if bucket_bytes < 1:
         raise ValueError(f"plan_buckets: bucket_bytes={bucket_bytes} < 1")
     capacity = max(1, bucket_bytes // dtype.itemsize)
@@ -263,7 +258,11 @@ class WeightGroup:
 
     def close(self) -> None:
         """Leave the group: drop its connections and the operations still posted on it (members still waiting
-        on this one fail at once)."""
+        on this one fail at once instead of waiting for the timeout).
+
+        A member does this with every one of its groups on any error of a sync; the groups are then rebuilt
+        (`cluster/weight_sync.py`).
+        """
         group = self.__dict__.pop("_group", None)
         if group is not None and self.backend == "nccl":
             group.abort()
@@ -310,7 +309,8 @@ def send_weights(
     is not what the layout expects raises, naming it. Per bucket, the rows of the tensors too small to travel
     alone are packed flat and cast to the publish dtype; each `direct` tensor's rows are sent as they are (cast
     when not in the publish dtype); nothing empty is sent. Holds at most two buckets' messages at once (one in
-    flight, one filling) besides what `shards` holds. Returns once every worker has received every part.
+    flight while it fills the next) besides what `shards` holds. Returns once every worker has received every
+    part.
     """
     _header(group, layout, rank, version)
     in_flight: list[tuple[int, torch.Tensor]] = []  # the previous bucket's (broadcast's ticket, tensor it sends)
@@ -364,8 +364,9 @@ def receive_weights(
 
     The header of every group is checked when this is called (before anything is yielded, so a failed start
     leaves the caller's engine untouched). The receives of bucket k+1 are posted before bucket k's tensors are
-    yielded. Every tensor is fresh memory, so the consumer may keep what it was given: a `direct` tensor received
-    in place, a packed one joined from its R row ranges (a view of its packed part when one rank holds it all).
+    yielded, so they arrive while the engine consumes bucket k. Every tensor is fresh memory, so the consumer may
+    keep what it was given: a `direct` tensor received in place, a packed one joined from its R row ranges (a view
+    of its packed part when one rank holds it all).
     """
     if len(groups) != layout.ranks:
         raise ValueError(f"receive_weights: {len(groups)} groups, the layout splits tensors over {layout.ranks} ranks")
@@ -425,7 +426,11 @@ def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:
 
 def _header(group: WeightGroup, layout: BucketLayout, rank: int, version: int) -> None:
     """Learner rank `rank` sends `[version, buckets, ranks, its elements]` in its `group`; every member checks
-    it against its own, then all confirm."""
+    it against its own, then all confirm (an all-reduce: every member holds it).
+
+    The first step of every sync. A worker checks the header of every group before it yields a single tensor, so
+    a member that is dead or hung fails this step before any worker has touched its engine.
+    """
     mine = [version, len(layout.buckets), layout.ranks, layout.rank_numel(rank)]
     header = torch.tensor(mine if group.rank == 0 else [0] * len(mine), dtype=torch.int64, device=group.device)
     group.broadcast(header)

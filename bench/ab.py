@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.runs import SYNCHRONOUS, machine_line, train_run
+from bench.machine import machine_line
+from bench.runs import SYNCHRONOUS, train_run
 from cluster.environment import keep_ray_on_loopback
-from core.markdown import markdown_table
+from reporting.markdown import markdown_table
 
 ALGOS = ("grpo", "e3")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def run_metrics(run_dir: Path) -> dict[str, Any]:
     """The comparison's numbers for one finished run, from its metrics.jsonl and summary.json."""
-    from actors.report import load_run
+    from reporting.report import load_run
 
     run = load_run(run_dir)
     steps, summary = run.steps, run.summary or {}
@@ -121,9 +122,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     keep_ray_on_loopback()  # before Ray is imported
 
-    from actors.report import write_report
     from cluster.build import ray_session
     from core.config import RayConfig
+    from reporting.report import write_report
 
     started = time.perf_counter()
     run_dirs: dict[tuple[str, int], Path] = {}

@@ -3,29 +3,15 @@
     python -m bench.ablation                          # 6 variants x 3 seeds, the ablation's config (below)
     python -m bench.ablation --seeds 0 1 2 3 -- train.epochs=4
 
-Variants (E3 = DR + TS + AN):
-- `grpo`: uniform budget, fixed temperature (`algo=grpo`);
-- `dr`: E3's dynamic rollout budget only (temperature fixed);
-- `ts`: the adaptive temperature only (uniform budget, no annealing of the target);
-- `ts_an`: the adaptive temperature with the cosine annealing of its target;
-- `e3`: all three (DR + TS + AN), the paper's "All";
-- `e3_informative`: all three, the budget shared by the `informative` allocator instead of E3's rank rule.
+Variants (`VARIANTS`; E3 = DR + TS + AN): `grpo`, `dr`, `ts`, `ts_an`, `e3` (the paper's "All") and
+`e3_informative` (all three, with the `informative` allocator). For a seed every run sees the same questions in
+the same order and generates the same number of responses every step, so the total budget is equal too; the
+config is the demo's, shortened to 48 steps (`ABLATION_CONFIG`).
 
-Every run sees the same questions in the same order for a seed and generates the same number of responses every
-step (`budget.n` x `train.questions_per_step`), so the total budget is equal too. The config is the demo's with
-512 training questions (16 steps an epoch, 48 steps: three epochs of widening bounds 8..8, 6..10, 4..12), greedy
-held-out accuracy every 4 steps (the curve the efficiency figure is read from), and 64 answers sampled at T = 1
-per held-out question after training for pass@k at k = 1, 4, 16, 64 (the unbiased estimator, `core/passk.py`).
-The base policy's pass@k is sampled once, in the first run.
-
-Per run: held-out greedy accuracy after training; held-out pass@k; the all-wrong fraction in the last epoch; the
-zero-advantage fraction over the run (groups whose rewards are all equal, so they carry no gradient); the last
-epoch's mean entropy against the first epoch's; the mean rollouts a question got in each quarter of the
-difficulty ranks in the last epoch (where each allocator puts the budget); and the efficiency figure: the
-rollouts spent until the held-out greedy curve first reaches GRPO's final accuracy (mean over GRPO's seeds), as a
-fraction of a run's budget (1.0: GRPO's whole budget; missing: never reached). Means and 95% Student-t
-intervals over seeds go to `ablation.json` and `ablation.md`; the first seed's runs are overlaid in
-`ablation_report.html`; the runs themselves go to `runs/ablation/` (not committed).
+Per run (`run_metrics`, `summarize`): held-out greedy accuracy and pass@k, the all-wrong and zero-advantage
+fractions, the entropy's drift, where each allocator puts the budget, and the efficiency figure (rollouts until
+the held-out curve first reaches GRPO's final accuracy). Means and 95% Student-t intervals over seeds go to
+`ablation.json` and `ablation.md` in `bench/results/`, with `ablation_report.html` (`main`).
 """
 
 from __future__ import annotations
@@ -40,9 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.runs import SYNCHRONOUS, machine_line, train_run
+from bench.machine import machine_line
+from bench.runs import SYNCHRONOUS, train_run
 from cluster.environment import keep_ray_on_loopback
-from core.markdown import markdown_table
+from reporting.markdown import markdown_table
 
 VARIANTS: dict[str, list[str]] = {
     "grpo": ["algo=grpo"],
@@ -52,7 +39,14 @@ VARIANTS: dict[str, list[str]] = {
     "e3": ["algo=e3", "temperature.annealing=true"],
     "e3_informative": ["algo=e3", "temperature.annealing=true", "budget.allocator=informative"],
 }
-"""Each variant's config overrides, on top of `ABLATION_CONFIG`."""
+"""Each variant's config overrides, on top of `ABLATION_CONFIG` (E3 = DR + TS + AN):
+- `grpo`: uniform budget, fixed temperature (`algo=grpo`);
+- `dr`: E3's dynamic rollout budget only (temperature fixed);
+- `ts`: the adaptive temperature only (uniform budget, no annealing of the target);
+- `ts_an`: the adaptive temperature with the cosine annealing of its target;
+- `e3`: all three (DR + TS + AN), the paper's "All";
+- `e3_informative`: all three, the budget shared by the `informative` allocator instead of E3's rank rule.
+"""
 
 LABELS = {
     "grpo": "GRPO",
@@ -74,7 +68,15 @@ ABLATION_CONFIG = [
     f"eval.ks=[{','.join(map(str, KS))}]",
     "eval.sample_before=false",
 ]
-"""The demo's config, synchronous, shortened to 48 steps (about 3.2 min a run on 2 cores of an Intel Xeon)."""
+"""The demo's config, synchronous, shortened to 48 steps (about 3.2 min a run on 2 cores of an Intel Xeon).
+
+Every run sees the same questions in the same order for a seed and generates the same number of responses every
+step (`budget.n` x `train.questions_per_step`), so the total budget is equal too. The config is the demo's with
+512 training questions (16 steps an epoch, 48 steps: three epochs of widening bounds 8..8, 6..10, 4..12), greedy
+held-out accuracy every 4 steps (the curve the efficiency figure is read from), and 64 answers sampled at T = 1
+per held-out question after training for pass@k at k = 1, 4, 16, 64 (the unbiased estimator, `core/passk.py`).
+The base policy's pass@k is sampled once, in the first run (`main`).
+"""
 
 RANK_BINS = 4
 """Equal difficulty-rank bins of the allocation profile, the quarters of [0, 1] (rank 0: easiest, 1: hardest)."""
@@ -113,7 +115,7 @@ def rollouts_to_reach(run: Any, target: float) -> int | None:
 def rollouts_by_rank(run: Any, epoch: int) -> list[float]:
     """Mean rollouts a question got in `epoch` of `run`, per quarter of the difficulty ranks it had when its step
     was allocated (NaN for a quarter no question fell in)."""
-    from actors.report import allocation_of_epoch, bin_index
+    from reporting.report import allocation_of_epoch, bin_index
 
     ranks, counts = allocation_of_epoch(run, epoch)
     which = bin_index(ranks, RANK_BINS)
@@ -142,8 +144,14 @@ def target_noise(runs: Sequence[Any], init_steps: Sequence[int] = (1, 4, 8)) -> 
 
 
 def run_metrics(run: Any) -> dict[str, Any]:
-    """The ablation's numbers of one finished run (`actors.report.Run`), but the efficiency figure (which needs
-    GRPO's final accuracy)."""
+    """The ablation's numbers of one finished run (`reporting.report.Run`), but the efficiency figure (which needs
+    GRPO's final accuracy).
+
+    Per run: held-out greedy accuracy after training; held-out pass@k; the all-wrong fraction in the last epoch;
+    the zero-advantage fraction over the run (groups whose rewards are all equal, so they carry no gradient); the
+    last epoch's mean entropy against the first epoch's; the mean rollouts a question got in each quarter of the
+    difficulty ranks in the last epoch (where each allocator puts the budget).
+    """
     steps, after = run.steps, run.summary["heldout_after"]
     first = [r for r in steps if r.epoch == steps[0].epoch]
     last = [r for r in steps if r.epoch == steps[-1].epoch]
@@ -165,7 +173,11 @@ def run_metrics(run: Any) -> dict[str, Any]:
 
 def summarize(runs: dict[str, list[Any]]) -> dict[str, Any]:
     """Per-variant means and intervals over seeds of every metric, with the efficiency figure: rollouts until
-    the held-out curve first reaches GRPO's final accuracy (mean over its seeds), over GRPO's budget per run."""
+    the held-out curve first reaches GRPO's final accuracy (mean over its seeds), over GRPO's budget per run.
+
+    The efficiency figure is the rollouts spent until the held-out greedy curve first reaches GRPO's final
+    accuracy, as a fraction of a run's budget (1.0: GRPO's whole budget; missing: never reached).
+    """
     metrics = {name: [run_metrics(run) for run in variant_runs] for name, variant_runs in runs.items()}
     grpo_final = statistics.fmean(m["heldout_greedy_accuracy"] for m in metrics["grpo"])
     grpo_budget = statistics.fmean(m["rollouts_total"] for m in metrics["grpo"])
@@ -271,7 +283,12 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run every (seed, variant) pair, write the results and return them."""
+    """Run every (seed, variant) pair, write the results and return them.
+
+    Means and 95% Student-t intervals over seeds go to `ablation.json` and `ablation.md` (under `--out`,
+    `bench/results/`); the first seed's runs are overlaid in `ablation_report.html`; the runs themselves go to
+    `runs/ablation/` (`--runs`, not committed).
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -284,9 +301,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--variants must include grpo (the efficiency figure's reference)")
     keep_ray_on_loopback()  # before Ray is imported
 
-    from actors.report import load_run, write_report
     from cluster.build import ray_session
     from core.config import RayConfig
+    from reporting.report import load_run, write_report
 
     started = time.perf_counter()
     config = [*ABLATION_CONFIG, *args.overrides]

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from bench.machine import cpu_description
+from bench.machine import machine_line
+from bench.random_policy import PolicyShape, save_random_policy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BEFORE_COMMIT = "64cadea"
@@ -65,14 +66,11 @@ def free_port() -> int:
 
 def wide_vocab_policy(folder: Path, vocab: int, hidden: int) -> Path:
     """A 2-layer Qwen2 whose output head dominates (V = `vocab`), saved as a model directory."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
+    shape = PolicyShape(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_layers=2, num_heads=4,
+        num_kv_heads=2, max_positions=4096, tie_embeddings=False,
     )  # fmt: skip
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
+    save_random_policy(folder, shape)
     return folder
 
 
@@ -253,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_tokens_per_micro_batch": budget,
         "before_commit": args.before,
         "raw": {"memory": memory, "speed": speed},
-        "machine": cpu_description(),
+        "machine": machine_line(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m bench.learner" + (" --quick" if args.quick else ""),
         "wall_s": time.perf_counter() - started,

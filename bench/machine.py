@@ -1,4 +1,5 @@
-"""What machine a benchmark ran on: timings hold only for the CPU they were taken on, so every result names it.
+"""What machine a benchmark ran on: timings hold only for the CPU they were taken on, so every result names it
+(`machine_line`).
 
 The CPU model and its vector extensions matter here: the same run took 4 min 56 s on an Intel Xeon with
 AVX-512/AMX and 9 min 10 s on an AMD EPYC without them, and kernels round differently between the two.
@@ -40,3 +41,22 @@ def cpu_description() -> str:
     "Intel(R) Xeon(R) Processor, 2 cores, AVX-512 + AMX"."""
     extensions = " + ".join(cpu_extensions()) or "no AVX2"
     return f"{cpu_model()}, {os.cpu_count()} cores, {extensions}"
+
+
+def accelerator() -> str:
+    """The CUDA GPUs torch sees ("NVIDIA H200", "2 x NVIDIA H200"), else "no GPU"."""
+    try:
+        import torch
+    except ImportError:
+        return "no GPU"
+    if not torch.cuda.is_available():
+        return "no GPU"
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return ", ".join(f"{names.count(n)} x {n}" if names.count(n) > 1 else n for n in dict.fromkeys(names))
+
+
+def machine_line() -> str:
+    """The one description of the machine a benchmark ran on, which every result carries: the CPU (model, logical
+    cores, vector extensions), the architecture and the GPU, e.g.
+    "Intel(R) Xeon(R) Processor, 2 cores, AVX-512 + AMX, x86_64, no GPU"."""
+    return f"{cpu_description()}, {platform.machine()}, {accelerator()}"

@@ -5,25 +5,12 @@
 
 Every run is the demo's configuration (E3, 3 epochs, held-out accuracy every 10 steps) at the same budget; the
 runs at `train.max_staleness=1` add the TIS correction (`learner.off_policy_correction=tis`), as the GPU recipes
-do. One core runs the rollout worker and one the learner: a thread of this process pins every process of the
-rollout worker actor (and its children) to CPU 0 and every process of the learner actor to CPU 1 with
-`os.sched_setaffinity`, for each of their threads, as soon as they appear and again every second (threads
-started later inherit the mask); the scheduler, the reward scorer and this driver are left unpinned (they
-mostly wait). Only processes descended from this one are touched, so other Ray sessions on the machine are not.
+do. One core runs the rollout worker and one the learner (`Pinner`); the scheduler, the reward scorer and this
+driver are left unpinned (they mostly wait).
 
-Timing (means over steps after the first, seed 0): step time; the synchronous run's generate and train phases;
-the pipelined run's train phase, and its generation time taken as the synchronous run's (the same requests on
-the same pinned core: the pipelined run hides it behind training, so its own phases cannot show it); and
-`step / max(generate, train)`. Quality (each seed, and their mean): held-out greedy accuracy after training,
-all-wrong fraction in the last epoch, and the entropy against its target in the last epoch. Writes
-`pipeline.json` and `pipeline.md` to the output folder; the runs go to `runs/pipeline/` (not committed).
-
-Paper scale (E3_SPEC §6, 1.5B/7B, 512 responses of up to 6,144 tokens, 2+2 or 4+4 GPUs): one step ahead holds
-one step's rollouts in the scheduler (3.1M tokens: about 38 MB with their float32 log-probs) and one bf16 copy of
-the policy in the object store for the generation in flight (3.55 GB at 1.5B, 15.2 GB at 7B, on the learner's
-node), and moves no more bytes per step than the synchronous loop (the same weight sync, 3.55 GB / 15.2 GB to each
-worker); the copy is gathered once a step, as the sync already gathers. Generation of 512 x 6,144-token responses
-dominates a paper step, so at staleness 1 a step is bounded by generation, not by generation + training.
+Measures step time and its phases (`timing`, `summarize`) and quality at equal budget (`quality`); writes
+`pipeline.json` and `pipeline.md` to the output folder, the runs to `runs/pipeline/` (not committed). At the
+paper's scale (`MODES`) a step one ahead is bounded by generation alone; the design: docs/generation-ahead.md.
 """
 
 from __future__ import annotations
@@ -39,13 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from bench.ab import aggregate, run_metrics
-from bench.runs import machine_line, train_run
+from bench.machine import machine_line
+from bench.runs import train_run
 from cluster.environment import keep_ray_on_loopback
-from core.markdown import markdown_table
+from reporting.markdown import markdown_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = {"sync": 0, "async": 1}
-"""Result key -> train.max_staleness."""
+"""Result key -> train.max_staleness.
+
+Paper scale (E3_SPEC §6, 1.5B/7B, 512 responses of up to 6,144 tokens, 2+2 or 4+4 GPUs): one step ahead holds
+one step's rollouts in the scheduler (3.1M tokens: about 38 MB with their float32 log-probs) and one bf16 copy of
+the policy in the object store for the generation in flight (3.55 GB at 1.5B, 15.2 GB at 7B, on the learner's
+node), and moves no more bytes per step than the synchronous loop (the same weight sync, 3.55 GB / 15.2 GB to each
+worker); the copy is gathered once a step, as the sync already gathers. Generation of 512 x 6,144-token responses
+dominates a paper step, so at staleness 1 a step is bounded by generation, not by generation + training.
+"""
 PINS = (("ray::RolloutWorker", 0), ("ray::Learner", 1))
 """Process title of an actor -> the CPU its processes (and their children) are pinned to."""
 
@@ -89,7 +85,14 @@ def pin_once(root: int) -> dict[int, int]:
 
 
 class Pinner(threading.Thread):
-    """Re-pins the actors' processes every `period_s` seconds until `stop()`; `seen` holds every pid pinned."""
+    """Re-pins the actors' processes every `period_s` seconds until `stop()`; `seen` holds every pid pinned.
+
+    One core runs the rollout worker and one the learner: this thread pins every process of the rollout worker
+    actor (and its children) to CPU 0 and every process of the learner actor to CPU 1 with `os.sched_setaffinity`,
+    for each of their threads (`pin_once`), as soon as they appear and again every second (threads started later
+    inherit the mask). Only processes descended from this one are touched, so other Ray sessions on the machine
+    are not.
+    """
 
     def __init__(self, period_s: float = 1.0) -> None:
         super().__init__(daemon=True)
@@ -107,7 +110,7 @@ class Pinner(threading.Thread):
 
 def timing(run_dir: Path) -> dict[str, float]:
     """Mean seconds per step after the first: the step, and its generate, train and wait phases."""
-    from actors.report import load_run
+    from reporting.report import load_run
 
     steps = load_run(run_dir).steps[1:]
     mean = lambda phase: statistics.fmean(r.timing.get(phase, 0.0) for r in steps)  # noqa: E731
@@ -135,7 +138,14 @@ def quality(run_dir: Path) -> dict[str, Any]:
 
 def summarize(timings: dict[str, dict[str, float]], qualities: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The results: timing per mode (the async generation time taken from the sync run), the ratios, and the
-    quality per seed with its mean."""
+    quality per seed with its mean.
+
+    Timing (means over steps after the first, seed 0): step time; the synchronous run's generate and train phases;
+    the pipelined run's train phase, and its generation time taken as the synchronous run's (the same requests on
+    the same pinned core: the pipelined run hides it behind training, so its own phases cannot show it); and
+    `step / max(generate, train)`. Quality (each seed, and their mean): held-out greedy accuracy after training,
+    all-wrong fraction in the last epoch, and the entropy against its target in the last epoch.
+    """
     sync, ahead = timings["sync"], timings["async"]
     out: dict[str, Any] = {
         "sync": {"step_s": sync["step_s"], "generate_s": sync["generate_phase_s"], "train_s": sync["train_s"]},
@@ -205,7 +215,11 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run every (seed, mode) pair with the actors pinned, write the results and return them."""
+    """Run every (seed, mode) pair with the actors pinned, write the results and return them.
+
+    Writes `pipeline.json` and `pipeline.md` to the output folder (`--out`); the runs go to `runs/pipeline/`
+    (`--runs`, not committed).
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -1,14 +1,11 @@
 """Training runs for the benchmarks that train (bench.ab, bench.ablation, bench.pipeline): one named run at one
-seed, and the machine line each of their results carries. Call `train_run` inside `cluster.build.ray_session`, so
-that every run of a benchmark shares one local Ray cluster."""
+seed. Call `train_run` inside `cluster.build.ray_session`, so that every run of a benchmark shares one local Ray
+cluster. Their results name the machine with `bench.machine.machine_line`."""
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Sequence
 from pathlib import Path
-
-from bench.machine import cpu_description
 
 SYNCHRONOUS = ("train.max_staleness=0", "learner.off_policy_correction=none")
 """The synchronous loop. The demo runs one step ahead; a benchmark whose committed results ran synchronously
@@ -25,8 +22,3 @@ def train_run(runs: Path, name: str, seed: int, overrides: Sequence[str], reuse:
         identity = [f"train.seed={seed}", f"run_name={name}", f"output_dir={runs}", "wandb.mode=disabled"]
         launch.train(launch.compose_run_config([*identity, *overrides]))
     return folder
-
-
-def machine_line() -> str:
-    """The machine a training benchmark ran on: CPU model and extensions, architecture, no GPU."""
-    return f"{cpu_description()}, {platform.machine()}, no GPU"

@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
@@ -40,11 +39,12 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actors.report import OTHER, load_run
-from bench.machine import cpu_description
+from bench.machine import machine_line
+from bench.random_policy import PolicyShape, save_random_policy
 from cluster.environment import keep_ray_on_loopback
-from core.markdown import markdown_table
 from core.step_record import StepRecord, step_phases
+from reporting.markdown import markdown_table
+from reporting.report import OTHER, load_run
 
 if TYPE_CHECKING:
     from core.config import RunConfig
@@ -347,22 +347,12 @@ def summarize_steps(records: Sequence[StepRecord]) -> StepBreakdown:
 def build_wider_model(base: Path, out: Path, scale: int, seed: int = 0) -> int:
     """Save to `out` a model like `base` with width, MLP width and head counts times `scale` (head size kept),
     randomly initialised, with `base`'s tokenizer and generation files; returns its parameter count."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(base)
-    if getattr(config, "head_dim", None) is None:
-        config.head_dim = config.hidden_size // config.num_attention_heads
-    for name in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
-        setattr(config, name, getattr(config, name) * scale)
-    out.mkdir(parents=True, exist_ok=True)
-    for file in base.iterdir():
-        if file.is_file() and file.name != "config.json" and ".safetensors" not in file.name:
-            shutil.copy2(file, out / file.name)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(out)
-    return sum(p.numel() for p in model.parameters())
+    shape = PolicyShape.of(base, seed=seed)
+    wider = dataclasses.replace(
+        shape, hidden_size=shape.hidden_size * scale, intermediate_size=shape.intermediate_size * scale,
+        num_heads=shape.num_heads * scale, num_kv_heads=shape.num_kv_heads * scale,
+    )  # fmt: skip
+    return save_random_policy(out, wider, base)
 
 
 def bench_sync(settings: BenchSettings, model: Path, work_dir: Path) -> list[SyncRow]:
@@ -419,23 +409,20 @@ def _state_dict_size(ref: Any) -> tuple[int, float]:
 
 
 def machine_info() -> dict[str, str]:
-    """CPU count and model, RAM, accelerator, library versions, load average now."""
+    """The machine (`bench.machine.machine_line`), RAM, library versions, load average now."""
     import ray
     import torch
     import transformers
 
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
     versions = f"torch {torch.__version__}, ray {ray.__version__}, transformers {transformers.__version__}"
     with contextlib.suppress(ImportError):
         import vllm
 
         versions += f", vllm {vllm.__version__}"
     return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu_description(),
+        "machine": machine_line(),
         "ram": f"{ram:.1f} GiB",
-        "gpu": gpu,
         "python": platform.python_version(),
         "libraries": versions,
         "load average (1, 5, 15 min) at start": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -590,8 +577,8 @@ def render(results: BenchResults, command: str) -> str:
         "",
         f"Produced by `{command}` on {when}, from the repository root.",
         "",
-        f"Machine: {m['cpu']}, {m['ram']} RAM, GPU: {m['gpu']}; Python {m['python']}; {m['libraries']}.",
-        f"**Shared machine**: other jobs ran on the same {m['nproc']} cores during this benchmark (load average "
+        f"Machine: {m['machine']}, {m['ram']} RAM; Python {m['python']}; {m['libraries']}.",
+        "**Shared machine**: other jobs ran on the same cores during this benchmark (load average "
         f"{m['load average (1, 5, 15 min) at start']} at the start, {m['load average (1, 5, 15 min) at end']} at "
         "the end), so absolute numbers are noisy; ratios within this run are the meaningful part.",
         "",

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.machine import cpu_description
+from bench.machine import machine_line
+from bench.random_policy import PolicyShape, save_random_policy
 
 if TYPE_CHECKING:
     from actors.weight_transport import BucketLayout
@@ -65,22 +66,13 @@ class Row:
 
 
 def build_policy(base: Path, out: Path, hidden: int, mlp: int, layers: int, seed: int = 0) -> int:
-    """Save a random Qwen2 policy of this shape, with `base`'s tokenizer, to `out`; returns its parameter count."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from actors.learner import copy_model_files
-
-    config = AutoConfig.from_pretrained(base)
-    config.hidden_size, config.intermediate_size, config.num_hidden_layers = hidden, mlp, layers
-    config.num_attention_heads, config.num_key_value_heads, config.head_dim = hidden // 32, hidden // 64, 32
-    config.layer_types = ["full_attention"] * layers
-    out.mkdir(parents=True, exist_ok=True)
-    copy_model_files(base, out)  # the tokenizer and generation files; save_pretrained writes the new config
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(out)
-    return sum(p.numel() for p in model.parameters())
+    """Save a random Qwen2 policy of this shape (head size 32), with `base`'s tokenizer, to `out`; returns its
+    parameter count."""
+    shape = PolicyShape.of(
+        base, hidden_size=hidden, intermediate_size=mlp, num_layers=layers, num_heads=hidden // 32,
+        num_kv_heads=hidden // 64, head_dim=32, seed=seed,
+    )  # fmt: skip
+    return save_random_policy(out, shape, base)
 
 
 class RssSampler:
@@ -231,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
         ray.shutdown()
     return {
         "command": " ".join(["python -m bench.weight_sync", *args.argv]),
-        "machine": cpu_description(),
+        "machine": machine_line(),
         "learner_ranks": args.learner_ranks,
         "bucket_mb": args.bucket_mb,
         "dtype": "float32",

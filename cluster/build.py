@@ -20,7 +20,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.protocols import RunLogLike
 from actors.reward_scorer import RewardScorer
 from actors.rollout_worker import RolloutWorker
-from actors.scheduler import Scheduler, StepPlan
+from actors.scheduler import Scheduler
+from actors.settings import SchedulerSettings
 from cluster.environment import LOOPBACK_ENV, ray_on_loopback, worker_env
 from cluster.learner_group import LearnerGroup
 from cluster.reward_client import RewardScorerClient
@@ -28,7 +29,6 @@ from cluster.rollout_pool import ROLLOUT_NAME, RolloutPool
 from cluster.shared_folder import check_shared_folder
 from cluster.weight_sync import make_transport
 from core.config import RayConfig, RewardConfig, RolloutConfig, RunConfig
-from core.messages import TemperatureUpdate
 from tasks.prepare import Split
 
 log = logging.getLogger(__name__)
@@ -219,12 +219,12 @@ def build_cluster(
     reward_fn: str,
     *,
     train: Split,
-    plan: StepPlan,
+    settings: SchedulerSettings,
     heldout: Split | None,
     run_log: RunLogLike | None,
 ) -> Cluster:
     """Start the rollout workers, the learner group, the reward scorer and the scheduler (holding `train`, the
-    `plan`, the `heldout` questions and the `run_log`), and wait until the workers have their engines.
+    `settings`, the `heldout` questions and the `run_log`), and wait until the workers have their engines.
 
     The scheduler runs on this (the driver's) node; when the learner ranks landed on other nodes, the checkpoint
     folder must be shared with them (`check_shared_folder` refuses the run otherwise). Whatever was started is
@@ -241,14 +241,13 @@ def build_cluster(
         )
         started.append(learner_group)
         here = ray.get_runtime_context().get_node_id()
-        if plan.checkpoint_dir:
+        if settings.checkpoint_dir:
             roles = {node: "learner" for node in learner_group.node_ids()}
-            check_shared_folder(Path(plan.checkpoint_dir), {**roles, here: "driver and scheduler"})
+            check_shared_folder(Path(settings.checkpoint_dir), {**roles, here: "driver and scheduler"})
         scorer = build_scorer(cfg.reward, reward_fn)
         started.append(scorer)
         rollout_pool = build_rollout_pool(cfg, model_path)
         started.append(rollout_pool)
-        rollout_pool.set_temperature(TemperatureUpdate(cfg.temperature.initial, step=0))
         scheduler = (
             ray.remote(Scheduler)
             .options(
@@ -258,7 +257,7 @@ def build_cluster(
             )
             .remote(
                 train=train,
-                plan=plan,
+                settings=settings,
                 budget=cfg.budget,
                 temperature=cfg.temperature,
                 reward=cfg.reward,

@@ -9,7 +9,7 @@ import math
 import ray
 
 from core.config import RewardConfig
-from core.messages import RewardResult, Rollout, ScoredRollouts
+from core.messages import RewardResult, Rollout, ScoredRollout
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class RewardScorerClient:
         `reward.num_workers` processes, plus `CALL_SLACK_S`."""
         return self.config.timeout_s * math.ceil(items / self.config.num_workers) + CALL_SLACK_S
 
-    def score(self, rollouts: list[Rollout], ground_truths: list[str]) -> list[ScoredRollouts]:
+    def score(self, rollouts: list[Rollout], ground_truths: list[str]) -> list[ScoredRollout]:
         """The scorer's `score`; GetTimeoutError past the deadline."""
         items = sum(len(r.completions) for r in rollouts)
         return ray.get(self.handle.score.remote(rollouts, ground_truths), timeout=self.deadline_s(items))

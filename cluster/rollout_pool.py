@@ -45,13 +45,13 @@ ROLLOUT_NAME = "e3/rollout-{index}"
 @dataclass
 class PendingGeneration:
     """A generation `RolloutPool.submit` issued and `collect` has not yet returned: which requests went to which
-    worker (`plan[w]`: positions in the request list), the arguments and the worker actor each went to, and the
+    worker (`assignment[w]`: positions in the request list), the arguments and the worker actor each went to, and the
     reference each will answer on."""
 
     num_requests: int
     version: int | None
     """The weights version the workers held when it was issued (what it samples with)."""
-    plan: list[list[int]]
+    assignment: list[list[int]]
     work: dict[int, tuple]
     actors: dict[int, Any]
     refs: dict[int, Any]
@@ -96,21 +96,23 @@ class RolloutPool:
 
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
         """Rollouts for `requests`, in request order; lost workers are replaced and their requests re-issued."""
-        plan = balance([r.num_samples for r in requests], len(self.workers))
-        work = {w: ([requests[i] for i in positions],) for w, positions in enumerate(plan) if positions}
+        assignment = balance([r.num_samples for r in requests], len(self.workers))
+        work = {w: ([requests[i] for i in positions],) for w, positions in enumerate(assignment) if positions}
         answers = self._call("generate", work, self.timeout_s)
-        results = {p: rollout for w, rollouts in answers.items() for p, rollout in zip(plan[w], rollouts, strict=True)}
+        results = {
+            p: rollout for w, rollouts in answers.items() for p, rollout in zip(assignment[w], rollouts, strict=True)
+        }
         return [results[i] for i in range(len(requests))]
 
     def submit(self, requests: list[RolloutRequest]) -> PendingGeneration:
         """Issue the generation of `requests` (balanced as `generate` balances them) and return at once; each
         worker runs it after the calls it already holds, so weights and temperatures sent later reach it only
         after this generation. `collect` returns the rollouts."""
-        plan = balance([r.num_samples for r in requests], len(self.workers))
-        work = {w: ([requests[i] for i in positions],) for w, positions in enumerate(plan) if positions}
+        assignment = balance([r.num_samples for r in requests], len(self.workers))
+        work = {w: ([requests[i] for i in positions],) for w, positions in enumerate(assignment) if positions}
         actors = {w: self.workers[w] for w in work}
         refs = {w: actors[w].generate.remote(*args) for w, args in work.items()}
-        return PendingGeneration(len(requests), self._version, plan, work, actors, refs)
+        return PendingGeneration(len(requests), self._version, assignment, work, actors, refs)
 
     def collect(self, pending: PendingGeneration) -> list[Rollout]:
         """The rollouts of a `submit`ted generation, in request order, waiting at most `timeout_s` from now.
@@ -146,17 +148,21 @@ class RolloutPool:
                 pending.actors[w] = self.workers[w]
             refs = {w: self.workers[w].generate.remote(*pending.work[w]) for w in errors}
         results = {
-            p: rollout for w, rollouts in answers.items() for p, rollout in zip(pending.plan[w], rollouts, strict=True)
+            p: rollout
+            for w, rollouts in answers.items()
+            for p, rollout in zip(pending.assignment[w], rollouts, strict=True)
         }
         return [results[i] for i in range(pending.num_requests)]
 
     def generate_greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
         """Greedy completions of `prompts` (evaluation), spread evenly over the workers, in prompt order; lost
         workers are replaced and their prompts re-issued."""
-        plan = balance([1] * len(prompts), len(self.workers))
-        work = {w: ([prompts[i] for i in positions], max_new_tokens) for w, positions in enumerate(plan) if positions}
+        assignment = balance([1] * len(prompts), len(self.workers))
+        work = {
+            w: ([prompts[i] for i in positions], max_new_tokens) for w, positions in enumerate(assignment) if positions
+        }
         answers = self._call("generate_greedy", work, self.timeout_s)
-        results = {p: c for w, completions in answers.items() for p, c in zip(plan[w], completions, strict=True)}
+        results = {p: c for w, completions in answers.items() for p, c in zip(assignment[w], completions, strict=True)}
         return [results[i] for i in range(len(prompts))]
 
     def sync_weights(self, source: WeightSource, version: int) -> None:

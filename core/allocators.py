@@ -22,6 +22,16 @@ counts within one of each other (E3_SPEC section 2, revised), earlier positions 
   question with 2 rollouts: 1/2 against 1/3). The two objectives can prefer different allocations
   (`tests/unit/test_allocators.py` has one); this module maximises the plug-in.
 
+- `knapsack`: Knapsack RL (arXiv 2509.25849): n rollouts of a question with success rate p are worth
+  `v(n) = (1 - p^n - (1 - p)^n) * p (1 - p)^2` (the chance of a gradient times the information of one). p is the
+  empirical rate of the question's last `budget.p_window` outcomes (`window_attempts` / `window_correct`; the
+  cumulative counts where the caller gives no window). A question with no outcome yet, or p in {0, 1}, has
+  `v = 0` for every n and gets `n_min`; the others are filled greedily by marginal value, exactly optimal since
+  `v` is concave in n for p in (0, 1) (its gain `p (1 - p)^2 (p^n q + q^n p)` falls with n). The greedy stops only
+  when those questions are at `n_max`; what remains goes to the questions never solved (`correct == 0`, unseen
+  ones included), evenly, then to any other question below `n_max`, evenly (so the sum is always `total`). At the
+  first step every question is unseen: `knapsack` is then `uniform` without its rank tie-break.
+
 What the `informative` objective implies: a question near p = 0.5 has the largest first gains, but they fall
 fast (`~2^-n`); a hard question (p small) keeps a gain of about `(1 - p)^n p`, which falls slowly. Once the
 questions near 0.5 are saturated the hard ones get the rollouts, as E3 intends, by a measured gain rather than a
@@ -52,6 +62,18 @@ class QuestionStats:
     """Of those, the correct ones."""
     rank: float
     """Its difficulty rank in [0, 1] (0 = easiest)."""
+    window_attempts: int | None = None
+    """Rollouts among its last `budget.p_window` outcomes (None: the caller keeps no window)."""
+    window_correct: int | None = None
+    """Of those, the correct ones."""
+
+    @property
+    def recent_rate(self) -> float | None:
+        """The empirical success rate of the window (of all attempts without one); None with no outcome yet."""
+        attempts, correct = self.window_attempts, self.window_correct
+        if attempts is None or correct is None:
+            attempts, correct = self.attempts, self.correct
+        return correct / attempts if attempts else None
 
     @property
     def success(self) -> float:
@@ -77,9 +99,19 @@ def _check(stats: Sequence[QuestionStats], total: int, n_min: int, n_max: int) -
         raise ValueError(
             f"total={total} must lie in [B*n_min, B*n_max] = [{batch * n_min}, {batch * n_max}] for B={batch}"
         )
-    bad = [(i, s) for i, s in enumerate(stats) if not 0 <= s.correct <= s.attempts]
+    bad = [(i, s) for i, s in enumerate(stats) if not 0 <= s.correct <= s.attempts or not _window_ok(s)]
     if bad:
         raise ValueError(f"question stats need 0 <= correct <= attempts; bad (position, stats): {bad[:5]}")
+
+
+def _window_ok(stats: QuestionStats) -> bool:
+    """Whether the window counts are both None, or `0 <= window_correct <= window_attempts <= attempts`."""
+    if stats.window_attempts is None and stats.window_correct is None:
+        return True
+    if stats.window_attempts is None or stats.window_correct is None:
+        return False
+    window_attempts, window_correct = stats.window_attempts, stats.window_correct
+    return 0 <= window_correct <= window_attempts <= stats.attempts and window_correct <= stats.correct
 
 
 def e3_allocation(stats: Sequence[QuestionStats], total: int, n_min: int, n_max: int) -> list[int]:
@@ -126,9 +158,61 @@ def informative_allocation(stats: Sequence[QuestionStats], total: int, n_min: in
     return counts
 
 
+def knapsack_value(p: float, n: int) -> float:
+    """Knapsack RL's value of `n` rollouts of a question with success rate `p`: `(1 - p^n - q^n) * p q^2`."""
+    q = 1.0 - p
+    return (1.0 - p**n - q**n) * p * q * q
+
+
+def knapsack_gain(p: float, n: int) -> float:
+    """`knapsack_value(p, n + 1) - knapsack_value(p, n)`, computed as `p q^2 (p^n q + q^n p)` (no cancellation)."""
+    q = 1.0 - p
+    return p * q * q * (p**n * q + q**n * p)
+
+
+def _spread(counts: list[int], positions: list[int], spare: int, n_max: int) -> int:
+    """Add `spare` rollouts one at a time to the position in `positions` with the fewest (earlier first), none
+    beyond `n_max`; returns what could not be placed."""
+    heap = [(counts[i], i) for i in positions if counts[i] < n_max]
+    heapq.heapify(heap)
+    while spare and heap:
+        n, i = heapq.heappop(heap)
+        counts[i] = n + 1
+        spare -= 1
+        if n + 1 < n_max:
+            heapq.heappush(heap, (n + 1, i))
+    return spare
+
+
+def knapsack_allocation(stats: Sequence[QuestionStats], total: int, n_min: int, n_max: int) -> list[int]:
+    """Knapsack RL's allocation (see the module docstring): `n_min` each; the questions with a recent success rate
+    in (0, 1) filled by greedy marginal `knapsack_gain` (exactly maximising the summed value; ties: fewer
+    rollouts, then the earlier position) up to `n_max`; what remains spread evenly over the never-solved
+    questions, then over the rest."""
+    _check(stats, total, n_min, n_max)
+    counts = [n_min] * len(stats)
+    rates = [s.recent_rate for s in stats]
+    valued = [i for i, p in enumerate(rates) if p is not None and 0.0 < p < 1.0]
+    heap = [(-knapsack_gain(rates[i], n_min), n_min, i) for i in valued if n_min < n_max]
+    heapq.heapify(heap)
+    spare = total - n_min * len(stats)
+    while spare and heap:
+        _, n, i = heapq.heappop(heap)
+        counts[i] = n + 1
+        spare -= 1
+        if n + 1 < n_max:
+            heapq.heappush(heap, (-knapsack_gain(rates[i], n + 1), n + 1, i))
+    never_solved = [i for i, s in enumerate(stats) if s.correct == 0]
+    spare = _spread(counts, never_solved, spare, n_max)
+    spare = _spread(counts, list(range(len(stats))), spare, n_max)
+    assert spare == 0, "feasible by _check"
+    return counts
+
+
 ALLOCATORS: dict[str, Allocator] = {
     "e3": e3_allocation,
     "uniform": uniform_allocation,
     "informative": informative_allocation,
+    "knapsack": knapsack_allocation,
 }
 """The allocators `budget.allocator` names."""

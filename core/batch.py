@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from core.grpo import group_advantages, length_bias
-from core.messages import ScoredRollouts, TrainBatch
+from core.messages import ScoredRollout, TrainBatch
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class BatchStats:
 
 
 def build_train_batch(
-    scored: list[ScoredRollouts],
+    scored: list[ScoredRollout],
     length_bias_ranks: list[float],
     pad_token_id: int,
     length_bias_mu: float = 0.0,

@@ -3,22 +3,15 @@
 `allocate_rollouts` splits a fixed total over the batch in proportion to difficulty rank, with strict per-question
 bounds; `BudgetBounds` is the per-epoch schedule of those bounds, widening from uniform to `[n_low, n_high]`.
 
-Departure from the reference code: the reference never caps the proportional share at `n_max`, so a question can
-get more than `n_max`. Here the share above `n_max` is redistributed over the other questions by the same
-proportional rule (water-filling) before the floor and the repair, so `n_min <= c_i <= n_max` and `sum c = total`
-always hold.
-
-Tied ranks (E3_SPEC section 2, revised): the reference's repair hands the whole rounding deficit to the first
-questions in walk order, each up to `n_max` (64 equal ranks, 512 rollouts, bounds 4..12: twelve 12s, one 11 and
-fifty-one 7s). Here the repair walks the distinct rank levels, hardest first, and spreads each level's portion
-evenly, so tied questions' counts differ by at most one (the same example: sixty-four 8s). Wherever the ranks are
-all distinct and no share exceeds `n_max`, the counts equal the reference's exactly.
-
-The reference's `+1e-8` in the weights is kept, so an exact integer share is floored one below and the repair
-hands that rollout back, to the hardest level first. The spec also asks that "an exact share stays exact"; that
-cannot hold together with equality to the reference for distinct ranks (ranks 0.25 and 0.75 with 4 rollouts to
-share: the reference gives 0 and 4, exact shares give 1 and 3), and equality is the property we keep. For tied
-ranks the even spread makes the artefact harmless (all-equal ranks get exactly the mean).
+Departures from the reference code (more in docs/algorithm.md):
+- the share above `n_max` is redistributed over the other questions by the same proportional rule (water-filling,
+  `_water_filled_shares`) before the floor and the repair, so `n_min <= c_i <= n_max` and `sum c = total` always
+  hold; the reference never caps the proportional share at `n_max`, so a question can get more than `n_max`;
+- tied ranks (E3_SPEC section 2, revised): the repair spreads each rank level's portion evenly, so tied questions'
+  counts differ by at most one, where the reference hands the whole rounding deficit to the first questions in
+  walk order (`_repair`).
+Wherever the ranks are all distinct and no share exceeds `n_max`, the counts equal the reference's exactly. The
+reference's `+1e-8` is kept, so the spec's "an exact share stays exact" does not hold (`_WEIGHT_EPS` says why).
 """
 
 from __future__ import annotations
@@ -32,8 +25,13 @@ if TYPE_CHECKING:
     from core.config import BudgetConfig
 
 _WEIGHT_EPS = 1e-8
-"""Added to the rank sum before normalising, as in the reference code (keeps its floor results bit-identical; see
-the module docstring for what it does to exact shares)."""
+"""Added to the rank sum before normalising, as in the reference code (keeps its floor results bit-identical).
+
+What it does to exact shares: an exact integer share is floored one below and the repair hands that rollout back,
+to the hardest level first. The spec also asks that "an exact share stays exact"; that cannot hold together with
+equality to the reference for distinct ranks (ranks 0.25 and 0.75 with 4 rollouts to share: the reference gives
+0 and 4, exact shares give 1 and 3), and equality is the property we keep. For tied ranks the even spread makes
+the artefact harmless (all-equal ranks get exactly the mean)."""
 
 
 def _validate(ranks: np.ndarray, total: int, n_min: int, n_max: int) -> None:
@@ -118,6 +116,11 @@ def _repair(counts: np.ndarray, ranks: np.ndarray, total: int, n_min: int, n_max
     it. A surplus cannot arise in exact arithmetic (floors only round down, shares never exceed the excess);
     should floating-point rounding ever produce one, it is taken in the exact reverse order (easiest level first,
     evenly within the level, later positions first), each down to `n_min`.
+
+    The reference's repair hands the whole rounding deficit to the first questions in walk order, each up to
+    `n_max` (64 equal ranks, 512 rollouts, bounds 4..12: twelve 12s, one 11 and fifty-one 7s). This one walks the
+    distinct rank levels, hardest first, and spreads each level's portion evenly (the same example: sixty-four
+    8s).
     """
     deficit = total - int(counts.sum())
     if deficit == 0:

@@ -1,10 +1,9 @@
 """The schema of a run: dataclasses with a docstring under every field, registered in Hydra's ConfigStore.
 
 YAML files in `conf/` only choose values; this module says what each value means and what it may be:
-- a choice is an `Enum` (a `str` subclass whose members are named by their value), so Hydra rejects a value
-  outside the set while it composes the config, naming the key; elsewhere a member compares, hashes, formats and
-  serialises (JSON, YAML) as its plain string, so `cfg.mode == "eval"` and `{"float32": ...}[cfg.model.dtype]` hold;
-- a number's range sits next to its field (`bounded(...)`), and one loop in `validate` checks every such field;
+- a choice is an `Enum` of plain strings (`Choice`, core/fields.py), so Hydra rejects a value outside the set while
+  it composes the config, naming the key, and `cfg.mode == "eval"` holds;
+- a number's range sits next to its field (`bounded(...)`, core/fields.py), and `validate` checks every such field;
 - `validate` otherwise holds the rules that tie fields together, checked before any actor starts.
 `resolve` applies what `algo` implies (GRPO: uniform budget, fixed temperature), so that the rest of the code reads
 one plain config.
@@ -13,33 +12,10 @@ one plain config.
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any
 
-
-class Choice(str, Enum):
-    """One value of a fixed set of strings. Members are named by their value (OmegaConf looks members up by name,
-    so `mode=eval` on the command line finds `Mode.eval`); `str()`, `format()`, `repr()`, `==`, `hash` and JSON
-    all see the plain string. (A member may shadow a `str` method of the same name: `Ties.index`.)"""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-    def __repr__(self) -> str:
-        return repr(self.value)
-
-    @classmethod
-    def values(cls) -> tuple[str, ...]:
-        """The allowed strings, in declaration order."""
-        return tuple(member.value for member in cls)
+from core.fields import Choice, bounded, field_errors, is_file_or_empty, is_model_dir_or_empty, is_plain_name
 
 
 class Algo(Choice):
@@ -65,10 +41,14 @@ class EngineName(Choice):
     hf = "hf"
 
 
+ENGINES = EngineName.values()
+
+
 class Task(Choice):
-    """The task: the embedded arithmetic demo or verl-style math files."""
+    """The task: the embedded arithmetic demo, the embedded countdown puzzles, or verl-style math files."""
 
     arithmetic = "arithmetic"
+    countdown = "countdown"
     math = "math"
 
 
@@ -99,6 +79,7 @@ class AllocatorName(Choice):
     e3 = "e3"
     uniform = "uniform"
     informative = "informative"
+    knapsack = "knapsack"
 
 
 class Ties(Choice):
@@ -106,6 +87,9 @@ class Ties(Choice):
 
     average = "average"
     index = "index"
+
+
+TIES = Ties.values()
 
 
 class StalePolicy(Choice):
@@ -132,118 +116,16 @@ class WandbMode(Choice):
     disabled = "disabled"
 
 
-# The allowed strings of each choice, as plain tuples (for messages and membership tests elsewhere).
-ALGOS = Algo.values()
-MODES = Mode.values()
-ENGINES = EngineName.values()
-TASKS = Task.values()
-TIES = Ties.values()
-WANDB_MODES = WandbMode.values()
-DTYPES = Dtype.values()
-WEIGHT_TRANSPORTS = WeightTransport.values()
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the offending fields and their values."""
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """What one field may hold, checked by `validate` (a field's `metadata["bounds"]`).
-
-    Numbers must be finite and within `gt`/`ge`/`lt`/`le` (bounds left None do not apply), unless the value is
-    one of `also`; None passes when `optional`; a list or tuple is checked item by item, and must have `length`
-    items (or at least `min_length`). `check` is a predicate for what a range cannot say (a string's form, an
-    existing file), with `expected` describing what it accepts.
-    """
-
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
-    also: tuple[Any, ...] = ()
-    optional: bool = False
-    length: int | None = None
-    min_length: int | None = None
-    check: Callable[[Any], bool] | None = None
-    expected: str = ""
-
-    def describe(self) -> str:
-        """What an allowed value looks like, as the end of the sentence `expected ...`."""
-        if self.check is not None:
-            return self.expected
-        low = f"({self.gt:g}" if self.gt is not None else f"[{self.ge:g}" if self.ge is not None else None
-        high = f"{self.lt:g})" if self.lt is not None else f"{self.le:g}]" if self.le is not None else None
-        if low and high:
-            text = f"in {low}, {high}"
-        elif low:
-            text = f"{'>' if low[0] == '(' else '>='} {low[1:]}"
-        elif high:
-            text = f"{'<' if high[-1] == ')' else '<='} {high[:-1]}"
-        else:
-            text = "a finite number"
-        text = " or ".join([*(str(v) for v in self.also), text])
-        if self.length is not None or self.min_length is not None:
-            size = f"{self.length} values" if self.length is not None else f"at least {self.min_length} value(s)"
-            text = f"{size}, each {text}"
-        return f"{text} or null" if self.optional else text
-
-    def admits(self, value: Any) -> bool:
-        """Whether `value` is allowed."""
-        if value is None:
-            return self.optional
-        if self.check is not None:
-            return self.check(value)
-        if isinstance(value, list | tuple):
-            if self.length is not None and len(value) != self.length:
-                return False
-            if self.min_length is not None and len(value) < self.min_length:
-                return False
-            return all(self._admits_number(item) for item in value)
-        return self._admits_number(value)
-
-    def _admits_number(self, value: Any) -> bool:
-        if value in self.also:
-            return True
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            return False
-        return (
-            (self.gt is None or value > self.gt)
-            and (self.ge is None or value >= self.ge)
-            and (self.lt is None or value < self.lt)
-            and (self.le is None or value <= self.le)
-        )
-
-
-def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
-    """A dataclass field with `default` (or `default_factory`) whose allowed values `Bounds(**bounds)` states."""
-    metadata = {"bounds": Bounds(**bounds)}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def _is_plain_name(value: str) -> bool:
-    return bool(value) and "/" not in value and not value.startswith(".")
-
-
-def _is_file_or_empty(value: str) -> bool:
-    return not value or Path(value).is_file()
-
-
-def _is_model_dir_or_empty(value: str) -> bool:
-    return not value or (Path(value) / "config.json").is_file()
-
-
 @dataclass
 class DataConfig:
     task: Task = Task.arithmetic
-    """Which task: `arithmetic` (the embedded default, generated locally) or `math` (verl-style files)."""
-    train_path: str = bounded("", check=_is_file_or_empty, expected="an existing file (or empty)")
+    """Which task: `arithmetic` (the embedded default, generated locally), `countdown` (embedded puzzles with
+    several solutions each, generated locally: tasks/countdown/) or `math` (verl-style files)."""
+    train_path: str = bounded("", check=is_file_or_empty, expected="an existing file (or empty)")
     """Training questions (Parquet or JSON lines). Empty: the embedded arithmetic split, generated on first use."""
-    valid_path: str = bounded("", check=_is_file_or_empty, expected="an existing file (or empty)")
+    valid_path: str = bounded("", check=is_file_or_empty, expected="an existing file (or empty)")
     """Held-out questions evaluated before and after training. Empty: the embedded arithmetic validation split."""
-    test_path: str = bounded("", check=_is_file_or_empty, expected="an existing file (or empty)")
+    test_path: str = bounded("", check=is_file_or_empty, expected="an existing file (or empty)")
     """Test questions for `mode=eval`. Empty: the embedded arithmetic test split."""
     reward_fn: str = ""
     """`module:function` scoring (completion, ground_truth) -> a number (correct when >= reward.correct_threshold)
@@ -260,7 +142,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = bounded("", check=_is_model_dir_or_empty, expected="a model directory with config.json (or empty)")
+    path: str = bounded("", check=is_model_dir_or_empty, expected="a model directory with config.json (or empty)")
     """A Hugging Face model directory. Empty: the embedded small base policy, built locally on first use."""
     dtype: Dtype = Dtype.float32
     """Parameter dtype of the learner and the rollout engine: `float32` (CPU) or `bfloat16` (GPU)."""
@@ -400,7 +282,12 @@ class BudgetConfig:
     allocator: AllocatorName = AllocatorName.e3
     """`e3` (shares by difficulty rank, E3_SPEC §2), `uniform` (GRPO: `n` each) or `informative` (maximise the
     number of groups with a right and a wrong answer expected if each question's accuracy were its posterior mean:
-    a plug-in, not the posterior expectation; core/allocators.py). `algo=grpo` sets `uniform`."""
+    a plug-in, not the posterior expectation; core/allocators.py) or `knapsack` (Knapsack RL's value of n
+    rollouts from each question's last `p_window` outcomes; the rest to never-solved questions). `algo=grpo`
+    sets `uniform`."""
+    p_window: int = bounded(16, gt=0)
+    """How many of each question's last outcomes the difficulty table keeps (and saves in checkpoints); `knapsack`
+    estimates a question's success rate from them."""
 
 
 @dataclass
@@ -450,7 +337,7 @@ class TrainConfig:
     stale_policy: StalePolicy = StalePolicy.wait
     """A rollout older than `max_staleness` versions when its step trains: `wait` trains it after all (the step
     waited for it; counted as `pipeline/stale_kept`), `drop` drops it and generates it again, same seed, with the
-    current weights (counted as `pipeline/dropped`). The pipeline never issues a batch whose weights would be too
+    current weights (counted as `pipeline/stale_dropped`). The pipeline never issues a batch whose weights would be too
     old, so this decides only batches restored from a checkpoint written with a larger bound."""
     max_failures: int = bounded(0, ge=0)
     """Recoveries the run may make by itself: when a learner rank, the scheduler, a rollout worker or a node dies,
@@ -520,7 +407,7 @@ class RayConfig:
 
 @dataclass
 class RunConfig:
-    run_name: str = bounded("e3-demo", check=_is_plain_name, expected="a plain folder name")
+    run_name: str = bounded("e3-demo", check=is_plain_name, expected="a plain folder name")
     """Name of the run; its outputs go to `<output_dir>/<run_name>/`."""
     algo: Algo = Algo.e3
     """`e3` (dynamic budget + adaptive temperature) or `grpo` (uniform n, fixed temperature, same budget)."""
@@ -551,30 +438,8 @@ class RunConfig:
         return Path(self.output_dir) / self.run_name
 
 
-def _fields(node: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, type, Any]]:
-    """Every leaf field under the dataclass `node`: (full key, field, declared type, value), depth first."""
-    hints = typing.get_type_hints(type(node))
-    for f in dataclasses.fields(node):
-        value = getattr(node, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _fields(value, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", f, hints[f.name], value
-
-
-def field_errors(cfg: Any) -> list[str]:
-    """The problems of single fields anywhere under the config dataclass `cfg`, one line each naming the full key,
-    the value and what was expected: a choice outside its `Enum` (possible when a config is built in Python; Hydra
-    rejects one while composing) and a value outside its field's `Bounds`."""
-    errors = []
-    for key, f, kind, value in _fields(cfg):
-        if isinstance(kind, type) and issubclass(kind, Choice):
-            if value not in kind.values():
-                errors.append(f"{key}={value!r}: expected one of {', '.join(kind.values())}")
-        bounds = f.metadata.get("bounds")
-        if bounds is not None and not bounds.admits(value):
-            errors.append(f"{key}={value!r}: expected {bounds.describe()}")
-    return errors
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the offending fields and their values."""
 
 
 def validate(cfg: RunConfig) -> None:

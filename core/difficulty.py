@@ -11,9 +11,13 @@ a question's rank is its initial rank, or 0.5 when it has none. `index_ranks` gi
 by table order, for rules that select "the easiest p fraction" (the length bias, E3_SPEC section 5): a threshold
 on an averaged rank would select all of a tied group or none of it.
 
+Each question also keeps its last `window` outcomes (`recent`, oldest first, `"1"` right and `"0"` wrong), from
+which `window_counts` gives the recent attempts and successes (the `knapsack` allocator's p, `budget.p_window`).
+
 The table persists as Parquet (`write_parquet` / `read_parquet`) with columns question_id, attempts, correct,
-accuracy, rank, last_step, and the dataset's fingerprint in the schema metadata so that a table
-saved for one dataset is never loaded into another.
+accuracy, rank, last_step, recent, and the dataset's fingerprint in the schema metadata so that a table
+saved for one dataset is never loaded into another. A file or checkpoint state without `recent` (written before
+the column existed) loads with empty windows.
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ NEVER_SEEN = -1
 """`last_step` of a question no rollout has been observed for."""
 
 _META_FINGERPRINT = b"e3.fingerprint"
-_COLUMNS = ("question_id", "attempts", "correct", "accuracy", "rank", "last_step")
+_COLUMNS = ("question_id", "attempts", "correct", "accuracy", "rank", "last_step", "recent")
+_OPTIONAL_COLUMNS = frozenset({"recent"})
+DEFAULT_WINDOW = 16
+"""Outcomes kept per question by default (`budget.p_window`)."""
 
 
 def ids_fingerprint(question_ids: Sequence[str]) -> str:
@@ -79,12 +86,17 @@ class DifficultyTable:
         initial_ranks: Sequence[float] | None = None,
         ties: Ties = Ties.average,
         fingerprint: str | None = None,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         """A table of `question_ids` (unique, in dataset order). `fingerprint` names the dataset in the table's
         saved files, so that a file only loads into a table of the same dataset; by default it is the SHA-256
-        of the ordered ids (the scheduler passes the dataset's own, which covers the answers too)."""
+        of the ordered ids (the scheduler passes the dataset's own, which covers the answers too). `window`: how
+        many of each question's last outcomes it keeps (>= 1)."""
         if ties not in TIES:
             raise ValueError(f"ties must be one of {', '.join(TIES)}, got ties={ties!r}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an integer >= 1, got window={window!r}")
+        self._window = window
         ids = list(question_ids)
         not_str = [qid for qid in ids if not isinstance(qid, str)]
         if not_str:
@@ -101,6 +113,7 @@ class DifficultyTable:
         self._correct = np.zeros(n, dtype=np.int64)
         self._last_step = np.full(n, NEVER_SEEN, dtype=np.int64)
         self._rank = np.full(n, DEFAULT_RANK, dtype=np.float64)
+        self._recent = [""] * n
         if initial_ranks is not None:
             self._rank = self._checked_initial_ranks(initial_ranks, n)
 
@@ -128,6 +141,11 @@ class DifficultyTable:
         return self._fingerprint
 
     @property
+    def window(self) -> int:
+        """How many of each question's last outcomes the table keeps."""
+        return self._window
+
+    @property
     def accuracy(self) -> np.ndarray:
         """Per-question `correct / attempts` in table order, 0 where never sampled (a fresh array)."""
         return np.divide(self._correct, self._attempts, out=np.zeros(len(self._ids)), where=self._attempts > 0)
@@ -144,7 +162,8 @@ class DifficultyTable:
     def observe(self, question_ids: Sequence[str], correct: Sequence[bool | int], step: int | None = None) -> None:
         """Add one rollout per entry: `question_ids[i]` was answered, correctly iff `correct[i]` (bool or 0/1).
 
-        Ids may repeat. With `step`, every listed question's `last_step` becomes `step`. Ranks do not change.
+        Ids may repeat (their outcomes enter the question's window in the given order). With `step`, every listed
+        question's `last_step` becomes `step`. Ranks do not change.
         Raises (changing nothing) on unknown ids, mismatched lengths or correctness values other than 0/1.
         """
         positions = self._positions(question_ids)
@@ -157,6 +176,8 @@ class DifficultyTable:
             raise ValueError(f"step must be >= 0, got step={step}")
         np.add.at(self._attempts, positions, 1)
         np.add.at(self._correct, positions, flags.astype(np.int64))
+        for position, flag in zip(positions.tolist(), flags.astype(np.int64).tolist(), strict=True):
+            self._recent[position] = (self._recent[position] + "01"[flag])[-self._window :]
         if step is not None:
             self._last_step[positions] = step
 
@@ -173,6 +194,15 @@ class DifficultyTable:
         """(attempts, correct) observed so far of each of `question_ids`, in their order."""
         positions = self._positions(question_ids)
         return [(int(self._attempts[i]), int(self._correct[i])) for i in positions]
+
+    def window_counts(self, question_ids: Sequence[str]) -> list[tuple[int, int]]:
+        """(attempts, correct) among the last `window` outcomes of each of `question_ids`, in their order."""
+        positions = self._positions(question_ids)
+        return [(len(self._recent[i]), self._recent[i].count("1")) for i in positions]
+
+    def recent_outcomes(self, question_ids: Sequence[str]) -> list[str]:
+        """The kept outcomes of each of `question_ids`, oldest first (`"1"` right, `"0"` wrong)."""
+        return [self._recent[i] for i in self._positions(question_ids)]
 
     def index_ranks(self, question_ids: Sequence[str]) -> list[float]:
         """Return each given question's rank with ties broken by table order (the reference's index ranks).
@@ -196,6 +226,7 @@ class DifficultyTable:
             pa.array(self.accuracy),
             pa.array(self._rank),
             pa.array(self._last_step),
+            pa.array(self._recent, type=pa.string()),
         ]
         return pa.Table.from_arrays(
             columns, names=list(_COLUMNS), metadata={_META_FINGERPRINT: self._fingerprint.encode()}
@@ -225,7 +256,7 @@ class DifficultyTable:
                 f"difficulty table {os.fspath(path)!r} was built for other questions "
                 f"(fingerprint {saved or 'missing'!s} != this dataset's {self._fingerprint})"
             )
-        missing = [name for name in _COLUMNS if name not in table.column_names]
+        missing = [name for name in _COLUMNS if name not in table.column_names and name not in _OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"difficulty table {os.fspath(path)!r} lacks columns {missing}")
         if table.column("question_id").to_pylist() != self._ids:
@@ -235,6 +266,7 @@ class DifficultyTable:
             correct=table.column("correct").to_numpy(),
             rank=table.column("rank").to_numpy(),
             last_step=table.column("last_step").to_numpy(),
+            recent=table.column("recent").to_pylist() if "recent" in table.column_names else None,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -245,6 +277,7 @@ class DifficultyTable:
             "correct": self._correct.tolist(),
             "rank": self._rank.tolist(),
             "last_step": self._last_step.tolist(),
+            "recent": list(self._recent),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -259,10 +292,19 @@ class DifficultyTable:
             correct=np.asarray(state["correct"], dtype=np.int64),
             rank=np.asarray(state["rank"], dtype=np.float64),
             last_step=np.asarray(state["last_step"], dtype=np.int64),
+            recent=state.get("recent"),
         )
 
-    def _load_arrays(self, attempts: np.ndarray, correct: np.ndarray, rank: np.ndarray, last_step: np.ndarray) -> None:
-        """Validate per-question arrays (shape, ranges) and install copies of them."""
+    def _load_arrays(
+        self,
+        attempts: np.ndarray,
+        correct: np.ndarray,
+        rank: np.ndarray,
+        last_step: np.ndarray,
+        recent: Sequence[str] | None = None,
+    ) -> None:
+        """Validate per-question arrays (shape, ranges) and install copies of them. `recent` None (a file or state
+        from before the windows existed): empty windows; longer windows than this table's keep their newest."""
         n = len(self._ids)
         for name, array in (("attempts", attempts), ("correct", correct), ("rank", rank), ("last_step", last_step)):
             if array.shape != (n,):
@@ -271,6 +313,15 @@ class DifficultyTable:
             raise ValueError("need 0 <= correct <= attempts for every question")
         if np.isnan(rank).any() or (rank < 0).any() or (rank > 1).any():
             raise ValueError("ranks must lie in [0, 1]")
+        windows = [""] * n if recent is None else list(recent)
+        if len(windows) != n:
+            raise ValueError(f"recent must have {n} entries, got {len(windows)}")
+        if any(not isinstance(w, str) or w.strip("01") for w in windows):
+            raise ValueError("recent outcomes must be strings of '0' and '1'")
+        totals = zip(windows, attempts.tolist(), correct.tolist(), strict=True)
+        if any(w.count("1") > c or len(w) > a for w, a, c in totals):
+            raise ValueError("recent outcomes cannot hold more outcomes or successes than attempts and correct")
+        self._recent = [w[-self._window :] for w in windows]
         self._attempts = attempts.astype(np.int64, copy=True)
         self._correct = correct.astype(np.int64, copy=True)
         self._rank = rank.astype(np.float64, copy=True)

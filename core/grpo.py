@@ -12,13 +12,8 @@ How this departs from the GRPO paper (Shao et al. 2024, DeepSeekMath):
 - PPO clip with separate low/high ranges (equal, 0.2, by default) plus verl's dual clip: for negative advantages
   the token loss is capped at `dual_clip * |A|`, so a huge ratio on a bad token cannot blow up the update.
 - The log-ratio is clamped to [-20, 20] before `exp` (as verl) so that a garbage log-prob cannot overflow.
-- Optional off-policy correction (`off_policy_weights`, for a pipeline where the sampling policy lags the trained
-  one, and for the engine's own numerics): the PPO ratio is taken against the learner's old log-probs (the
-  proximal policy, as in decoupled PPO), and each token's loss is then weighted by the importance ratio
-  `r = pi_old / pi_behaviour`, truncated as `min(r, C)` (TIS, Yao et al. 2025) or kept as `r` while it stays in
-  `[low, high]` and set to 0 outside (IcePop, Ring-1T 2025, as verl, AReaL and prime-rl implement it),
-  `pi_behaviour` being the rollout engine's tempered log-prob of the token. Either weight is a detached
-  coefficient: the gradient flows through the PPO ratio only.
+- Optional off-policy correction (`off_policy_weights`: TIS or IcePop, a detached per-token weight against the
+  rollout engine's log-probs, the PPO ratio still against the learner's old log-probs; docs/generation-ahead.md).
 - Optional length bias on rewards (`length_bias`, from the E3 reference code, not in the paper): correct
   answers to the easiest questions are rewarded `1 / (1 + mu * length)`.
 """
@@ -116,6 +111,13 @@ def off_policy_weights(
     (IcePop's `M(r)`: the importance ratio, with the tokens outside the band dropped), `none` gives 1 everywhere.
     Positions off `response_mask` get 0 and count in no statistic. `is_masked` counts the response tokens
     outside IcePop's band (`icepop` only), `is_truncated` those with `r > tis_cap` (`tis` only).
+
+    What for: a pipeline where the sampling policy lags the trained one, and the engine's own numerics. The PPO
+    ratio is taken against the learner's old log-probs (the proximal policy, as in decoupled PPO), and each
+    token's loss is then weighted by the importance ratio `r = pi_old / pi_behaviour`, truncated as `min(r, C)`
+    (TIS, Yao et al. 2025) or kept as `r` while it stays in `[low, high]` and set to 0 outside (IcePop, Ring-1T
+    2025, as verl, AReaL and prime-rl implement it), `pi_behaviour` being the rollout engine's tempered log-prob
+    of the token. Either weight is a detached coefficient: the gradient flows through the PPO ratio only.
     """
     if correction not in CORRECTIONS:
         raise ValueError(f"correction={correction!r}: expected one of {', '.join(CORRECTIONS)}")

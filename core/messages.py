@@ -128,7 +128,7 @@ class RewardResult(NamedTuple):
 
 
 @dataclass(frozen=True)
-class ScoredRollouts:
+class ScoredRollout:
     """Reward scorer -> scheduler: a rollout with one reward and one correctness flag per completion.
 
     `timeouts` counts the completions whose reward computation was killed at its time limit, `errors` those whose
@@ -145,12 +145,12 @@ class ScoredRollouts:
         n = len(self.rollout.completions)
         _require(
             len(self.rewards) == n and len(self.correct) == n,
-            f"ScoredRollouts {self.rollout.question_id!r}: {n} completions, "
+            f"ScoredRollout {self.rollout.question_id!r}: {n} completions, "
             f"{len(self.rewards)} rewards, {len(self.correct)} correctness flags",
         )
         _require(
             all(math.isfinite(r) for r in self.rewards),
-            f"ScoredRollouts {self.rollout.question_id!r}: non-finite reward in {self.rewards}",
+            f"ScoredRollout {self.rollout.question_id!r}: non-finite reward in {self.rewards}",
         )
 
 

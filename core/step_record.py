@@ -1,49 +1,22 @@
 """One training step's record: what the scheduler logs after every step, as one typed value.
 
 `StepRecord` is the only place the step line's keys are spelled. `to_log()` writes the namespaced line of
-`metrics.jsonl` (the same keys go to W&B); `from_log()` reads such a line back. Every consumer (the run log and its
-gauges, the report, the benchmarks, the progress bar, the tests) reads the record's attributes, never a key.
-
-The line's keys, by namespace:
-
-- `step`, `epoch`, `end_of_epoch`, `weights_version`: which step (0-based), its epoch, whether it ended the epoch,
-  and the weights version after its update.
-- `rollout/question_ids`, `rollout/per_question`: the step's questions and the rollouts each got (lists, in batch
-  order); `rollout/total`, `rollout/min`, `rollout/max`: their sum (the step's budget), smallest and largest.
-- `rollout/generated_tokens`, `rollout/generate_s`, `rollout/tokens_per_s`: response tokens generated, the seconds
-  the workers' engines took to generate them (the longest worker's; ahead of training the `generate` phase is
-  only the scheduler's wait), and tokens per second of those (of the `generate` phase when the engines' seconds
-  are unknown); `rollout/response_length_mean` (tokens), `rollout/truncated_fraction` (share that hit the length
-  limit).
-- `reward/mean` (shaped reward), `reward/accuracy` (share of correct samples), `reward/all_wrong_fraction` and
-  `reward/all_correct_fraction` (share of questions with no / only correct samples), `reward/zero_advantage_fraction`
-  (share of samples with no learning signal), `reward/timeouts` and `reward/errors` (completions whose reward call
-  was killed at its time limit / raised; both scored 0).
-- `budget/question_ranks`: each question's difficulty rank when its budget was allocated (0 = easiest);
-  `budget/n_min`, `budget/n_max`: the bounds every count was held within.
-- `temperature/sampled`: the temperature this step's rollouts were sampled with; `temperature/next`: the one the
-  controller set after this step (the next step samples with it); `temperature/clamped`: whether that update hit
-  the bounds; `temperature/target_entropy`: the target this step's entropy was held against (null until fixed).
-- `learner/entropy`: token-mean entropy of the tempered policy over the step's responses (the controller's input);
-  `learner/<name>`: the learner's other metrics (loss, clip fractions, grad norm, log-prob mismatch, ...).
-- `timing/<phase>_s`: seconds of each phase, in the order they ran; `timing/step_s` is the whole step, and
-  `timing/heldout_s` (when the step evaluates) runs after it; `timing/previous_checkpoint_s` is the checkpoint
-  written after the step before (written once that step's record was logged).
-- `heldout/accuracy`, `heldout/accuracy/<source>`: greedy held-out accuracy after this step, on steps that evaluate.
-- `pipeline/staleness` (only when generation runs ahead of training, `train.max_staleness` >= 1): the step's
-  samples by how many weights versions older than the trained policy they were sampled with (entry j: j versions
-  old); `pipeline/dropped`, `pipeline/stale_kept`: samples older than the bound that were generated again
-  (`train.stale_policy=drop`) or trained on all the same (`wait`).
-
-Non-finite floats are written as null and read back as NaN.
+`metrics.jsonl` (the same keys go to W&B; its docstring lists them all); `from_log()` reads such a line back.
+Every consumer (the run log and its gauges, the report, the benchmarks, the progress bar, the tests) reads the
+record's attributes, never a key. Non-finite floats are written as null and read back as NaN. What a run writes,
+around this line: docs/outputs.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from core.messages import Rollout
 
 STEP_PHASE = "step"
 """The timed phase that spans the whole step."""
@@ -52,6 +25,19 @@ PREVIOUS_CHECKPOINT_PHASE = "previous_checkpoint"
 that a failure while writing it cannot lose the record), so the checkpoint's seconds travel in the next record."""
 OUTSIDE_STEP_PHASES = ("heldout", PREVIOUS_CHECKPOINT_PHASE)
 """Timed phases that run after the step, outside `timing/step_s` (so step times compare between runs)."""
+
+
+class PhaseTimer:
+    """Times named phases of one step, in seconds, in the order they first ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 @dataclass(frozen=True)
@@ -161,8 +147,42 @@ class StepRecord:
     # -- the logged line ------------------------------------------------------------------------------------
 
     def to_log(self) -> dict[str, Any]:
-        """The step as one JSON-ready line of namespaced keys (the module docstring lists them); non-finite
-        floats become None."""
+        """The step as one JSON-ready line of namespaced keys; non-finite floats become None (read back as NaN).
+
+        The line's keys, by namespace:
+
+        - `step`, `epoch`, `end_of_epoch`, `weights_version`: which step (0-based), its epoch, whether it ended the
+          epoch, and the weights version after its update.
+        - `rollout/question_ids`, `rollout/per_question`: the step's questions and the rollouts each got (lists, in
+          batch order); `rollout/total`, `rollout/min`, `rollout/max`: their sum (the step's budget), smallest and
+          largest.
+        - `rollout/generated_tokens`, `rollout/generate_s`, `rollout/tokens_per_s`: response tokens generated, the
+          seconds the workers' engines took to generate them (the longest worker's; ahead of training the `generate`
+          phase is only the scheduler's wait), and tokens per second of those (of the `generate` phase when the engines'
+          seconds are unknown); `rollout/response_length_mean` (tokens), `rollout/truncated_fraction` (share that hit
+          the length limit).
+        - `reward/mean` (shaped reward), `reward/accuracy` (share of correct samples), `reward/all_wrong_fraction` and
+          `reward/all_correct_fraction` (share of questions with no / only correct samples),
+          `reward/zero_advantage_fraction` (share of samples with no learning signal), `reward/timeouts` and
+          `reward/errors` (completions whose reward call was killed at its time limit / raised; both scored 0).
+        - `budget/question_ranks`: each question's difficulty rank when its budget was allocated (0 = easiest);
+          `budget/n_min`, `budget/n_max`: the bounds every count was held within.
+        - `temperature/sampled`: the temperature this step's rollouts were sampled with; `temperature/next`: the one the
+          controller set after this step (the next step samples with it); `temperature/clamped`: whether that update hit
+          the bounds; `temperature/target_entropy`: the target this step's entropy was held against (null until fixed).
+        - `learner/entropy`: token-mean entropy of the tempered policy over the step's responses (the controller's
+          input); `learner/<name>`: the learner's other metrics (loss, clip fractions, grad norm, log-prob mismatch,
+          ...).
+        - `timing/<phase>_s`: seconds of each phase, in the order they ran; `timing/step_s` is the whole step, and
+          `timing/heldout_s` (when the step evaluates) runs after it; `timing/previous_checkpoint_s` is the checkpoint
+          written after the step before (written once that step's record was logged).
+        - `heldout/accuracy`, `heldout/accuracy/<source>`: greedy held-out accuracy after this step, on steps that
+          evaluate.
+        - `pipeline/staleness` (only when generation runs ahead of training, `train.max_staleness` >= 1): the step's
+          samples by how many weights versions older than the trained policy they were sampled with (entry j: j versions
+          old); `pipeline/stale_dropped`, `pipeline/stale_kept`: samples older than the bound that were generated again
+          (`train.stale_policy=drop`) or trained on all the same (`wait`).
+        """
         line: dict[str, Any] = {
             "step": self.step,
             "epoch": self.epoch,
@@ -201,7 +221,7 @@ class StepRecord:
             line.update(
                 {
                     "pipeline/staleness": list(self.staleness),
-                    "pipeline/dropped": self.stale_dropped,
+                    "pipeline/stale_dropped": self.stale_dropped,
                     "pipeline/stale_kept": self.stale_kept,
                 }
             )
@@ -249,7 +269,7 @@ class StepRecord:
             timing={key.removesuffix("_s"): value for key, value in _namespace(line, "timing/").items()},
             heldout=_namespace(line, "heldout/"),
             staleness=tuple(int(n) for n in line.get("pipeline/staleness", ())),
-            stale_dropped=int(line.get("pipeline/dropped", 0)),
+            stale_dropped=int(line.get("pipeline/stale_dropped", line.get("pipeline/dropped", 0))),
             stale_kept=int(line.get("pipeline/stale_kept", 0)),
             generation_seconds=_real_or_nan(line.get("rollout/generate_s")),
         )
@@ -285,3 +305,15 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
+
+
+def generation_seconds(rollouts: list[Rollout]) -> float:
+    """How long the workers' engines took to generate `rollouts`: per worker, the sum of its engine calls (the
+    rollouts of one call share its `generate_s`), and the longest of the workers, who run in parallel; NaN when
+    none was measured. Unlike the step's `generate` phase this is not the scheduler's wait, which ahead of
+    training is only what is left of a generation that ran during the previous step's training."""
+    calls = {(r.worker, r.generate_s) for r in rollouts if r.generate_s > 0}
+    per_worker: dict[str, float] = {}
+    for worker, seconds in calls:
+        per_worker[worker] = per_worker.get(worker, 0.0) + seconds
+    return max(per_worker.values(), default=math.nan)

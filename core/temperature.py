@@ -5,22 +5,18 @@ The rule, once per training step with the step's measured entropy `H` (nats):
     T <- T * (1 + T * ln(H* / H) / k),   k = ln V + ln ln V
 
 Entropy below the target `H*` raises the temperature, above it lowers it. The first `init_steps` calls only
-record `H`; the target is their mean unless given. With annealing, from step `a = max_steps - int(max_steps *
-annealing_ratio)` on, the target follows `H*_0 * (f + (1 - f) * 0.5 * (1 + cos(pi * progress)))` and the new
-target applies from the next step.
+record `H`; the target is their mean unless given, and with annealing it follows a cosine (`_annealed_target`).
 
 How this departs from the reference code (the E3 authors' verl fork):
-- The temperature is clamped to `[min_temperature, max_temperature]` (wide defaults, 0.05..3.0, that normal runs
-  never reach); hitting the clamp is logged as a warning and reported by `last_clamped`. The reference has no
-  clamp, so a bad entropy signal could drive T to zero or below.
+- The temperature is clamped to `[min_temperature, max_temperature]` (`_clamp`); the reference has no clamp.
 - One global controller fed with the entropy reduced over all data-parallel ranks (global token mean), not one
   controller per rank that lets ranks drift apart. (This module is just the controller; the caller reduces.)
 - `enabled=False` keeps T fixed (the GRPO baseline) but still fixes and anneals the target, so runs with and
   without the controller log the same target curve. The reference does nothing when disabled.
 - Entropy must be a finite number > 0, else ValueError and nothing changes (zero entropy would make ln(H*/H)
   infinite). The reference also accepts a list (its mean); here the caller passes the mean.
-- `init_steps=0` needs an explicit `target_entropy`; annealing needs `max_steps > 0` and at least one annealing
-  step; past `max_steps` the annealing progress stays at 1 (the reference's cosine would turn back up).
+- `init_steps=0` needs an explicit `target_entropy`; annealing needs `max_steps > 0` and an annealing step or more,
+  and holds its end past `max_steps`, where the reference's cosine turns back up (`_annealed_target`).
 """
 
 from __future__ import annotations
@@ -188,7 +184,12 @@ class TemperatureController:
         return t * (1.0 + t * math.log(target / entropy) / self._k)
 
     def _clamp(self, temperature: float) -> float:
-        """Clamp to the configured range, recording and logging when the clamp is hit."""
+        """Clamp to the configured range, recording and logging when the clamp is hit.
+
+        The range `[min_temperature, max_temperature]` has wide defaults, 0.05..3.0, that normal runs never reach;
+        hitting the clamp is logged as a warning and reported by `last_clamped`. The reference code has no clamp, so
+        a bad entropy signal could drive T to zero or below.
+        """
         clamped = min(max(temperature, self._min_temperature), self._max_temperature)
         if clamped != temperature:
             self._last_clamped = True
@@ -203,7 +204,12 @@ class TemperatureController:
         return clamped
 
     def _annealed_target(self, initial_target: float) -> float:
-        """The cosine-annealed target for the current step (progress capped at 1 past max_steps)."""
+        """The cosine-annealed target for the current step (progress capped at 1 past max_steps).
+
+        From step `a = max_steps - int(max_steps * annealing_ratio)` on, the target follows
+        `H*_0 * (f + (1 - f) * 0.5 * (1 + cos(pi * progress)))`, and the new target applies from the next step.
+        Past `max_steps` the annealing progress stays at 1 (a departure: the reference's cosine would turn back up).
+        """
         progress = min((self._step - self._annealing_start) / (self._max_steps - self._annealing_start), 1.0)
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         f = self._annealing_factor

@@ -1,17 +1,23 @@
 """Where a run's questions, base policy and reward function come from, for each task.
 
-The embedded default (`arithmetic`) generates its data and builds its base policy on first use, under the cache
-directory; `math` reads verl-style files given in the config and needs a model directory.
+The embedded tasks (`arithmetic`, the default, and `countdown`) generate their data and build their base policy
+on first use, under the cache directory; `math` reads verl-style files given in the config and needs a model directory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.config import RunConfig
 
-REWARD_FNS = {"arithmetic": "tasks.arithmetic.reward:reward", "math": "tasks.math.reward:reward"}
+REWARD_FNS = {
+    "arithmetic": "tasks.arithmetic.reward:reward",
+    "countdown": "tasks.countdown.reward:reward",
+    "math": "tasks.math.reward:reward",
+}
 
 
 @dataclass(frozen=True)
@@ -30,16 +36,29 @@ class TaskFiles:
     """`module:function` of the reward."""
 
 
+EMBEDDED_TASKS = ("arithmetic", "countdown")
+"""Tasks whose data and base policy the project builds itself."""
+
+
+def _embedded_builders(task: str) -> tuple[Any, Callable[..., dict[str, Path]], Callable[..., Path]]:
+    """The default base-policy config, `ensure_datasets` and `ensure_base_policy` of an embedded task."""
+    if task == "countdown":
+        from tasks.countdown import build_base as countdown
+        from tasks.countdown.generate import ensure_datasets as countdown_datasets
+
+        return countdown.BasePolicyConfig(), countdown_datasets, countdown.ensure_base_policy
+    from tasks.arithmetic import build_base as arithmetic
+
+    return arithmetic.BasePolicyConfig(), arithmetic.ensure_datasets, arithmetic.ensure_base_policy
+
+
 def prepare_task(cfg: RunConfig) -> TaskFiles:
     """Resolve (and for the embedded default, build if missing or stale) the run's data, model and reward."""
     data = cfg.data
     reward_fn = data.reward_fn or REWARD_FNS[data.task]
-    if data.task == "arithmetic":
-        from tasks.arithmetic.build_base import BasePolicyConfig, ensure_base_policy
-        from tasks.arithmetic.generate import ensure_datasets
-
-        base = BasePolicyConfig()
-        cache = Path(cfg.cache_dir) / "arithmetic"
+    if data.task in EMBEDDED_TASKS:
+        base, ensure_datasets, ensure_base_policy = _embedded_builders(data.task)
+        cache = Path(cfg.cache_dir) / data.task
         splits = ensure_datasets(cache / "data", base.data)
         model = Path(cfg.model.path) if cfg.model.path else ensure_base_policy(cache / "base-policy", base)
         pick = lambda given, split: Path(given) if given else splits[split]  # noqa: E731

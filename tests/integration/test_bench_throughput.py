@@ -11,7 +11,7 @@ import pytest
 from bench import throughput
 from bench.throughput import QUICK, attempt, generation_table, summarize_steps
 from core.step_record import StepRecord
-from tests.records import step_record
+from tests.support.records import step_record
 
 
 def step(index: int, step_s: float, generate_s: float, train_s: float, sample_s: float = 0.0) -> StepRecord:

@@ -21,10 +21,11 @@ from actors.engines import Engine, resolve_engine_name
 from actors.engines.hf_engine import HfEngine
 from actors.engines.vllm_engine import configure_environment, vllm_import_error
 from actors.rollout_worker import RolloutWorker
+from bench.random_policy import PolicyShape
+from bench.random_policy import random_policy as random_qwen2
 from core.config import RolloutConfig
 from core.messages import Completion, RolloutRequest, TemperatureUpdate
-from tests.tiny_policy import EOS_ID, TinyPolicy
-from tests.tiny_policy import random_policy as tiny_random_policy
+from tests.support.tiny_policy import EOS_ID, TOKEN_IDS, WIDE_INIT
 
 pytestmark = pytest.mark.slow  # the engines end to end (vLLM takes seconds to start)
 MAX_MODEL_LEN = 128
@@ -61,7 +62,7 @@ def logit_atol(logits: torch.Tensor, summands: int = LOGIT_SUMS) -> float:
 
 
 # A tiny Qwen2 with peaked output distributions (wide init) that often, not always, ends early.
-POLICY = TinyPolicy(
+POLICY = PolicyShape(
     hidden_size=HIDDEN,
     intermediate_size=INTERMEDIATE,
     num_layers=LAYERS,
@@ -69,13 +70,14 @@ POLICY = TinyPolicy(
     num_kv_heads=1,
     head_dim=HEAD_DIM,
     max_positions=256,
+    initializer_range=WIDE_INIT,
     eos_scale=2.5,
 )
 
 
 def random_policy(vocab_size: int, seed: int) -> Qwen2ForCausalLM:
     """The test's policy shape with other random weights (`seed`)."""
-    return tiny_random_policy(dataclasses.replace(POLICY, seed=seed), vocab_size)
+    return random_qwen2(dataclasses.replace(POLICY, vocab_size=vocab_size, seed=seed), TOKEN_IDS)
 
 
 @pytest.fixture(scope="module")

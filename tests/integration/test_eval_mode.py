@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import launch
-from tests.integration.conftest import run_config
+from tests.support.config import run_config
 
 PER_SOURCE = 2
 

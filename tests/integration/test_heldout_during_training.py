@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import launch
-from actors.report import load_run
-from tests.integration.conftest import run_config
+from reporting.report import load_run
+from tests.support.config import run_config
 
 VALID_SIZE = 16
 

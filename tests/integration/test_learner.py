@@ -25,11 +25,12 @@ from ray.util import placement_group_table
 from transformers import AutoModelForCausalLM
 
 from actors.learner import OPTIMIZER_FILE, Learner
+from bench.random_policy import PolicyShape
 from cluster.learner_group import LearnerGroup
 from core.config import LearnerConfig
 from core.grpo import policy_loss
 from core.messages import TrainBatch
-from tests.tiny_policy import TinyPolicy
+from tests.support.tiny_policy import WIDE_INIT
 
 pytestmark = pytest.mark.slow  # the learner end to end, on one rank and as a two-rank Ray group
 
@@ -84,7 +85,7 @@ CERTAIN_MULTIPLE = 16
 
 # A tiny random Qwen2 (tied embeddings, as the project's base policy) with peaked logits (wide init), so that the
 # temperature visibly changes the entropy; its vocabulary padded to VOCAB rows.
-POLICY = TinyPolicy(
+POLICY = PolicyShape(
     vocab_size=VOCAB,
     hidden_size=HIDDEN,
     intermediate_size=INTERMEDIATE,
@@ -93,6 +94,7 @@ POLICY = TinyPolicy(
     num_kv_heads=2,
     head_dim=HEAD_DIM,
     max_positions=64,
+    initializer_range=WIDE_INIT,
 )
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import launch
-from actors.report import load_run
-from tests.integration.conftest import run_config
+from reporting.report import load_run
+from tests.support.config import run_config
 
 DATA = Path(os.environ.get("E3_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "datasets" / "e3"))
 needs_data = pytest.mark.skipif(not (DATA / "train_data.parquet").is_file(), reason=f"no E3 data in {DATA}")

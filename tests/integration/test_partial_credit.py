@@ -10,12 +10,13 @@ from __future__ import annotations
 import pytest
 
 from actors.reward_scorer import RewardScorer
-from actors.scheduler import Scheduler, StepPlan
+from actors.scheduler import Scheduler
+from actors.settings import SchedulerSettings
 from core.config import BudgetConfig, RewardConfig, TemperatureConfig
 from core.messages import Completion, LearnerResult, Rollout, RolloutRequest, TemperatureUpdate, TrainBatch
 from tasks.dataset import ChatMessage, Question
 from tasks.prepare import Split
-from tests.partial_credit import EXACT, VERBOSE
+from tests.support.partial_credit import EXACT, VERBOSE
 
 GROUND_TRUTHS = {"q0": "7", "q1": "12", "q2": "30"}
 SOURCES = {"q0": "mix/a", "q1": "mix/a", "q2": "other"}
@@ -76,7 +77,7 @@ def completion(text: str) -> Completion:
 
 @pytest.fixture(scope="module")
 def scorer():
-    s = RewardScorer("tests.partial_credit:partial_credit", RewardConfig(num_workers=2))
+    s = RewardScorer("tests.support.partial_credit:partial_credit", RewardConfig(num_workers=2))
     yield s
     s.close()
 
@@ -87,14 +88,14 @@ def test_table_accuracy_and_evaluation_count_correct_answers_not_rewards(scorer)
         for qid, truth in GROUND_TRUTHS.items()
     ]
     prompts = [PROMPTS[q.id] for q in questions]
-    plan = StepPlan(
+    settings = SchedulerSettings(
         questions_per_step=3, total_steps=1, max_new_tokens=8, seed=0, pad_token_id=0, vocab_size=100,
         heldout_samples=4, eval_temperature=1.0,
     )  # fmt: skip
     split = Split(questions, prompts)
     scheduler = Scheduler(
         train=split,
-        plan=plan,
+        settings=settings,
         budget=BudgetConfig(n=4, n_low=4, n_high=4),
         temperature=TemperatureConfig(),
         reward=RewardConfig(),

@@ -11,7 +11,7 @@ from hydra import compose, initialize
 
 import launch
 from core.config import ConfigError
-from tests.integration.conftest import run_config
+from tests.support.config import run_config
 from tests.unit.test_plan import QWEN_1P5B
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "e3"

@@ -15,10 +15,10 @@ import time
 import pytest
 
 import launch
-from actors.report import load_run
 from actors.scheduler import latest_checkpoint
-from tests.integration.conftest import run_config
-from tests.records import assert_same_run
+from reporting.report import load_run
+from tests.support.config import run_config
+from tests.support.records import assert_same_run
 
 COMMON = ["train.max_steps=4", "train.checkpoint_every=2", "eval.heldout_samples=0", "data.valid_size=4"]
 

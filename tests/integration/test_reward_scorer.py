@@ -11,7 +11,7 @@ import pytest
 from actors.reward_scorer import RewardContractError, RewardScorer, load_reward_fn
 from core.config import RewardConfig
 from core.messages import Completion, RewardResult, Rollout
-from tests.partial_credit import BAD_RETURNS, EXACT, VERBOSE
+from tests.support.partial_credit import BAD_RETURNS, EXACT, VERBOSE
 
 IGNORE_TERM = "ignore-sigterm"
 """`hanging_or_exact` text: the worker ignores SIGTERM from then on, once two workers have met (see below)."""
@@ -68,7 +68,7 @@ def test_pool_still_works_after_a_kill(scorer):
 
 @pytest.mark.parametrize("fn", ["partial_credit", "partial_credit_tuple"])
 def test_a_reward_function_that_says_correctness_is_taken_at_its_word(fn):
-    scorer = RewardScorer(f"tests.partial_credit:{fn}", RewardConfig(num_workers=2, correct_threshold=1.0))
+    scorer = RewardScorer(f"tests.support.partial_credit:{fn}", RewardConfig(num_workers=2, correct_threshold=1.0))
     try:
         texts = [EXACT.format(7), VERBOSE.format(7), EXACT.format(8), "no idea"]
         out = scorer.score([rollout("a", texts)], ["7"])
@@ -84,7 +84,7 @@ def test_a_reward_function_that_says_correctness_is_taken_at_its_word(fn):
 )
 def test_a_plain_reward_is_correct_at_or_above_the_threshold(threshold, expected):
     config = RewardConfig(num_workers=1, correct_threshold=threshold)
-    scorer = RewardScorer("tests.partial_credit:partial_credit_float", config)
+    scorer = RewardScorer("tests.support.partial_credit:partial_credit_float", config)
     try:
         out = scorer.score([rollout("a", [EXACT.format(7), VERBOSE.format(7), EXACT.format(8), "no idea"])], ["7"])
         assert out[0].rewards == (1.2, 0.8, 0.5, 0.0)
@@ -94,12 +94,12 @@ def test_a_plain_reward_is_correct_at_or_above_the_threshold(threshold, expected
 
 
 def test_a_return_value_outside_the_contract_stops_scoring_with_the_function_and_the_value():
-    scorer = RewardScorer("tests.partial_credit:bad_return", RewardConfig(num_workers=1))
+    scorer = RewardScorer("tests.support.partial_credit:bad_return", RewardConfig(num_workers=1))
     try:
         for text, value in BAD_RETURNS.items():
             with pytest.raises(RewardContractError) as caught:
                 scorer.score([rollout("a", ["fine", text])], ["7"])  # raises: not scored as an error
-            assert "'tests.partial_credit:bad_return'" in str(caught.value) and repr(value) in str(caught.value)
+            assert "'tests.support.partial_credit:bad_return'" in str(caught.value) and repr(value) in str(caught.value)
         out = scorer.score([rollout("a", ["fine"])], ["7"])  # the pool goes on working
         assert (out[0].rewards, out[0].timeouts, out[0].errors) == ((0.0,), 0, 0)
     finally:

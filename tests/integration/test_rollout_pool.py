@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from cluster.build import build_rollout_pool
 from core.messages import Rollout, RolloutRequest, TemperatureUpdate
-from tests.integration.conftest import run_config
+from tests.support.config import run_config
 
 LOGPROB_ATOL = 1e-4
 """Per token, |engine log-prob - transformers log-prob| for the same float32 weights. Both compute the same

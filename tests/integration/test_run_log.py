@@ -10,11 +10,11 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from actors.run_log import RunLog
 from core.config import WandbConfig
 from core.difficulty import DifficultyTable
 from core.step_record import StepRecord
-from tests.records import step_record
+from reporting.run_log import RunLog
+from tests.support.records import step_record
 
 
 def step_metrics(step: int, epoch: int) -> StepRecord:

@@ -10,8 +10,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import launch
-from actors.report import load_run
-from tests.integration.conftest import run_config
+from reporting.report import load_run
+from tests.support.config import run_config
 
 STEP_PHASES = ["sample", "allocate", "generate", "score", "update_table", "build_batch", "train", "sync",
                "temperature", "epoch_end"]  # fmt: skip

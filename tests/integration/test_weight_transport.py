@@ -43,8 +43,15 @@ from cluster.learner_group import LearnerGroup
 from cluster.rollout_pool import ROLLOUT_NAME, RolloutPool
 from cluster.weight_sync import make_transport
 from core.messages import TemperatureUpdate
-from tests.integration.conftest import run_config
-from tests.integration.fake_workers import (
+from tests.integration.test_rollout_pool import (
+    PERTURBATION,
+    assert_generated_with,
+    reference_logprobs,
+    requests,
+    wait_until_gone,
+)
+from tests.support.config import run_config
+from tests.support.fake_workers import (
     HANG_S,
     FakeWorkerDyingInGeneration,
     FakeWorkerDyingInGreedy,
@@ -54,13 +61,6 @@ from tests.integration.fake_workers import (
     FakeWorkerHungInGeneration,
     FakeWorkerHungInJoin,
     FakeWorkerHungInSync,
-)
-from tests.integration.test_rollout_pool import (
-    PERTURBATION,
-    assert_generated_with,
-    reference_logprobs,
-    requests,
-    wait_until_gone,
 )
 
 BUCKET_MB = 0.25

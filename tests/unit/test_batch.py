@@ -7,13 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.batch import build_train_batch, pack_micro_batches
-from core.messages import Completion, Rollout, ScoredRollouts
+from core.messages import Completion, Rollout, ScoredRollout
 
 
 def scored(qid: str, prompt: tuple[int, ...], responses: list[tuple[int, ...]], rewards: list[float], temperature=1.0):
     completions = tuple(Completion(r, tuple(-0.5 for _ in r), "t", "stop") for r in responses)
     rollout = Rollout(qid, 0, prompt, completions, temperature=temperature, weights_version=3)
-    return ScoredRollouts(rollout, tuple(rewards), tuple(r >= 1.0 for r in rewards))
+    return ScoredRollout(rollout, tuple(rewards), tuple(r >= 1.0 for r in rewards))
 
 
 def test_layout_advantages_and_stats():

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bench.ab import aggregate, markdown, run_metrics
-from tests.records import step_record
+from tests.support.records import step_record
 
 
 def fake_run(path, entropies, all_wrong, epochs, target=0.8, temperature=1.1):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from actors.report import Run, load_run
 from bench.ablation import (
     KS,
     VARIANTS,
@@ -20,7 +19,8 @@ from bench.ablation import (
 )
 from core.config import AllocatorName
 from launch import compose_run_config
-from tests.records import step_record
+from reporting.report import Run, load_run
+from tests.support.records import step_record
 
 
 def fake_run(path, entropies, epochs, curve=(), final=0.6, zero_advantage=0.25, ranks=(0.1, 0.9), counts=(2, 6)):

@@ -1,9 +1,10 @@
 """bench.machine names the CPU that every benchmark result and README timing is tied to."""
 
 import os
+import platform
 from pathlib import Path
 
-from bench.machine import cpu_description, cpu_extensions, cpu_model
+from bench.machine import accelerator, cpu_description, cpu_extensions, cpu_model, machine_line
 
 
 def test_cpu_description_names_model_cores_and_extensions() -> None:
@@ -22,3 +23,7 @@ def test_cpu_description_names_model_cores_and_extensions() -> None:
     assert ("AMX" in cpu_extensions()) == ("amx_tile" in flags)
     if "avx512f" in flags:
         assert "AVX2" not in cpu_extensions()  # implied, not repeated
+
+
+def test_machine_line_is_the_cpu_then_architecture_and_gpu() -> None:
+    assert machine_line() == f"{cpu_description()}, {platform.machine()}, {accelerator()}"

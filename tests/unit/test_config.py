@@ -11,20 +11,17 @@ from omegaconf import OmegaConf
 
 import launch
 from core.config import (
-    DTYPES,
     Algo,
-    Bounds,
-    Choice,
     ConfigError,
     Dtype,
     EngineName,
     Mode,
     RunConfig,
     Ties,
-    field_errors,
     resolve,
     validate,
 )
+from core.fields import Bounds, Choice, field_errors
 
 
 def test_defaults_are_valid():
@@ -246,7 +243,7 @@ def test_heldout_ks_run_from_one_to_the_samples_through_the_configured_ks():
 
 def test_choices_behave_as_their_strings():
     assert Mode.eval == "eval" and "eval" == Mode.eval and Mode.eval != "train"
-    assert {"float32": 1, "bfloat16": 2}[Dtype.bfloat16] == 2 and Dtype.float32 in DTYPES
+    assert {"float32": 1, "bfloat16": 2}[Dtype.bfloat16] == 2 and Dtype.float32 in Dtype.values()
     assert f"{EngineName.vllm}" == str(EngineName.vllm) == "vllm" and f"{Algo.e3:>4}" == "  e3"
     assert repr(Ties.index) == "'index'" and f"ties={Ties.index!r}" == "ties='index'"
     assert json.dumps({"algo": Algo.grpo}) == '{"algo": "grpo"}'

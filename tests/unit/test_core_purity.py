@@ -1,10 +1,12 @@
-"""Dependencies point one way (ARCHITECTURE.md): `launch.py -> cluster -> actors -> core`, `tasks` used by `actors`.
+"""Dependencies point one way: `launch.py -> cluster -> actors -> core`, `tasks` used by `actors` and `cluster`,
+and `reporting` (what a run leaves to read) a leaf beside them that imports only `core`.
 
-Two checks. Statically, every `import` statement in `core/` and `actors/` (lazy ones inside functions included,
-relative ones resolved) names no package of a higher layer: `core` imports none of `actors`, `cluster`, `tasks`,
-`bench`, `launch`, `ray`, `vllm`; `actors` imports none of `cluster`, `bench`, `launch`. At run time, every `core`
-module imports in a fresh interpreter where those packages cannot be imported, so that no third-party import
-pulls one in either.
+Two checks. Statically, every `import` statement in `core/`, `reporting/`, `actors/` and `cluster/` (lazy ones
+inside functions included, relative ones resolved) names no package of a higher layer: `core` imports none of
+`reporting`, `actors`, `cluster`, `tasks`, `bench`, `launch`, `ray`, `vllm`; `reporting` none of `actors`,
+`cluster`, `tasks`, `bench`, `launch`; `actors` none of `cluster`, `bench`, `launch`; `cluster` none of `bench`,
+`launch`. At run time, every `core` and `reporting` module imports in a fresh interpreter where the packages its
+layer forbids cannot be imported, so that no third-party import pulls one in either.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE_MODULES = sorted(f"core.{path.stem}" for path in (REPO_ROOT / "core").glob("*.py") if path.stem != "__init__")
+# (not reporting/__main__.py: importing it runs the report's command line)
+REPORTING_MODULES = sorted(f"reporting.{p.stem}" for p in (REPO_ROOT / "reporting").glob("*.py") if p.stem[0] != "_")
 # package -> the top-level packages its modules must never import
 FORBIDDEN = {
-    "core": ("actors", "cluster", "tasks", "bench", "launch", "ray", "vllm"),
+    "core": ("reporting", "actors", "cluster", "tasks", "bench", "launch", "ray", "vllm"),
+    "reporting": ("actors", "cluster", "tasks", "bench", "launch"),
     "actors": ("cluster", "bench", "launch"),
+    "cluster": ("bench", "launch"),
 }
 
 
@@ -86,7 +92,7 @@ _IMPORT_WITH_BLOCKER = textwrap.dedent(
     class Blocker:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"core must not import {name!r}")
+                raise ImportError(f"this layer must not import {name!r}")
             return None
 
     sys.meta_path.insert(0, Blocker())
@@ -124,8 +130,14 @@ def test_every_core_module_imports_without_the_higher_layers_ray_or_vllm() -> No
     assert result.returncode == 0, result.stderr
 
 
+def test_every_reporting_module_imports_without_the_other_project_packages() -> None:
+    assert "reporting.report" in REPORTING_MODULES and "reporting.run_log" in REPORTING_MODULES
+    result = import_blocked(REPORTING_MODULES, FORBIDDEN["reporting"])
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_blocker_blocks() -> None:
     for package in ("ray", "actors"):
         result = import_blocked([package])
         assert result.returncode != 0
-        assert f"core must not import {package!r}" in result.stderr
+        assert f"this layer must not import {package!r}" in result.stderr

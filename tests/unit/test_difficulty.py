@@ -53,6 +53,7 @@ def test_observe_accumulates_and_leaves_ranks() -> None:
         "accuracy": 0.5,
         "rank": 0.5,
         "last_step": 3,
+        "recent": "10",
     }
     assert (rows["d"]["attempts"], rows["d"]["accuracy"], rows["d"]["last_step"]) == (0, 0.0, -1)
     assert table.ranks(IDS) == [0.5] * 5  # ranks change only on recompute
@@ -125,7 +126,7 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "difficulty.parquet"
     table.write_parquet(path)
     on_disk = pq.read_table(path)
-    assert on_disk.column_names == ["question_id", "attempts", "correct", "accuracy", "rank", "last_step"]
+    assert on_disk.column_names == ["question_id", "attempts", "correct", "accuracy", "rank", "last_step", "recent"]
     assert on_disk.schema.metadata[b"e3.fingerprint"].decode() == table.fingerprint
     restored = DifficultyTable(IDS)
     restored.read_parquet(path)
@@ -202,3 +203,61 @@ def test_length_bias_selects_the_easiest_fraction_when_many_questions_tie() -> N
     # before any recompute the initial ranks tie too (all 0.5): the same rule still selects the easiest fraction
     fresh = DifficultyTable(ids)
     assert sum(r <= 0.1 for r in fresh.index_ranks(ids)) == 101
+
+
+def test_the_window_keeps_the_last_outcomes_in_order() -> None:
+    table = DifficultyTable(IDS, window=3)
+    assert table.window == 3 and table.window_counts(IDS) == [(0, 0)] * 5
+    table.observe(["a", "b", "a", "a", "a"], [1, 0, 0, 1, 1])
+    assert table.recent_outcomes(["a", "b"]) == ["011", "0"]  # a's first outcome fell out
+    assert table.window_counts(["a", "b", "c"]) == [(3, 2), (1, 0), (0, 0)]
+    assert table.counts(["a"]) == [(4, 3)]  # the cumulative counts keep everything
+    with pytest.raises(ValueError, match=r"window must be an integer >= 1"):
+        DifficultyTable(IDS, window=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(outcomes=st.lists(st.tuples(st.sampled_from(IDS), st.integers(0, 1)), max_size=60), window=st.integers(1, 8))
+def test_the_window_matches_the_tail_of_each_history(outcomes: list[tuple[str, int]], window: int) -> None:
+    table = DifficultyTable(IDS, window=window)
+    for start in range(0, len(outcomes), 7):  # several observe calls, ids repeating within one
+        chunk = outcomes[start : start + 7]
+        table.observe([q for q, _ in chunk], [c for _, c in chunk])
+    for qid in IDS:
+        history = [c for q, c in outcomes if q == qid][-window:]
+        assert table.window_counts([qid]) == [(len(history), sum(history))]
+
+
+def test_the_window_survives_parquet_and_state_and_old_files_load_empty(tmp_path: Path) -> None:
+    table = observed_table()
+    path = tmp_path / "difficulty.parquet"
+    table.write_parquet(path)
+    restored = DifficultyTable(IDS)
+    restored.read_parquet(path)
+    assert restored.recent_outcomes(IDS) == table.recent_outcomes(IDS) == ["1", "10", "1010", "", "0"]
+    again = DifficultyTable(IDS)
+    again.load_state_dict(table.state_dict())
+    assert again.window_counts(IDS) == table.window_counts(IDS)
+    narrow = DifficultyTable(IDS, window=2)
+    narrow.read_parquet(path)
+    assert narrow.recent_outcomes(["c"]) == ["10"]  # a narrower table keeps the newest
+    old = pq.read_table(path).drop_columns(["recent"])  # a file from before the window existed
+    pq.write_table(old, tmp_path / "old.parquet")
+    legacy = DifficultyTable(IDS)
+    legacy.read_parquet(tmp_path / "old.parquet")
+    assert legacy.counts(IDS) == table.counts(IDS) and legacy.window_counts(IDS) == [(0, 0)] * 5
+    state = table.state_dict()
+    del state["recent"]
+    legacy.load_state_dict(state)
+    assert legacy.window_counts(IDS) == [(0, 0)] * 5
+
+
+def test_inconsistent_windows_are_refused() -> None:
+    table = observed_table()
+    state = table.state_dict()
+    state["recent"] = ["1", "11", "1010", "", "0"]  # b: 2 successes in the window but 1 correct in all
+    with pytest.raises(ValueError, match=r"recent outcomes cannot hold more"):
+        DifficultyTable(IDS).load_state_dict(state)
+    state["recent"] = ["1", "1x", "1010", "", "0"]
+    with pytest.raises(ValueError, match=r"strings of '0' and '1'"):
+        DifficultyTable(IDS).load_state_dict(state)

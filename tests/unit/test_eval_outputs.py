@@ -8,8 +8,8 @@ import json
 import pytest
 
 import launch
-from actors.eval_report import eval_markdown, eval_results
 from core.passk import summarize
+from reporting.eval_report import eval_markdown, eval_results
 
 SOURCES = {
     "arithmetic/L1": [[True, True, True, False], [True, True, False, False]],

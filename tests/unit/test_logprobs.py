@@ -112,16 +112,14 @@ def test_bad_shapes_raise_naming_them() -> None:
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_response_head_in_a_qwen2_model_equals_the_full_logits_path(tied: bool) -> None:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
+    from bench.random_policy import PolicyShape, random_policy
     from core.logprobs import ResponseHead
 
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=tied,
+    shape = PolicyShape(
+        vocab_size=97, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+        max_positions=64, tie_embeddings=tied,
     )  # fmt: skip
-    model = Qwen2ForCausalLM(config).float()
+    model = random_policy(shape)  # float32, seeded with 0
     input_ids = torch.randint(97, (3, 10))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[2, 7:] = 0  # a shorter, right-padded row

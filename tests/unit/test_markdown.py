@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.markdown import markdown_table
+from reporting.markdown import markdown_table
 
 
 def test_header_alignment_and_rows():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from core.messages import Completion, Rollout, RolloutRequest, ScoredRollouts, TemperatureUpdate, TrainBatch
+from core.messages import Completion, Rollout, RolloutRequest, ScoredRollout, TemperatureUpdate, TrainBatch
 
 
 def make_batch(lengths: list[int]) -> TrainBatch:
@@ -44,7 +44,7 @@ def test_completion_and_scored_lengths_must_agree():
         Completion((1,), (-0.1,), "x", "eos")
     rollout = Rollout("q", 0, (1,), (Completion((1,), (-0.1,), "x", "stop"),), temperature=1.0, weights_version=0)
     with pytest.raises(ValueError, match="1 completions, 2 rewards"):
-        ScoredRollouts(rollout, rewards=(1.0, 0.0), correct=(True,))
+        ScoredRollout(rollout, rewards=(1.0, 0.0), correct=(True,))
 
 
 @pytest.mark.parametrize("bad", [-0.5, math.nan, math.inf])

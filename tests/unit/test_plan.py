@@ -1,4 +1,4 @@
-"""core.plan: the memory arithmetic of `mode=plan`, against hand-computed cases and the learner benchmark."""
+"""cluster.plan: the memory arithmetic of `mode=plan`, against hand-computed cases and the learner benchmark."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster.plan import GB, ModelShape, fit_problems, plan_memory
 from core.config import LearnerConfig
-from core.plan import GB, ModelShape, fit_problems, plan_memory
 
 QWEN_1P5B = {  # DeepSeek-R1-Distill-Qwen-1.5B's config.json (the fields the plan reads)
     "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,

@@ -17,9 +17,9 @@ import pytest
 from matplotlib.text import Text
 from PIL import Image
 
-from actors.report import PLOTS, build_figures, load_run, mean_phase_seconds, moving_average, write_report
 from core.step_record import StepRecord
-from tests.records import step_record
+from reporting.report import PLOTS, build_figures, load_run, mean_phase_seconds, moving_average, write_report
+from tests.support.records import step_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[2]
@@ -203,7 +203,7 @@ def test_cli_prints_the_written_path(two_runs: list[Path], tmp_path: Path) -> No
     out.parent.mkdir()
 
     done = subprocess.run(
-        [sys.executable, "-m", "actors.report", *map(str, two_runs), "--out", str(out)],
+        [sys.executable, "-m", "reporting", *map(str, two_runs), "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -12,7 +12,7 @@ import pytest
 from actors.reward_scorer import RewardContractError, as_reward_result
 from core.config import ConfigError, RewardConfig, RunConfig, validate
 from core.messages import RewardResult
-from tests.partial_credit import EXACT, VERBOSE, partial_credit
+from tests.support.partial_credit import EXACT, VERBOSE, partial_credit
 
 SPEC = "tasks.example:reward"
 

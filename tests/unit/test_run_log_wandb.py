@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from actors.run_log import WANDB_STATE, RunLog
 from core.config import WandbConfig
 from core.difficulty import DifficultyTable
 from core.step_record import StepRecord
-from tests.records import step_record
+from reporting.run_log import WANDB_STATE, RunLog
+from tests.support.records import step_record
 
 
 class FakeWandb(types.ModuleType):
-    """What `actors.run_log` uses of `wandb`; `inits` are the keyword arguments of each `init`, `logged` the
+    """What `reporting.run_log` uses of `wandb`; `inits` are the keyword arguments of each `init`, `logged` the
     `(run id, step, keys)` of each `log`."""
 
     def __init__(self) -> None:

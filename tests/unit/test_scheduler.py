@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from actors.scheduler import ROLLOUT_WEIGHTS, Scheduler, StepPlan, generation_seconds
+from actors.scheduler import ROLLOUT_WEIGHTS, Scheduler
+from actors.settings import SchedulerSettings
 from core.allocators import ALLOCATORS, QuestionStats
 from core.config import BudgetConfig, RewardConfig, TemperatureConfig
 from core.difficulty import DifficultyTable
@@ -23,11 +24,11 @@ from core.messages import (
     RewardResult,
     Rollout,
     RolloutRequest,
-    ScoredRollouts,
+    ScoredRollout,
     TemperatureUpdate,
     TrainBatch,
 )
-from core.step_record import StepRecord
+from core.step_record import StepRecord, generation_seconds
 from tasks.dataset import ChatMessage, Question
 from tasks.prepare import Split
 
@@ -113,10 +114,10 @@ class FakeScorer:
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
 
-    def score(self, rollouts: list[Rollout], ground_truths: list[str]) -> list[ScoredRollouts]:
+    def score(self, rollouts: list[Rollout], ground_truths: list[str]) -> list[ScoredRollout]:
         self.calls.log.append(("scorer", "score", len(rollouts)))
         return [
-            ScoredRollouts(r, tuple(float(c.text == "right") for c in r.completions),
+            ScoredRollout(r, tuple(float(c.text == "right") for c in r.completions),
                            tuple(c.text == "right" for c in r.completions))
             for r in rollouts
         ]  # fmt: skip
@@ -156,14 +157,14 @@ def build(
     tmp_path: Path, checkpoint_every: int = 0, budget: BudgetConfig | None = None, **plan_fields: Any
 ) -> tuple[Scheduler, Calls, FakeRunLog]:
     calls, run_log = Calls(), FakeRunLog()
-    plan = StepPlan(
+    settings = SchedulerSettings(
         questions_per_step=PER_STEP, total_steps=6, max_new_tokens=4, seed=3, pad_token_id=0, vocab_size=50,
         checkpoint_dir=str(tmp_path / "checkpoints"), checkpoint_every=checkpoint_every, heldout_every=2,
         **plan_fields,
     )  # fmt: skip
     scheduler = Scheduler(
         train=split(),
-        plan=plan,
+        settings=settings,
         budget=budget or BudgetConfig(n=4, n_low=2, n_high=6, n_update=2),
         temperature=TemperatureConfig(),
         reward=RewardConfig(),
@@ -266,7 +267,7 @@ def test_a_checkpoint_of_other_questions_is_refused(tmp_path):
     scheduler.step()
     other = Scheduler(
         train=split(QUESTIONS + 1),
-        plan=scheduler.plan,
+        settings=scheduler.settings,
         budget=BudgetConfig(n=4, n_low=2, n_high=6, n_update=2),
         temperature=TemperatureConfig(),
         reward=RewardConfig(),
@@ -298,7 +299,7 @@ def test_the_configured_allocator_shares_the_budget_from_the_table(tmp_path, mon
     assert list(record.rollouts_per_question) == real(stats, total, n_min, n_max)
 
 
-# -- generation ahead of training (plan.max_staleness >= 1) ------------------------------------------------------
+# -- generation ahead of training (settings.max_staleness >= 1) ------------------------------------------------------
 
 
 class AheadPool(FakePool):
@@ -372,13 +373,13 @@ def build_ahead(
     tmp_path: Path, max_staleness: int = 1, stale_policy: str = "wait", total_steps: int = 6, checkpoint_every: int = 0
 ) -> tuple[Scheduler, Calls, FakeRunLog]:
     calls, run_log = Calls(), FakeRunLog()
-    plan = StepPlan(
+    settings = SchedulerSettings(
         questions_per_step=PER_STEP, total_steps=total_steps, max_new_tokens=4, seed=3, pad_token_id=0,
         vocab_size=50, checkpoint_dir=str(tmp_path / "checkpoints"), checkpoint_every=checkpoint_every,
         max_staleness=max_staleness, stale_policy=stale_policy,
     )  # fmt: skip
     scheduler = Scheduler(
-        train=split(), plan=plan, budget=BudgetConfig(n=4, n_low=2, n_high=6, n_update=2),
+        train=split(), settings=settings, budget=BudgetConfig(n=4, n_low=2, n_high=6, n_update=2),
         temperature=TemperatureConfig(), reward=RewardConfig(), rollout_pool=AheadPool(calls),
         learner_group=FakeLearner(calls), scorer=FakeScorer(calls), run_log=run_log,
     )  # fmt: skip
@@ -463,7 +464,7 @@ def test_generating_the_queued_batch_with_the_checkpoints_weights_would_show(tmp
     generated the queued batch with the checkpoint's (newer) weights."""
     scheduler, _, _ = build_ahead(tmp_path, max_staleness=1)
     scheduler.step(), scheduler.step()
-    (batch,) = scheduler.pipeline
+    (batch,) = scheduler.queue.batches
     pool = scheduler.rollout_pool
     right = pool._rollouts(batch.requests, "weights-after-1", 1, 1.0)
     wrong = pool._rollouts(batch.requests, "weights-after-2", 2, 1.0)
@@ -524,7 +525,7 @@ def test_a_restore_missing_an_older_versions_weights_still_generates_every_queue
     assert [m for m in calls.methods() if m in ("pool.load_policy", "pool.sync_weights")] == [
         "pool.load_policy", "pool.sync_weights", "pool.sync_weights"
     ]  # fmt: skip
-    assert {b.step: {r.weights_version for r in b.rollouts} for b in resumed.pipeline} == {2: {2}, 3: {1}}
+    assert {b.step: {r.weights_version for r in b.rollouts} for b in resumed.queue.batches} == {2: {2}, 3: {1}}
 
 
 class FailingOnce:

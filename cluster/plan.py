@@ -4,7 +4,8 @@
 the FSDP2 ranks), the unsharded compute-dtype copies FSDP2 gathers, the activations of the largest micro-batch
 (with or without gradient checkpointing), the logits chunk of the output head (core/logprobs.py) and the head's
 float32 gradient accumulator; per rollout GPU: the weights and the KV cache vLLM is left; and the bytes moved per
-weight sync. `fit_problems` names each term that does not fit and the config key that would fix it.
+weight sync. `fit_problems` names each term that does not fit and the config key that would fix it. `memory_plan`
+reads a run's model `config.json` (no weights loaded); `print_plan` is `mode=plan`.
 
 Activations are an estimate, not a measurement: per token and decoder layer a Qwen2/Llama block keeps about
 `ACTIVATION_HIDDEN_COPIES` hidden-sized and `ACTIVATION_INTERMEDIATE_COPIES` intermediate-sized tensors for its
@@ -14,8 +15,12 @@ checkpointing only each layer's input is kept, plus one layer's full set while i
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from core.config import ConfigError, RunConfig
 
 GB = 1e9
 ACTIVATION_HIDDEN_COPIES = 10
@@ -156,3 +161,29 @@ def plan_table(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float
     lines.append(f"| bytes moved per weight sync, per rollout worker | {plan.sync_bytes / GB:.2f} |")
     lines.append(f"| GPU memory assumed (`learner.gpu_memory_gb`) | {gpu_bytes / GB:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def memory_plan(cfg: RunConfig, model_path: Path) -> tuple[MemoryPlan, list[str]]:
+    """The run's memory per GPU from the model's `config.json` (no weights loaded), and what does not fit."""
+    try:
+        shape = ModelShape.from_config(json.loads((model_path / "config.json").read_text(encoding="utf-8")))
+    except KeyError as err:
+        raise ConfigError(
+            f"{model_path / 'config.json'} lacks {err} (the memory plan reads Qwen2/Llama fields)"
+        ) from err
+    longest = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    plan = plan_memory(shape, cfg.learner, cfg.model.dtype, longest)
+    gpu_bytes = cfg.learner.gpu_memory_gb * GB
+    return plan, fit_problems(plan, gpu_bytes, cfg.rollout.gpu_memory_utilization, longest)
+
+
+def print_plan(cfg: RunConfig) -> list[str]:
+    """`mode=plan`: print the memory of each GPU and whether it fits; return the problems (empty: it fits)."""
+    from tasks.registry import prepare_task
+
+    files = prepare_task(cfg)
+    plan, problems = memory_plan(cfg, files.model)
+    print(f"# Memory plan for {files.model}\n")
+    print(plan_table(plan, cfg.learner.gpu_memory_gb * GB, cfg.rollout.gpu_memory_utilization))
+    print("\n".join(f"does not fit: {p}" for p in problems) if problems else "fits.")
+    return problems

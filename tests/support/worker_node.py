@@ -1,4 +1,4 @@
-"""`python -m tests.cluster.worker_node --gcs HOST:PORT [...]`: one Ray worker node, in this process and its
+"""`python -m tests.support.worker_node --gcs HOST:PORT [...]`: one Ray worker node, in this process and its
 children, until SIGTERM; what `ray start --address=... --block` does, for a node held on 127.0.0.1.
 
 `ray start` cannot start such a node: with `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (which keeps Ray on loopback) it

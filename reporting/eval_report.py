@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from core.markdown import markdown_table
 from core.passk import OVERALL
+from reporting.markdown import markdown_table
 
 
 def eval_results(

@@ -15,7 +15,7 @@ A run still in progress is fine: a partial last line of `metrics.jsonl` is skipp
 leaves the held-out numbers as "n/a", and null values (non-finite floats, a target entropy not fixed yet) and
 missing keys (a timing phase that was not recorded) become gaps in the plots.
 
-    python -m actors.report runs/e3-demo runs/grpo-demo [--out FILE]
+    python -m reporting runs/e3-demo runs/grpo-demo [--out FILE]
 """
 
 from __future__ import annotations
@@ -630,12 +630,8 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: write the report for the given run folders and print its path."""
-    parser = argparse.ArgumentParser(prog="python -m actors.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m reporting", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders (runs/<name>), overlaid")
     parser.add_argument("--out", type=Path, help="HTML file to write (default: <first run>/report.html)")
     args = parser.parse_args(argv)
     print(write_report(args.run_dirs, args.out))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,43 +1,29 @@
-"""The multi-node tier (`pytest -m cluster`, `make test-cluster`): a Ray cluster of a head and two worker nodes on
-127.0.0.1, each its own `ray start` with its own raylet and resources, and the smoke experiment submitted to it
-through Ray's job API. The rollout workers go to the node with `ROLLOUT_NODE`, the learner ranks to the node with
-`LEARNER_NODE`; that node runs in a private mount namespace where `node_local` is a folder of its own (a tmpfs),
-which is how a folder that is not shared between nodes looks on one host.
-
-Every process the tier starts is stopped by its id at the end, also on failure, and none may outlive it."""
+"""The multi-node tier's cluster (tests/cluster/): a Ray head and two worker nodes on 127.0.0.1, each its own
+process with its own raylet and resources, and the smoke experiment submitted to it through Ray's job API. The
+rollout workers go to the node with `ROLLOUT_NODE`, the learner ranks to the node with `LEARNER_NODE`; that node
+runs in a private mount namespace where `node_local` is a folder of its own (a tmpfs), which is how a folder that is
+not shared between nodes looks on one host. The fixture `two_node_cluster` (tests/conftest.py) starts one."""
 
 from __future__ import annotations
 
 import shlex
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cluster.environment import REPO_ROOT
-from tests.cluster.nodes import RayNodes, start_head, survivors, wait_for_nodes
-from tests.integration.conftest import embedded_task  # noqa: F401 - the base policy, built once and cached
+from tests.support.nodes import RayNodes
 
 ROLLOUT_NODE = "e3_rollout_node"
 LEARNER_NODE = "e3_learner_node"
 UPLOAD_EXCLUDES = [".venv", ".cache", ".git", "runs", "outputs", "wandb", "**/__pycache__"]
 """Left out of the job's uploaded working directory (a clean clone's .gitignore covers them; here .venv and .cache
 may be links, which .gitignore's `dir/` patterns do not match)."""
-HERE = Path(__file__).parent
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test of this folder `cluster` (selectable) and `slow` (left out by `make test-fast`)."""
-    for item in items:
-        if HERE in Path(item.path).parents:
-            item.add_marker(pytest.mark.cluster)
-            item.add_marker(pytest.mark.slow)
 
 
 def private_mount_wrapper(folder: Path) -> list[str]:
@@ -96,24 +82,3 @@ class TwoNodeCluster:
                 pytest.fail(f"job {job} still {status} after {timeout_s} s:\n{client.get_job_logs(job)[-3000:]}")
             time.sleep(0.5)
         return Job(str(status), client.get_job_logs(job), client.get_job_info(job).job_id, listeners)
-
-
-@pytest.fixture(scope="module")
-def two_node_cluster(embedded_task) -> Iterator[TwoNodeCluster]:  # noqa: F811
-    """A head (1 CPU: the job's driver, the scheduler, the reward scorer), a rollout node and a learner node
-    (1 CPU each), on 127.0.0.1; every process stopped by its id at the end, none left behind."""
-    node_local = Path(tempfile.mkdtemp(prefix="e3-node-local-", dir="/tmp"))
-    nodes = start_head(num_cpus=1)
-    try:
-        nodes.add_node(num_cpus=1, resources={ROLLOUT_NODE: 1})
-        wait_for_nodes(nodes, 2)  # one at a time: two raylets registering at once on 2 busy cores can time out
-        cluster = TwoNodeCluster(nodes, node_local, private_folder=bool(private_mount_wrapper(node_local)))
-        cluster.add_learner_node()
-        wait_for_nodes(nodes, 3)
-        yield cluster
-    finally:
-        seen = dict(nodes.seen)
-        nodes.stop()
-        shutil.rmtree(node_local, ignore_errors=True)
-        alive = survivors(seen, grace_s=0)
-        assert not alive, f"processes of the cluster outlived it: {alive}"

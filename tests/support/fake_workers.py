@@ -1,6 +1,6 @@
 """Rollout workers that fail on purpose, for the pool's fault tests (tests/integration/test_weight_transport.py).
 
-A module of their own, imported as `tests.integration.fake_workers`, so that Ray's workers can import the
+A module of their own, imported as `tests.support.fake_workers`, so that Ray's workers can import the
 classes by name (pytest imports test modules under their bare names, which the workers cannot).
 """
 

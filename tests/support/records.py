@@ -46,8 +46,8 @@ def assert_same_run(expected_dir, run_dir) -> None:
     import pyarrow.parquet as pq
     import pytest
 
-    from actors.report import load_run
     from actors.scheduler import latest_checkpoint
+    from reporting.report import load_run
 
     expected, steps = load_run(expected_dir).steps, load_run(run_dir).steps
     assert [m.step for m in steps] == [m.step for m in expected]

@@ -1,5 +1,5 @@
-"""Reward functions with partial credit and bonuses, for tests (importable as `tests.partial_credit:<name>` by the
-reward scorer's spawned worker processes).
+"""Reward functions with partial credit and bonuses, for tests (importable as `tests.support.partial_credit:<name>`
+by the reward scorer's spawned worker processes).
 
 The completion's last whitespace-separated word is read as an integer answer:
 - the exact answer, in a short completion: reward 1.2 (the answer plus a brevity bonus), correct;

@@ -153,7 +153,7 @@ class RayNodes:
 
     def add_node(self, num_cpus: float, resources: dict[str, float], wrap: Sequence[str] = ()) -> None:
         """Start a worker node that joins the head with `num_cpus` CPUs and custom `resources`, optionally under
-        the command prefix `wrap` (tests/cluster/worker_node.py says why not `ray start`)."""
+        the command prefix `wrap` (tests/support/worker_node.py says why not `ray start`)."""
         ports = {
             "node_manager_port": free_port(),
             "object_manager_port": free_port(),
@@ -166,7 +166,7 @@ class RayNodes:
         # one copy of each job's working directory under it, which no real cluster does.
         node_dir = self.temp_dir / f"node{len(self.starters)}"
         node_dir.mkdir()
-        command = [*wrap, sys.executable, "-m", "tests.cluster.worker_node", f"--gcs={self.gcs_address}",
+        command = [*wrap, sys.executable, "-m", "tests.support.worker_node", f"--gcs={self.gcs_address}",
                    f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}", f"--temp-dir={node_dir}",
                    f"--ports={json.dumps(ports)}"]  # fmt: skip
         self.starters.append(_spawn(command, self.temp_dir, {**node_env(), "PYTHONPATH": str(REPO_ROOT)}))

@@ -1,0 +1,140 @@
+"""Measure a countdown policy against issue 25 §1's targets: pass@1 per level, pass@64 on the hardest level,
+distinct valid expressions among 16 samples on solved puzzles; all from samples at T = 1.
+
+CLI: ``python -m tasks.countdown.eval_base [--model DIR] [--per-level N] [--samples 64] [--json-out FILE]``.
+Without ``--model`` it evaluates (building it first if needed) the default base policy, on the first
+``--per-level`` test puzzles of each level. It prints one line per level, the verdict on each target and, as its
+last line, one JSON object (also written to ``--json-out``)::
+
+    {"per_level": {"<level>": {"puzzles": n, "pass@1": x, "pass@8": y, "pass@64": z}, ...},
+     "distinct_on_solved": {"mean": d, "puzzles": m, "first_samples": 16}, "targets": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tasks.countdown.build_base import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR, BasePolicyConfig, ensure_base_policy
+from tasks.countdown.generate import ensure_datasets
+from tasks.countdown.policy_eval import (
+    ScoredPuzzle,
+    mean_distinct_on_solved,
+    pass_at_k_by_level,
+    sample_and_score,
+)
+
+DISTINCT_SAMPLES = 16
+
+
+def first_per_level(rows: list[dict], per_level: int) -> list[dict]:
+    """The first ``per_level`` rows of each level, in file order (all of them when ``per_level`` is 0)."""
+    taken: dict[int, int] = defaultdict(int)
+    kept = []
+    for row in rows:
+        level = row["extra_info"]["level"]
+        if not per_level or taken[level] < per_level:
+            taken[level] += 1
+            kept.append(row)
+    return kept
+
+
+def targets(per_level: dict[str, dict[str, float]], distinct: float) -> dict[str, dict[str, Any]]:
+    """Issue 25 §1's targets, each with the measured value and whether it is met."""
+    easiest, hardest = per_level[min(per_level, key=int)], per_level[max(per_level, key=int)]
+    checks = {
+        "easiest pass@1 >= 0.6": (easiest["pass@1"], easiest["pass@1"] >= 0.6),
+        "hardest pass@1 <= 0.1": (hardest["pass@1"], hardest["pass@1"] <= 0.1),
+        "hardest pass@64 >= 0.3": (hardest["pass@64"], hardest["pass@64"] >= 0.3),
+        "hardest pass@64 >= 3 x pass@1": (
+            hardest["pass@64"] / hardest["pass@1"] if hardest["pass@1"] else float("inf"),
+            hardest["pass@64"] >= 3 * hardest["pass@1"],
+        ),
+        "distinct valid among 16 on solved >= 2": (distinct, distinct >= 2.0),
+    }
+    return {name: {"value": round(value, 4), "met": bool(met)} for name, (value, met) in checks.items()}
+
+
+def summarize(scored: list[ScoredPuzzle], samples: int) -> dict[str, Any]:
+    """The result object of the CLI (module docstring) from the scored puzzles."""
+    ks = [k for k in (1, 8, 16, 64) if k <= samples]
+    by_k = {k: pass_at_k_by_level(scored, k) for k in ks}
+    counts: dict[int, int] = defaultdict(int)
+    for puzzle in scored:
+        counts[puzzle.level] += 1
+    per_level = {
+        str(level): {"puzzles": counts[level], **{f"pass@{k}": round(by_k[k][level], 4) for k in ks}}
+        for level in sorted(counts)
+    }
+    distinct, solved = mean_distinct_on_solved(scored, min(DISTINCT_SAMPLES, samples))
+    result: dict[str, Any] = {
+        "per_level": per_level,
+        "distinct_on_solved": {"mean": round(distinct, 4), "puzzles": solved, "first_samples": DISTINCT_SAMPLES},
+    }
+    if samples >= 64:
+        result["targets"] = targets(per_level, distinct)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help=f"model directory (default: build {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="dataset directory")
+    parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    parser.add_argument("--per-level", type=int, default=86, help="puzzles per level (0: all; 86 x 6 = 516)")
+    parser.add_argument("--samples", type=int, default=64, help="samples per puzzle at T=1")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--json-out", type=Path, help="also write the result object here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = BasePolicyConfig()
+    model_dir = args.model if args.model is not None else ensure_base_policy(DEFAULT_MODEL_DIR, config)
+    split_path = ensure_datasets(args.data, config.data)[args.split]
+    rows = first_per_level(pq.read_table(split_path).to_pylist(), args.per_level)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    scored = sample_and_score(
+        model,
+        tokenizer,
+        [row["prompt"][-1]["content"] for row in rows],
+        [row["reward_model"]["ground_truth"] for row in rows],
+        [row["extra_info"]["level"] for row in rows],
+        args.samples,
+        args.temperature,
+    )
+    seconds = time.perf_counter() - start
+    result = {
+        **summarize(scored, args.samples),
+        "puzzles": len(rows),
+        "samples": args.samples,
+        "temperature": args.temperature,
+        "split": str(split_path),
+        "model": str(model_dir),
+        "seconds": round(seconds, 1),
+    }
+    print(f"{len(rows)} puzzles of {split_path}, {args.samples} samples each at T={args.temperature}, {seconds:.1f} s")
+    for level, values in result["per_level"].items():
+        print(f"level {level}: " + "  ".join(f"{name} {value}" for name, value in values.items()))
+    print(f"distinct valid expressions among the first 16 samples on solved puzzles: {result['distinct_on_solved']}")
+    for name, verdict in result.get("targets", {}).items():
+        print(f"target {name}: {verdict['value']} {'met' if verdict['met'] else 'NOT met'}")
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
