@@ -35,12 +35,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODES = {"sync": 0, "async": 1}
 """Result key -> train.max_staleness.
 
-Paper scale (E3_SPEC §6, 1.5B/7B, 512 responses of up to 6,144 tokens, 2+2 or 4+4 GPUs): one step ahead holds
-one step's rollouts in the scheduler (3.1M tokens: about 38 MB with their float32 log-probs) and one bf16 copy of
-the policy in the object store for the generation in flight (3.55 GB at 1.5B, 15.2 GB at 7B, on the learner's
-node), and moves no more bytes per step than the synchronous loop (the same weight sync, 3.55 GB / 15.2 GB to each
-worker); the copy is gathered once a step, as the sync already gathers. Generation of 512 x 6,144-token responses
-dominates a paper step, so at staleness 1 a step is bounded by generation, not by generation + training.
+Paper scale (1.5B/7B, 512 responses of up to 6,144 tokens, 2+2 or 4+4 GPUs): one step ahead holds one step's
+rollouts in the scheduler (3.1M tokens: about 38 MB with their float32 log-probs) and moves no more bytes per step
+than the synchronous loop (the same weight sync to each worker); a copy of the policy is gathered only on steps
+that checkpoint (docs/generation-ahead.md). Generation of 512 x 6,144-token responses dominates a paper step, so
+at staleness 1 a step is bounded by generation, not by generation + training.
 """
 PINS = (("ray::RolloutWorker", 0), ("ray::Learner", 1))
 """Process title of an actor -> the CPU its processes (and their children) are pinned to."""

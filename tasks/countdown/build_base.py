@@ -60,13 +60,13 @@ class BasePolicyConfig:
     """Key/value heads (grouped-query attention)."""
     max_position_embeddings: int = 256
     """Longest sequence (prompt + response) the model handles."""
-    sft_pool_per_level: int = 2000
+    sft_pool_per_level: int = 1000
     """Distinct warm-start puzzles drawn per level (fewer where a level has fewer left)."""
     solutions_per_puzzle: int = 4
     """Most distinct integer-step solutions of a warm-start puzzle that become examples."""
     sft_level_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
     """Relative share of each of ``data.levels`` in warm-start batches, in that order; empty: equal shares."""
-    sft_steps: int = 1500
+    sft_steps: int = 1000
     """Most warm-start optimizer steps (the learning-rate schedule spans them; a probe often stops sooner)."""
     stop_accuracy: float = 0.7
     """The warm-start stops at the first probe whose accuracy on the easiest level reaches this."""
@@ -82,8 +82,9 @@ class BasePolicyConfig:
     """Learning-rate warm-up steps."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    num_threads: int = 2
-    """torch CPU threads while building (fixed: results are reproducible for a given thread count)."""
+    num_threads: int = 1
+    """torch CPU threads while building (fixed: results are reproducible for a given thread count). On cores shared
+    with other busy processes 1 is much faster than 2 (the arithmetic build measured it)."""
 
     def __post_init__(self) -> None:
         if self.sft_level_weights and len(self.sft_level_weights) != len(self.data.levels):

@@ -14,10 +14,18 @@ from fractions import Fraction
 
 from tasks.countdown.expression import Node, Tree, canonical_key, evaluate
 
-_Item = tuple[Fraction, Tree]
+Value = int | Fraction
+_Item = tuple[Value, Tree]
 
 MAX_TARGET = 200
 """Largest target the cached solver keeps solutions for (every level's targets lie below it)."""
+
+
+def _divide(x: Value, y: Value) -> Value:
+    """``x / y`` exactly (``y != 0``): an ``int`` when it divides, else a Fraction (ints are much faster)."""
+    if isinstance(x, int) and isinstance(y, int):
+        return x // y if x % y == 0 else Fraction(x, y)
+    return Fraction(x) / y
 
 
 def _combinations(a: _Item, b: _Item) -> Iterator[_Item]:
@@ -28,9 +36,9 @@ def _combinations(a: _Item, b: _Item) -> Iterator[_Item]:
     yield x - y, Node("-", s, t)
     yield y - x, Node("-", t, s)
     if y != 0:
-        yield x / y, Node("/", s, t)
+        yield _divide(x, y), Node("/", s, t)
     if x != 0:
-        yield y / x, Node("/", t, s)
+        yield _divide(y, x), Node("/", t, s)
 
 
 def _expressions(items: tuple[_Item, ...]) -> Iterator[_Item]:
@@ -55,7 +63,7 @@ def solutions_by_target(numbers: tuple[int, ...]) -> dict[int, tuple[Tree, ...]]
 def _solutions_by_target(numbers: tuple[int, ...]) -> dict[int, tuple[Tree, ...]]:
     """:func:`solutions_by_target` of sorted ``numbers`` (the cached search)."""
     seen: dict[int, dict[object, Tree]] = {}
-    for value, tree in _expressions(tuple((Fraction(n), n) for n in numbers)):
+    for value, tree in _expressions(tuple((n, n) for n in numbers)):
         if value.denominator != 1 or not 1 <= value <= MAX_TARGET:
             continue
         classes = seen.setdefault(int(value), {})
@@ -73,7 +81,7 @@ def solve(numbers: tuple[int, ...], target: int) -> tuple[Tree, ...]:
 def _distinct(numbers: tuple[int, ...]) -> list[_Item]:
     """Every distinct (value, tree) over ``numbers`` (for targets the cache does not cover)."""
     classes: dict[object, _Item] = {}
-    for value, tree in _expressions(tuple((Fraction(n), n) for n in numbers)):
+    for value, tree in _expressions(tuple((n, n) for n in numbers)):
         classes.setdefault(canonical_key(tree), (value, tree))
     return list(classes.values())
 

@@ -11,12 +11,12 @@ import torch
 
 from actors.learner import Learner
 from core.config import LearnerConfig
-from tests.integration.test_learner import CONFIG, FORWARD_SUMS, GRADIENT_SUMS, POLICY, free_port, make_batch, rounding
+from tests.support.learner_case import CONFIG, FORWARD_SUMS, GRADIENT_SUMS, POLICY, free_port, make_batch, rounding
 
 
 @pytest.fixture(scope="module")
 def policy_dir(tiny_policy) -> str:
-    """test_learner's tiny policy (the session builds it once)."""
+    """The learner tests' tiny policy (the session builds it once)."""
     return str(tiny_policy(POLICY))
 
 
@@ -57,7 +57,7 @@ def test_token_budget_and_chunks_give_the_same_step(
     assert packed["optimizer_steps"] == plain["optimizer_steps"] == 1
     assert packed["approx_kl"] == plain["approx_kl"] == 0.0  # one optimizer step: the ratio is exactly 1
     # Only the order of float32 sums differs (other micro-batches, other head chunks): within the rounding bounds
-    # of test_learner.py, relative to each quantity's scale.
+    # of tests/support/learner_case.py, relative to each quantity's scale.
     assert packed["entropy"] == pytest.approx(plain["entropy"], rel=rounding(FORWARD_SUMS))
     assert packed["loss"] == pytest.approx(plain["loss"], rel=rounding(FORWARD_SUMS), abs=2e-6)
     assert packed["grad_norm"] == pytest.approx(plain["grad_norm"], rel=rounding(GRADIENT_SUMS))

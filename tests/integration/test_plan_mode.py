@@ -12,7 +12,7 @@ from hydra import compose, initialize
 import launch
 from core.config import ConfigError
 from tests.support.config import run_config
-from tests.unit.test_plan import QWEN_1P5B
+from tests.support.paper_models import QWEN_1P5B
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "e3"
 

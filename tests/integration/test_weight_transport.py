@@ -43,13 +43,6 @@ from cluster.learner_group import LearnerGroup
 from cluster.rollout_pool import ROLLOUT_NAME, RolloutPool
 from cluster.weight_sync import make_transport
 from core.messages import TemperatureUpdate
-from tests.integration.test_rollout_pool import (
-    PERTURBATION,
-    assert_generated_with,
-    reference_logprobs,
-    requests,
-    wait_until_gone,
-)
 from tests.support.config import run_config
 from tests.support.fake_workers import (
     HANG_S,
@@ -61,6 +54,13 @@ from tests.support.fake_workers import (
     FakeWorkerHungInGeneration,
     FakeWorkerHungInJoin,
     FakeWorkerHungInSync,
+)
+from tests.support.rollouts import (
+    PERTURBATION,
+    assert_generated_with,
+    reference_logprobs,
+    requests,
+    wait_until_gone,
 )
 
 BUCKET_MB = 0.25

@@ -82,7 +82,8 @@ def test_hostile_inputs_are_wrong_and_fast() -> None:
     start = time.perf_counter()
     assert not is_correct("Answer: " + "(" * 10_000 + "3" + ")" * 10_000, TRUTH)
     assert not is_correct("Answer: " + "(" * (MAX_DEPTH + 2) + "3+5+7+8" + ")" * (MAX_DEPTH + 2), "3 5 7 8 -> 23")
-    assert not is_correct("x" * 10**6 + "Answer: 3*7-(5-8)" + " " * 10**6, TRUTH) is None
+    assert is_correct("x" * 10**6 + "Answer: 3*7-(5-8)", TRUTH)  # only the tail is read
+    assert not is_correct("Answer: 3*7-(5-8)" + " " * 10**6, TRUTH)  # ... so an answer before 1 MB of blanks is lost
     assert not is_correct("Answer: 99999999999*3", TRUTH)
     assert time.perf_counter() - start < 1.0
     with pytest.raises(ParseError):
@@ -116,11 +117,11 @@ def test_parse_render_round_trip_and_exact_value(tree) -> None:
     assert parse(render(tree)) == tree
     wrapped = Fraction(tree) if isinstance(tree, int) else None
     assert evaluate(tree) == (wrapped if wrapped is not None else reference_value(tree))
-    numbers = leaves(tree)
     value = evaluate(tree)
-    if value is not None and value.denominator == 1:
-        truth = f"{' '.join(map(str, reversed(numbers)))} -> {value.numerator}"
-        assert (value > 0) is is_correct(f"Answer: {render(tree)}", truth) or value <= 0
+    if value is not None and value.denominator == 1 and value >= 0:  # then the tree solves its own puzzle
+        truth = f"{' '.join(map(str, reversed(leaves(tree))))} -> {value.numerator}"
+        assert is_correct(f"Answer: {render(tree)}", truth)
+        assert not is_correct(f"Answer: {render(tree)}", f"{' '.join(map(str, leaves(tree)))} 1 -> {value.numerator}")
 
 
 def test_canonical_key_ignores_order_and_grouping_only() -> None:

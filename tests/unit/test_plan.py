@@ -10,15 +10,7 @@ import pytest
 
 from cluster.plan import GB, ModelShape, fit_problems, plan_memory
 from core.config import LearnerConfig
-
-QWEN_1P5B = {  # DeepSeek-R1-Distill-Qwen-1.5B's config.json (the fields the plan reads)
-    "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-    "num_attention_heads": 12, "num_key_value_heads": 2, "tie_word_embeddings": False,
-}  # fmt: skip
-QWEN_7B = {
-    "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-    "num_attention_heads": 28, "num_key_value_heads": 4, "tie_word_embeddings": False,
-}  # fmt: skip
+from tests.support.paper_models import QWEN_1P5B, QWEN_7B
 
 
 def test_parameter_counts_of_the_paper_models() -> None:

@@ -1,0 +1,60 @@
+"""Scoring a countdown policy's samples: correctness, pass@k per level, distinct valid expressions, the targets."""
+
+import pytest
+
+from tasks.countdown.eval_base import first_per_level, summarize, targets
+from tasks.countdown.policy_eval import (
+    accuracy_by_level,
+    mean_distinct_on_solved,
+    pass_at_k_by_level,
+    score_samples,
+)
+
+TRUTH = "3 5 7 8 -> 24"
+
+
+def test_distinct_counts_canonical_forms_of_correct_answers_only() -> None:
+    samples = [
+        "Answer: (3*7)-(5-8)",
+        "Answer: 3*7-(5-8)",  # the same expression, other parentheses
+        "Answer: (5*7)-(3+8)",
+        "Answer: (8+3)-(5*7)",  # wrong value
+        "garbage",
+    ]
+    scored = score_samples(samples, TRUTH, level=4)
+    assert scored.correct == (True, True, True, False, False)
+    assert scored.distinct_solutions(5) == 2 and scored.distinct_solutions(2) == 1
+    assert mean_distinct_on_solved([scored], 5) == (2.0, 1)
+    unsolved = score_samples(["Answer: 1"], TRUTH, level=4)
+    assert mean_distinct_on_solved([scored, unsolved], 5) == (2.0, 1)  # only solved puzzles count
+    assert mean_distinct_on_solved([unsolved], 5) == (0.0, 0)
+
+
+def test_accuracy_and_pass_at_k_per_level() -> None:
+    easy = score_samples(["Answer: (3*7)-(5-8)"] * 3 + ["x"], TRUTH, level=1)
+    hard = score_samples(["x"] * 3 + ["Answer: (5*7)-(3+8)"], TRUTH, level=6)
+    never = score_samples(["x"] * 4, TRUTH, level=6)
+    assert accuracy_by_level([easy, hard, never]) == {1: 0.75, 6: 0.125}
+    assert pass_at_k_by_level([easy, hard, never], 4) == {1: 1.0, 6: 0.5}
+    assert pass_at_k_by_level([hard], 1) == {6: 0.25}
+
+
+def test_summary_and_targets() -> None:
+    per_level = {"1": {"pass@1": 0.7, "pass@64": 1.0}, "6": {"pass@1": 0.05, "pass@64": 0.4}}
+    verdicts = targets(per_level, distinct=2.5)
+    assert all(v["met"] for v in verdicts.values())
+    assert verdicts["hardest pass@64 >= 3 x pass@1"]["value"] == pytest.approx(8.0)
+    per_level["6"]["pass@1"] = 0.2
+    verdicts = targets(per_level, distinct=1.5)
+    assert not verdicts["hardest pass@1 <= 0.1"]["met"] and not verdicts["hardest pass@64 >= 3 x pass@1"]["met"]
+    assert not verdicts["distinct valid among 16 on solved >= 2"]["met"]
+    scored = [score_samples(["Answer: (3*7)-(5-8)"] * 64, TRUTH, level) for level in (1, 6)]
+    result = summarize(scored, 64)
+    assert result["per_level"]["1"] == {"puzzles": 1, "pass@1": 1.0, "pass@8": 1.0, "pass@16": 1.0, "pass@64": 1.0}
+    assert result["distinct_on_solved"]["mean"] == 1.0 and "targets" in result
+
+
+def test_first_per_level_keeps_file_order() -> None:
+    rows = [{"extra_info": {"level": level}, "i": i} for i, level in enumerate([1, 2, 1, 1, 2])]
+    assert [r["i"] for r in first_per_level(rows, 2)] == [0, 1, 2, 4]
+    assert len(first_per_level(rows, 0)) == 5
