@@ -101,7 +101,9 @@ def _check(stats: Sequence[QuestionStats], total: int, n_min: int, n_max: int) -
         )
     bad = [(i, s) for i, s in enumerate(stats) if not 0 <= s.correct <= s.attempts or not _window_ok(s)]
     if bad:
-        raise ValueError(f"question stats need 0 <= correct <= attempts; bad (position, stats): {bad[:5]}")
+        raise ValueError(
+            f"question stats need 0 <= correct <= attempts (and a consistent window); bad (position, stats): {bad[:5]}"
+        )
 
 
 def _window_ok(stats: QuestionStats) -> bool:

@@ -541,7 +541,7 @@ def test_fake_worker_killed_during_heldout_evaluation_is_replaced_and_every_prom
 def test_fake_hung_workers_in_a_weight_sync_and_in_generation_are_replaced_once_each(embedded_task, learner, tmp_path):
     start = time.monotonic()
     fakes = {0: FakeWorkerHungInSync, 1: FakeWorkerHungInGeneration}
-    pool = make_pool(tmp_path, embedded_task.model, "hf", fakes, sync_timeout_s=8.0, timeout_s=10.0)
+    pool = make_pool(tmp_path, embedded_task.model, "hf", fakes, sync_timeout_s=8.0, timeout_s=30.0)
     try:
         pool.set_temperature(TemperatureUpdate(1.0, step=1))
         pool.sync_weights(learner, version=2)  # worker 0 hangs: killed at the deadline, replaced, synced
