@@ -109,6 +109,7 @@ def _init_wandb(config: WandbConfig, run_dir: Path, run_name: str, run_config: d
             return start("online")
         except Exception as err:  # noqa: BLE001 - no network must not stop a training run
             log.warning("W&B online init failed (%s); logging offline under %s instead", err, run_dir / "wandb")
+            wandb.teardown()  # the service still holds the failed run's id, which the offline run takes
     return start("offline")
 
 
