@@ -95,6 +95,7 @@ class Scheduler:
             initial_ranks=[math.nan if q.rank is None else q.rank for q in questions],
             ties=budget.ties,
             fingerprint=dataset_fingerprint(questions),
+            window=budget.p_window,
         )
         self.bounds = BudgetBounds.from_config(budget)
         self.controller = TemperatureController.from_config(
@@ -178,10 +179,13 @@ class Scheduler:
         """The step's budget of `n * B` rollouts, shared out within the bounds by `budget.allocator` from the
         questions' statistics in the difficulty table, as seeded requests."""
         ids = [q.id for q in drawn.questions]
-        stats = [QuestionStats(a, c, r) for (a, c), r in zip(self.table.counts(ids), drawn.ranks, strict=True)]
+        counts, windows = self.table.counts(ids), self.table.window_counts(ids)
+        stats = [
+            QuestionStats(a, c, r, wa, wc) for (a, c), (wa, wc), r in zip(counts, windows, drawn.ranks, strict=True)
+        ]
         total = self.bounds.n * len(drawn.questions)
-        counts = ALLOCATORS[self.budget_config.allocator](stats, total, drawn.n_min, drawn.n_max)
-        return self._requests(drawn.batch.indices, [int(c) for c in counts], step)
+        shares = ALLOCATORS[self.budget_config.allocator](stats, total, drawn.n_min, drawn.n_max)
+        return self._requests(drawn.batch.indices, [int(n) for n in shares], step)
 
     def _requests(self, indices: list[int], counts: list[int], step: int) -> list[RolloutRequest]:
         """The seeded requests of a step: question `indices[p]` gets `counts[p]` samples, seeded by

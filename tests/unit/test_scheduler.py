@@ -280,13 +280,16 @@ def test_a_checkpoint_of_other_questions_is_refused(tmp_path):
     assert other.step_count == 0  # nothing was loaded
 
 
-@pytest.mark.parametrize("allocator", ["e3", "uniform", "informative"])
+@pytest.mark.parametrize("allocator", ["e3", "uniform", "informative", "knapsack"])
 def test_the_configured_allocator_shares_the_budget_from_the_table(tmp_path, monkeypatch, allocator):
-    budget = BudgetConfig(n=4, n_low=2, n_high=6, n_update=2, start_wide=True, allocator=allocator)
+    budget = BudgetConfig(n=4, n_low=2, n_high=6, n_update=2, start_wide=True, allocator=allocator, p_window=3)
     scheduler, _, _ = build(tmp_path, budget=budget)
     scheduler.step(), scheduler.step()  # an epoch: the table has seen every question once and ranked them
     ids = [q.id for q in scheduler.train.questions]
-    before = dict(zip(ids, zip(scheduler.table.counts(ids), scheduler.table.ranks(ids), strict=True), strict=True))
+    table = scheduler.table
+    before = dict(
+        zip(ids, zip(table.counts(ids), table.window_counts(ids), table.ranks(ids), strict=True), strict=True)
+    )
     seen = []
     real = ALLOCATORS[allocator]
     monkeypatch.setitem(ALLOCATORS, allocator, lambda *args: seen.append(args) or real(*args))
@@ -294,7 +297,8 @@ def test_the_configured_allocator_shares_the_budget_from_the_table(tmp_path, mon
     record = scheduler.step()
 
     ((stats, total, n_min, n_max),) = seen
-    assert stats == [QuestionStats(*before[q][0], before[q][1]) for q in record.question_ids]
+    assert stats == [QuestionStats(*before[q][0], before[q][2], *before[q][1]) for q in record.question_ids]
+    assert all(s.window_attempts <= 3 for s in stats)  # budget.p_window: the last 3 outcomes of each question
     assert (total, n_min, n_max) == (4 * PER_STEP, 2, 6)
     assert list(record.rollouts_per_question) == real(stats, total, n_min, n_max)
 
