@@ -12,7 +12,6 @@ they share is exact only where no sum is involved; everything else is compared w
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from cluster.learner_group import LearnerGroup
 from core.config import LearnerConfig
 from core.grpo import policy_loss
 from core.messages import TrainBatch
+from tests.support.fsync import record_fsyncs
 from tests.support.learner_case import (
     CONFIG,
     FORWARD_SUMS,
@@ -345,14 +345,7 @@ def test_save_flushes_every_file_it_writes_to_disk(
 ) -> None:
     """A checkpoint's `policy/` may be written on another node than the one that publishes the checkpoint, so
     rank 0 fsyncs its files and folder itself."""
-    synced: list[Path] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
+    synced = record_fsyncs(monkeypatch)
     folder = tmp_path.resolve() / "policy"
     single_rank.save(str(folder))
     assert {*folder.iterdir(), folder} <= set(synced)

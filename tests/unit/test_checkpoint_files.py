@@ -21,6 +21,7 @@ from actors.checkpoint_files import (
     publish,
     write_manifest,
 )
+from tests.support.fsync import record_fsyncs
 
 
 def write_checkpoint(root: Path, step: int, content: str = "weights") -> Path:
@@ -183,14 +184,7 @@ def test_a_stale_aside_copy_is_ignored_when_its_step_is_whole(tmp_path):
 
 
 def test_publish_fsyncs_every_file_and_folder_before_the_rename(tmp_path, monkeypatch):
-    synced: list[Path] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
+    synced = record_fsyncs(monkeypatch)
     final = tmp_path.resolve() / "checkpoints" / "step_3"
     partial = partial_folder(final)
     fill(partial, "w")
