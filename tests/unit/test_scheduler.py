@@ -230,6 +230,18 @@ def test_heldout_evaluation_samples_pass_at_every_configured_k_and_restores_the_
     assert scheduler.evaluate(sample=False) == {"accuracy": 1.0, "accuracy/fake": 1.0}  # eval.sample_before=false
 
 
+def test_a_fresh_run_starts_by_sending_the_initial_temperature(tmp_path):
+    calls, run_log = Calls(), FakeRunLog()
+    fresh, _, _ = build(tmp_path)
+    scheduler = Scheduler(
+        train=split(), settings=fresh.settings, budget=fresh.budget_config,
+        temperature=TemperatureConfig(initial=0.8), reward=RewardConfig(), rollout_pool=FakePool(calls),
+        learner_group=FakeLearner(calls), scorer=FakeScorer(calls), run_log=run_log,
+    )  # fmt: skip
+    scheduler.start()
+    assert calls.log == [("pool", "set_temperature", TemperatureUpdate(0.8, step=0))]
+
+
 def test_a_checkpoint_restores_into_a_fresh_scheduler_and_pushes_weights_and_temperature(tmp_path):
     scheduler, _, _ = build(tmp_path, checkpoint_every=2)
     scheduler.step(), scheduler.step()
