@@ -66,6 +66,10 @@ class Dtype(Choice):
     bfloat16 = "bfloat16"
 
 
+DTYPES = Dtype.values()
+"""Kept for `bench.learner`, which loads the learner of an older commit from git, and that learner imports it."""
+
+
 class WeightTransport(Choice):
     """How new weights reach the rollout workers."""
 
