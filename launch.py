@@ -121,7 +121,9 @@ def run_steps(
 
     if resume_from is None:
         ray.get(scheduler.start.remote())
-    first_step = ray.get(scheduler.restore.remote(str(resume_from))) if resume_from else 0
+        first_step = 0
+    else:
+        first_step = ray.get(scheduler.restore.remote(str(resume_from)))
     before = heldout_before(
         run_dir,
         resumed=resume_from is not None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,13 +248,9 @@ class GenerationQueue:
                 log.warning("restore: no saved weights version %d for queued generation; generating it with the "
                             "checkpoint's weights", version)  # fmt: skip
                 sync_checkpoint_weights()
-            for issued in _issued_with(batches, version):
+            for issued in (b for b in batches if b.version == version):
                 self.pool.set_temperature(TemperatureUpdate(issued.temperature, issued.step))
                 self._collected(issued)
-
-
-def _issued_with(batches: list[IssuedBatch], version: int) -> Iterator[IssuedBatch]:
-    return (b for b in batches if b.version == version)
 
 
 def _issued_from_state(entry: dict[str, Any], questions: list[Question], requests: Requests) -> IssuedBatch:

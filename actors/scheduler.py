@@ -161,12 +161,16 @@ class Scheduler:
         return drawn, requests
 
     def _checkpoints_after(self, step: int) -> bool:
-        """Whether a checkpoint is written after step `step` (0-based): every `checkpoint_every`-th, and the
-        driver's at the run's end."""
-        if not self.settings.checkpoint_dir or step >= self.settings.total_steps:
-            return False
+        """Whether a checkpoint is written after step `step` (0-based): the scheduler's own (`_checkpoint_due`), or
+        the driver's at the run's end."""
+        last = self.settings.total_steps - 1
+        return self._checkpoint_due(step) or (bool(self.settings.checkpoint_dir) and step == last)
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """Whether the scheduler checkpoints after step `step` (0-based): after every `checkpoint_every`-th."""
         every = self.settings.checkpoint_every
-        return step == self.settings.total_steps - 1 or bool(every and (step + 1) % every == 0)
+        in_run = step < self.settings.total_steps
+        return bool(every and self.settings.checkpoint_dir and in_run and (step + 1) % every == 0)
 
     def _sample(self) -> DrawnQuestions:
         """Draw the step's questions and read their current ranks."""
@@ -234,10 +238,9 @@ class Scheduler:
         return TemperatureOutcome(next_temperature, target, self.controller.last_clamped)
 
     def _checkpoint_if_due(self) -> None:
-        """Checkpoint after every `plan.checkpoint_every`-th step, once the step's record is logged; its seconds
-        go into the next step's record (`previous_checkpoint`)."""
-        every = self.settings.checkpoint_every
-        if every and self.settings.checkpoint_dir and self.step_count % every == 0:
+        """Checkpoint after every `checkpoint_every`-th step, once the step's record is logged; its seconds go
+        into the next step's record (`previous_checkpoint`)."""
+        if self._checkpoint_due(self.step_count - 1):
             start = time.perf_counter()
             self.checkpoint()
             self._checkpoint_seconds = time.perf_counter() - start

@@ -138,12 +138,11 @@ class RolloutPool:
                         self._call("load_weights", {w: (kept, pending.version)}, self.sync_timeout_s)
                     elif self._version is not None and self._version != pending.version:
                         log.warning(
-                            "rollout worker %d lost while generating with weights version %s; its share is "
-                            "generated again with version %d, the learner's newest (version %s was not kept)",
+                            "rollout worker %d lost while generating with weights version %s, which was not kept; "
+                            "its share is generated again with version %d, the learner's newest",
                             w,
                             pending.version,
                             self._version,
-                            pending.version,
                         )
                 pending.actors[w] = self.workers[w]
             refs = {w: self.workers[w].generate.remote(*pending.work[w]) for w in errors}
