@@ -141,7 +141,7 @@ def run_steps(
             refresh=False,
         )
     ray.get(scheduler.checkpoint.remote())
-    after = ray.get(scheduler.evaluate.remote())
+    after = ray.get(scheduler.evaluate.remote(temperatures=tuple(cfg.eval.after_temperatures)))
     summary = {
         "run_name": cfg.run_name,
         "algo": cfg.algo,

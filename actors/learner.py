@@ -53,6 +53,7 @@ from actors.weight_transport import (
 )
 from core.batch import pack_micro_batches
 from core.config import LearnerConfig
+from core.entropy_stats import add_entropies, empty_histogram, top_fraction_mean
 from core.grpo import off_policy_weights, policy_loss
 from core.logprobs import ResponseHead
 from core.messages import TrainBatch
@@ -69,10 +70,12 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class _Scored:
-    """One forward pass over a micro-batch: log-probs [n, L-1] (zero off the response) and token counters."""
+    """One forward pass over a micro-batch: log-probs [n, L-1] (zero off the response), token counters and each
+    response token's entropy (detached)."""
 
     logprobs: torch.Tensor
     counters: dict[str, float]
+    entropy: torch.Tensor
 
 
 def copy_model_files(model_dir: Path, folder: Path) -> None:
@@ -259,7 +262,8 @@ class Learner:
 
         Collective: every rank calls it with its own shard and the same `global_response_tokens`. Returns
         global metrics, identical on every rank:
-        - `entropy`: token mean, in nats, of the tempered policy before the update;
+        - `entropy`: token mean, in nats, of the tempered policy before the update; `entropy_top20`: the mean over
+          the 20% highest-entropy response tokens of the global batch (`core.entropy_stats`, within 0.012 nats);
         - `loss`, `clip_frac`, `dual_clip_frac`, `approx_kl`: global token means (averaged over mini-batches);
         - `grad_norm`: before clipping (of the last mini-batch); `grad_skipped`: 1 when a step was not taken
           because its gradient was not finite;
@@ -275,6 +279,7 @@ class Learner:
         mini_batches = self._mini_batches(shard)
         totals = dict.fromkeys(_ADDITIVE_METRICS + _COUNTERS, 0.0)
         totals["is_ratio_max"] = 0.0
+        entropy_histogram = empty_histogram(self.device)
         correct = self.config.off_policy_correction != "none"
         if correct and shard.sampler_logprobs is None:
             raise ValueError(
@@ -289,6 +294,7 @@ class Learner:
                         scored = self._score(micro)
                         old[m][k] = scored.logprobs
                         _add(totals, scored.counters)
+                        add_entropies(entropy_histogram, scored.entropy, model.config.vocab_size)
         normalizers = self._mini_batch_tokens(mini_batches, global_response_tokens)
         grad_norm, skipped = 0.0, False
         for m, micros in enumerate(mini_batches):
@@ -298,6 +304,7 @@ class Learner:
                 if old[m][k] is None:  # one optimizer step: this pass is also the measurement
                     old[m][k] = scored.logprobs.detach()
                     _add(totals, scored.counters)
+                    add_entropies(entropy_histogram, scored.entropy, model.config.vocab_size)
                 weights = self._off_policy_weights(micro, old[m][k], totals) if correct else None
                 loss, metrics = policy_loss(
                     scored.logprobs,
@@ -322,7 +329,9 @@ class Learner:
                 skipped = True
         optimizer.zero_grad(set_to_none=True)
         totals["micro_batches"] = float(sum(len(micros) for micros in mini_batches))
-        return self._global_metrics(totals, grad_norm, skipped, with_mismatch=shard.sampler_logprobs is not None)
+        metrics = self._global_metrics(totals, grad_norm, skipped, with_mismatch=shard.sampler_logprobs is not None)
+        dist.all_reduce(entropy_histogram)
+        return {**metrics, "entropy_top20": top_fraction_mean(entropy_histogram)}
 
     def _off_policy_weights(self, micro: TrainBatch, old: torch.Tensor, totals: dict[str, float]) -> torch.Tensor:
         """The micro-batch's per-token loss weights against the engine's log-probs (`learner.off_policy_correction`),
@@ -414,7 +423,7 @@ class Learner:
             sampler = micro.sampler_logprobs[:, 1:].to(self.device, torch.float32)[rows, positions]
             counters["mismatch_sum"] = float((token_logprobs.detach() - sampler).abs().sum().item())
             counters["mismatch_tokens"] = counters["tokens"]
-        return _Scored(logprobs=logprobs, counters=counters)
+        return _Scored(logprobs=logprobs, counters=counters, entropy=entropy.detach())
 
     def _global_metrics(
         self, totals: dict[str, float], grad_norm: float, skipped: bool, with_mismatch: bool

@@ -23,9 +23,10 @@ from actors import checkpoint_files
 from actors.evaluation import greedy_accuracy, sampled_pass_at_k
 from actors.pipeline import DrawnQuestions, GenerationQueue, IssuedBatch
 from actors.protocols import LearnerGroupLike, RolloutPoolLike, RunLogLike, ScorerLike
+from actors.reward_scorer import load_reward_fn
 from actors.settings import SchedulerSettings
 from core.allocators import ALLOCATORS, QuestionStats
-from core.batch import BatchStats, build_train_batch
+from core.batch import BatchStats, build_train_batch, distinct_correct_per_group
 from core.budget import BudgetBounds
 from core.config import BudgetConfig, RewardConfig, TemperatureConfig
 from core.difficulty import DifficultyTable
@@ -87,6 +88,7 @@ class Scheduler:
         self.heldout = heldout
         self.run_log = run_log
         self._epoch_records: list[StepRecord] = []
+        self._answer_key = load_reward_fn(settings.answer_key_fn) if settings.answer_key_fn else None
 
         questions = train.questions
         self.sampler = EpochSampler(len(questions), settings.questions_per_step, seed=settings.seed)
@@ -313,6 +315,8 @@ class Scheduler:
             staleness=self.queue.staleness(rollouts, result.weights_version - 1),
             stale_dropped=issued.stale_dropped,
             stale_kept=issued.stale_kept,
+            coverage=self.table.coverage,
+            distinct_correct=distinct_correct_per_group(scored, self._answer_key) if self._answer_key else math.nan,
         )
 
     def _log(self, record: StepRecord) -> None:
@@ -337,9 +341,10 @@ class Scheduler:
 
     # -- evaluation -----------------------------------------------------------------------------------------
 
-    def evaluate(self, sample: bool = True) -> dict[str, float]:
+    def evaluate(self, sample: bool = True, temperatures: tuple[float, ...] = ()) -> dict[str, float]:
         """The current policy on the held-out questions: greedy accuracy (overall, per source) and, when `sample`
-        and the plan ask for it, mean@k and pass@k from k sampled answers each (as `sampled/<key>`)."""
+        and the plan ask for it, mean@k and pass@k from k sampled answers each (as `sampled/<key>`), at the
+        evaluation temperature and at each of `temperatures` (as `sampled_t<T>/<key>`, e.g. `sampled_t0.6/`)."""
         if self.heldout is None:
             return {}
         result = greedy_accuracy(
@@ -348,21 +353,28 @@ class Scheduler:
             split=self.heldout,
             max_new_tokens=self.settings.max_new_tokens,
         )
-        k = self.settings.heldout_samples
-        if k and sample:
-            sampled = sampled_pass_at_k(
-                rollout_pool=self.rollout_pool,
-                scorer=self.scorer,
-                split=self.heldout,
-                max_new_tokens=self.settings.max_new_tokens,
-                num_samples=k,
-                temperature=self.settings.eval_temperature,
-                ks=list(self.settings.heldout_ks or (1, k)),
-                seed=self.settings.seed + HELDOUT_SEED_OFFSET,
-                restore_temperature=self.controller.temperature,
-            )
+        if self.settings.heldout_samples and sample:
+            sampled = self._sampled_pass_at_k(self.settings.eval_temperature)
             result.update({f"sampled/{key}": value for key, value in sampled.items()})
+            for temperature in temperatures:
+                sampled = self._sampled_pass_at_k(temperature)
+                result.update({f"sampled_t{temperature:g}/{key}": value for key, value in sampled.items()})
         return result
+
+    def _sampled_pass_at_k(self, temperature: float) -> dict[str, float]:
+        """Held-out pass@k and mean@k from `heldout_samples` answers a question sampled at `temperature`."""
+        k = self.settings.heldout_samples
+        return sampled_pass_at_k(
+            rollout_pool=self.rollout_pool,
+            scorer=self.scorer,
+            split=self.heldout,
+            max_new_tokens=self.settings.max_new_tokens,
+            num_samples=k,
+            temperature=temperature,
+            ks=list(self.settings.heldout_ks or (1, k)),
+            seed=self.settings.seed + HELDOUT_SEED_OFFSET,
+            restore_temperature=self.controller.temperature,
+        )
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Write the run's summary and close the run log."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from core.config import RunConfig, StalePolicy
 from core.sampler import EpochSampler
+from tasks.registry import ANSWER_KEY_FNS
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class SchedulerSettings:
     stale_policy: StalePolicy = StalePolicy.wait
     """A rollout older than `max_staleness` versions when its step trains: `wait` keeps it, `drop` generates it
     again with the current weights (`train.stale_policy`)."""
+    answer_key_fn: str = ""
+    """`module:function` giving a completion's answer in canonical form (None when it has none), for counting
+    distinct correct answers per group; empty: not counted (the task's, `tasks.registry.ANSWER_KEY_FNS`)."""
 
     @classmethod
     def from_config(
@@ -69,4 +73,5 @@ class SchedulerSettings:
             heldout_every=cfg.eval.every_steps,
             max_staleness=cfg.train.max_staleness,
             stale_policy=cfg.train.stale_policy,
+            answer_key_fn=ANSWER_KEY_FNS.get(cfg.data.task, ""),
         )

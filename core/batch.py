@@ -5,6 +5,8 @@ Pure: the scheduler calls `build_train_batch` once per step; everything it needs
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,3 +137,14 @@ def pack_micro_batches(lengths: list[int], max_tokens: int, max_rows: int) -> li
         else:
             groups.append([i])
     return [sorted(group) for group in groups]
+
+
+def distinct_correct_per_group(scored: Sequence[ScoredRollout], answer_key: Callable[[str], object]) -> float:
+    """Distinct correct answers per group (`answer_key` of each correct completion; None keys not counted),
+    averaged over the groups with at least one correct answer; NaN when no group has one."""
+    counts = [
+        len({answer_key(c.text) for c, ok in zip(s.rollout.completions, s.correct, strict=True) if ok} - {None})
+        for s in scored
+        if any(s.correct)
+    ]
+    return sum(counts) / len(counts) if counts else math.nan

@@ -364,6 +364,10 @@ class EvalConfig:
     sample_before: bool = True
     """Sample those answers before training too; false: greedy accuracy only before (variants of one base policy,
     as in an ablation, need its pass@k once, not once a run)."""
+    after_temperatures: list[float] = bounded(default_factory=list, gt=0)
+    """After training, held-out pass@k and mean@k also at each of these temperatures (`sampled_t<T>/` keys of the
+    summary's `heldout_after`): a policy that explores keeps its accuracy across temperatures, a sharpened one
+    does not; empty: only at `temperature`."""
     every_steps: int = bounded(0, ge=0)
     """Greedy held-out accuracy after every K-th training step, overall and per source, on that step's line of
     `metrics.jsonl` (and in W&B) as `heldout/accuracy` and `heldout/accuracy/<source>`; 0: only before and after

@@ -150,6 +150,11 @@ class DifficultyTable:
         """Per-question `correct / attempts` in table order, 0 where never sampled (a fresh array)."""
         return np.divide(self._correct, self._attempts, out=np.zeros(len(self._ids)), where=self._attempts > 0)
 
+    @property
+    def coverage(self) -> float:
+        """Share of the table's questions answered correctly at least once (0.0 for an empty table)."""
+        return float((self._correct > 0).mean()) if len(self._ids) else 0.0
+
     def _positions(self, question_ids: Iterable[str]) -> np.ndarray:
         """Map ids to table positions; KeyError naming every unknown id (first 10)."""
         ids = list(question_ids)

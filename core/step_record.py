@@ -93,6 +93,11 @@ class StepRecord:
     """Samples older than `train.max_staleness` versions, trained on all the same (`stale_policy=wait`)."""
     generation_seconds: float = math.nan
     """Seconds the workers' engines took to generate the step's rollouts (the longest worker's); NaN if unknown."""
+    coverage: float = math.nan
+    """Share of the training questions answered correctly at least once so far (this step included)."""
+    distinct_correct: float = math.nan
+    """Distinct correct answers per group, averaged over the step's groups with one or more (tasks with an answer
+    key only, as countdown; NaN elsewhere)."""
 
     def __post_init__(self) -> None:
         if len(self.question_ids) != len(self.rollouts_per_question) or len(self.question_ids) != len(
@@ -164,7 +169,9 @@ class StepRecord:
         - `reward/mean` (shaped reward), `reward/accuracy` (share of correct samples), `reward/all_wrong_fraction` and
           `reward/all_correct_fraction` (share of questions with no / only correct samples),
           `reward/zero_advantage_fraction` (share of samples with no learning signal), `reward/timeouts` and
-          `reward/errors` (completions whose reward call was killed at its time limit / raised; both scored 0).
+          `reward/errors` (completions whose reward call was killed at its time limit / raised; both scored 0);
+          `reward/coverage` (share of training questions solved at least once so far) and, for tasks whose answers
+          have a canonical form (countdown), `reward/distinct_correct` (distinct correct answers per group with any).
         - `budget/question_ranks`: each question's difficulty rank when its budget was allocated (0 = easiest);
           `budget/n_min`, `budget/n_max`: the bounds every count was held within.
         - `temperature/sampled`: the temperature this step's rollouts were sampled with; `temperature/next`: the one the
@@ -205,6 +212,7 @@ class StepRecord:
             "reward/zero_advantage_fraction": self.zero_advantage_fraction,
             "reward/timeouts": self.reward_timeouts,
             "reward/errors": self.reward_errors,
+            "reward/coverage": self.coverage,
             "budget/question_ranks": list(self.question_ranks),
             "budget/n_min": self.n_min,
             "budget/n_max": self.n_max,
@@ -217,6 +225,8 @@ class StepRecord:
             **{f"timing/{phase}_s": seconds for phase, seconds in self.timing.items()},
             **{f"heldout/{name}": value for name, value in self.heldout.items()},
         }
+        if math.isfinite(self.distinct_correct):
+            line["reward/distinct_correct"] = self.distinct_correct
         if self.staleness:
             line.update(
                 {
@@ -272,6 +282,8 @@ class StepRecord:
             stale_dropped=int(line.get("pipeline/stale_dropped", line.get("pipeline/dropped", 0))),
             stale_kept=int(line.get("pipeline/stale_kept", 0)),
             generation_seconds=_real_or_nan(line.get("rollout/generate_s")),
+            coverage=_real_or_nan(line.get("reward/coverage")),
+            distinct_correct=_real_or_nan(line.get("reward/distinct_correct")),
         )
 
 

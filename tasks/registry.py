@@ -18,6 +18,8 @@ REWARD_FNS = {
     "countdown": "tasks.countdown.reward:reward",
     "math": "tasks.math.reward:reward",
 }
+ANSWER_KEY_FNS = {"countdown": "tasks.countdown.reward:answer_key"}
+"""Tasks whose answers have a canonical form: `module:function` mapping a completion to it (None: no answer)."""
 
 
 @dataclass(frozen=True)

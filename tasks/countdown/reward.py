@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from core.messages import RewardResult
-from tasks.countdown.expression import ParseError, Tree, evaluate, leaves, parse
+from tasks.countdown.expression import ParseError, Tree, canonical_key, evaluate, leaves, parse
 
 ANSWER_PREFIX = "Answer:"
 MAX_TAIL_CHARS = 512
@@ -74,6 +74,14 @@ def is_correct(completion: str, ground_truth: str) -> bool:
     """Whether the completion's final expression solves the puzzle named by ``ground_truth`` (module docstring)."""
     numbers, target = parse_ground_truth(ground_truth)
     return solves(extract_expression(completion), numbers, target)
+
+
+def answer_key(completion: str) -> object:
+    """The canonical form of the completion's final expression (:func:`canonical_key`: order and grouping within a
+    sum or a product do not count), or None when it has none; two correct answers are distinct when their keys
+    differ."""
+    tree = extract_expression(completion)
+    return None if tree is None else canonical_key(tree)
 
 
 def reward(completion: str, ground_truth: str) -> RewardResult:

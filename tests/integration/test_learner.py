@@ -12,6 +12,7 @@ they share is exact only where no sum is involved; everything else is compared w
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from transformers import AutoModelForCausalLM
 
 from actors.learner import OPTIMIZER_FILE, Learner
 from cluster.learner_group import LearnerGroup
+from core import entropy_stats
 from core.config import LearnerConfig
 from core.grpo import policy_loss
 from core.messages import TrainBatch
@@ -256,9 +258,8 @@ def test_entropy_uses_each_samples_own_temperature(single_rank: Learner, policy_
     mask = batch.response_mask[0, 1:].bool()
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids[:1], attention_mask=batch.attention_mask[:1]).logits[0, :-1][mask]
-    per_temperature = {
-        t: float(torch.distributions.Categorical(logits=logits / t).entropy().mean()) for t in (0.5, 2.0)
-    }
+    per_token = {t: torch.distributions.Categorical(logits=logits / t).entropy() for t in (0.5, 2.0)}
+    per_temperature = {t: float(values.mean()) for t, values in per_token.items()}
     assert per_temperature[2.0] > per_temperature[0.5] + 0.1  # the test can tell the temperatures apart
     atol = max(forward_tolerances(logits / t)["entropy"] for t in (0.5, 2.0))
 
@@ -266,6 +267,13 @@ def test_entropy_uses_each_samples_own_temperature(single_rank: Learner, policy_
 
     expected = (per_temperature[0.5] + per_temperature[2.0]) / 2
     assert metrics["entropy"] == pytest.approx(expected, abs=atol)
+    # the top 20% of both rows' tokens, from the histogram: within one bin of the exact mean
+    tokens = torch.cat(list(per_token.values())).sort(descending=True).values.double()
+    wanted = 0.2 * len(tokens)
+    exact = (tokens[: int(wanted)].sum() + (wanted - int(wanted)) * tokens[int(wanted)]) / wanted
+    bin_width = math.log(model.config.vocab_size) / entropy_stats.BINS
+    assert metrics["entropy_top20"] == pytest.approx(float(exact), abs=bin_width + atol)
+    assert metrics["entropy_top20"] > metrics["entropy"]
 
 
 def test_save_then_load_restores_policy_and_optimizer(single_rank: Learner, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.batch import build_train_batch, pack_micro_batches
+from core.batch import build_train_batch, distinct_correct_per_group, pack_micro_batches
 from core.messages import Completion, Rollout, ScoredRollout
 
 
@@ -108,3 +108,19 @@ def test_micro_batches_put_similar_lengths_together():
     assert pack_micro_batches([500, 10, 10], max_tokens=100, max_rows=8) == [[0], [1, 2]]
     # no token budget: rows only
     assert pack_micro_batches(lengths, max_tokens=0, max_rows=4) == [[0, 2, 3, 5], [1, 4]]
+
+
+def test_distinct_correct_answers_are_counted_per_group_with_any_correct():
+    def group(texts: list[str], correct: list[bool]) -> ScoredRollout:
+        completions = tuple(Completion((1,), (-0.5,), text, "stop") for text in texts)
+        rewards = tuple(float(c) for c in correct)
+        return ScoredRollout(Rollout("q", 0, (5,), completions, 1.0, weights_version=0), rewards, tuple(correct))
+
+    key = {"a": 1, "a'": 1, "b": 2, "none": None}.get  # "a'" is "a" in canonical form
+    groups = [
+        group(["a", "a'", "b", "c"], [True, True, True, False]),  # {1, 2}: 2 (the wrong "c" does not count)
+        group(["a", "none"], [True, True]),  # a correct answer without a key is not counted: 1
+        group(["b", "b"], [False, False]),  # no correct answer: left out of the mean
+    ]
+    assert distinct_correct_per_group(groups, key) == 1.5
+    assert np.isnan(distinct_correct_per_group(groups[2:], key))

@@ -19,7 +19,7 @@ from tasks.countdown.expression import (
     parse,
     render,
 )
-from tasks.countdown.reward import extract_expression, is_correct, parse_ground_truth, reward
+from tasks.countdown.reward import answer_key, extract_expression, is_correct, parse_ground_truth, reward
 
 TRUTH = "3 5 7 8 -> 24"
 
@@ -133,3 +133,10 @@ def test_canonical_key_ignores_order_and_grouping_only() -> None:
     assert canonical_key(parse("8-(3+2)")) == canonical_key(parse("8-3-2"))
     assert canonical_key(parse("8-3")) != canonical_key(parse("3-8"))
     assert canonical_key(parse("(8-3)*2")) != canonical_key(parse("8*2-3*2"))  # no distributing
+
+
+def test_answer_keys_tell_distinct_solutions_apart_and_are_none_without_an_answer() -> None:
+    same = ["8-7=1\nAnswer: (8-7+5)*3", "Answer: 3*(5+(8-7))", "Answer: (5-7+8)*3"]
+    assert len({answer_key(text) for text in same}) == 1  # order and grouping within a sum or product
+    assert answer_key("Answer: (8-7)*(5*3)") != answer_key(same[0])
+    assert answer_key("no answer here") is None and answer_key("Answer: (8-") is None

@@ -261,3 +261,13 @@ def test_inconsistent_windows_are_refused() -> None:
     state["recent"] = ["1", "1x", "1010", "", "0"]
     with pytest.raises(ValueError, match=r"strings of '0' and '1'"):
         DifficultyTable(IDS).load_state_dict(state)
+
+
+def test_coverage_is_the_share_of_questions_ever_answered_correctly() -> None:
+    table = DifficultyTable(["a", "b", "c", "d"])
+    assert table.coverage == 0.0
+    table.observe(["a", "a", "b"], [0, 1, 0])
+    assert table.coverage == 0.25
+    table.observe(["b", "c"], [1, 0])  # b solved later: it counts from then on, whatever came before
+    assert table.coverage == 0.5
+    assert DifficultyTable([]).coverage == 0.0

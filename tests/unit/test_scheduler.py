@@ -230,6 +230,28 @@ def test_heldout_evaluation_samples_pass_at_every_configured_k_and_restores_the_
     assert scheduler.evaluate(sample=False) == {"accuracy": 1.0, "accuracy/fake": 1.0}  # eval.sample_before=false
 
 
+def test_after_training_pass_at_k_is_also_measured_at_each_asked_temperature(tmp_path):
+    scheduler, calls, _ = build(tmp_path, heldout_samples=4, heldout_ks=(1, 4))
+    result = scheduler.evaluate(temperatures=(0.6, 1.3))
+
+    assert [result[f"sampled_t{t}/all/pass@4"] for t in (0.6, 1.3)] == [result["sampled/all/pass@4"]] * 2
+    updates = [detail.temperature for part, method, detail in calls.log if method == "set_temperature"]
+    restore = scheduler.controller.temperature
+    assert updates == [1.0, restore, 0.6, restore, 1.3, restore]  # each sampled at its own, then restored
+
+
+def test_records_carry_coverage_and_with_an_answer_key_distinct_correct_answers(tmp_path):
+    scheduler, _, _ = build(tmp_path)
+    first, second = scheduler.step(), scheduler.step()
+
+    solvable = lambda ids: sum(int(q[1:]) % 3 > 0 for q in ids)  # noqa: E731  (q0, q3, q6 are never solved)
+    assert first.coverage == solvable(first.question_ids) / QUESTIONS
+    assert second.coverage == 5 / QUESTIONS  # after the epoch: every question the fake pool can solve
+    assert math.isnan(first.distinct_correct)  # no answer key: not counted
+    keyed, _, _ = build(tmp_path / "keyed", answer_key_fn="builtins:str")
+    assert keyed.step().distinct_correct == 1.0  # every right answer is the same text
+
+
 def test_a_fresh_run_starts_by_sending_the_initial_temperature(tmp_path):
     calls, run_log = Calls(), FakeRunLog()
     fresh, _, _ = build(tmp_path)

@@ -28,6 +28,8 @@ def full_record() -> StepRecord:
         learner={"loss": 0.01, "grad_norm": math.inf, "micro_batches": 2.0},
         timing={"step": 2.0, "sample": 0.01, "generate": 1.5, "train": 0.3, "checkpoint": 0.1, "heldout": 0.4},
         heldout={"accuracy": 0.75, "accuracy/arithmetic/L1": 1.0},
+        coverage=0.5,
+        distinct_correct=1.5,
     )
 
 
@@ -39,6 +41,8 @@ def test_every_key_but_the_step_identity_is_namespaced():
     assert line["rollout/total"] == 12 and (line["rollout/min"], line["rollout/max"]) == (2, 6)
     assert line["timing/generate_s"] == 1.5 and line["heldout/accuracy/arithmetic/L1"] == 1.0
     assert "learner/entropy" in line and "learner/learner/loss" not in line
+    assert line["reward/coverage"] == 0.5 and line["reward/distinct_correct"] == 1.5
+    assert "reward/distinct_correct" not in step_record(0).to_log()  # a task without an answer key: no key
 
 
 def test_a_line_reads_back_as_the_same_record_through_strict_json():

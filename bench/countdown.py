@@ -1,0 +1,292 @@
+"""The allocators and the temperature at equal budget on the countdown testbed, with 95% intervals over seeds.
+
+    python -m bench.countdown                        # every variant x 3 seeds, the experiment's config (below)
+    python -m bench.countdown --seeds 0 1 2 3 4 --variants grpo_n8 e3_knapsack_n8
+
+Variants (`VARIANTS`): at a mean of 8 responses a question, GRPO (uniform budget, fixed T), +TS (the adaptive
+temperature only), E3 (all three parts) and E3 with the `informative` or the `knapsack` allocator; at a mean of 4,
+GRPO, E3 and E3 with `knapsack`. For a seed every run sees the same questions in the same order, and every run at
+one mean generates the same number of responses, so the budgets are equal.
+
+Per run (`countdown_metrics`): held-out pass@k at T = 1 overall and per level (the hardest levels are where
+exploration should pay), greedy accuracy, pass@1 at T in {0.6, 1.0, 1.3}, coverage (the share of training
+questions solved at least once), distinct correct answers per group, the entropy of the 20% highest-entropy tokens,
+the all-wrong and zero-advantage fractions; and each run's held-out greedy curve. Means, 95% Student-t intervals
+and per-seed values go to `bench/results/countdown.json` and `.md`, the first seed's runs overlaid in
+`countdown_report.html`. Which pairs separate (non-overlapping intervals) is listed in the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from bench.ablation import RESULTS, mean_ci95
+from bench.machine import machine_line
+from bench.runs import SYNCHRONOUS, train_run
+from cluster.environment import keep_ray_on_loopback
+from reporting.markdown import markdown_table
+
+VARIANTS: dict[str, list[str]] = {
+    "grpo_n8": ["algo=grpo", "budget.n=8"],
+    "ts_n8": ["algo=e3", "budget.n=8", "budget.allocator=uniform"],
+    "e3_n8": ["algo=e3", "budget.n=8", "temperature.annealing=true"],
+    "e3_informative_n8": ["algo=e3", "budget.n=8", "temperature.annealing=true", "budget.allocator=informative"],
+    "e3_knapsack_n8": ["algo=e3", "budget.n=8", "temperature.annealing=true", "budget.allocator=knapsack"],
+    "grpo_n4": ["algo=grpo", "budget.n=4"],
+    "e3_n4": ["algo=e3", "budget.n=4", "temperature.annealing=true"],
+    "e3_knapsack_n4": ["algo=e3", "budget.n=4", "temperature.annealing=true", "budget.allocator=knapsack"],
+}
+"""Each variant's overrides on top of `EXPERIMENT_CONFIG`; the suffix is the mean responses per question."""
+
+LABELS = {
+    "grpo_n8": "GRPO n=8",
+    "ts_n8": "+TS n=8",
+    "e3_n8": "E3 n=8",
+    "e3_informative_n8": "E3 informative n=8",
+    "e3_knapsack_n8": "E3 knapsack n=8",
+    "grpo_n4": "GRPO n=4",
+    "e3_n4": "E3 n=4",
+    "e3_knapsack_n4": "E3 knapsack n=4",
+}
+
+SOURCE = "countdown"
+"""The held-out data sources are `countdown/L<level>`."""
+KS = (1, 4, 16, 64)
+"""The k of the held-out pass@k at T = 1 (64 answers sampled per held-out question)."""
+TEMPERATURES = (0.6, 1.0, 1.3)
+"""The temperatures of the held-out pass@1 after training."""
+
+EXPERIMENT_CONFIG = [
+    *SYNCHRONOUS,
+    "data.task=countdown",
+    "train.epochs=4",
+    "eval.every_steps=4",
+    f"eval.heldout_samples={max(KS)}",
+    f"eval.ks=[{','.join(map(str, KS))}]",
+    f"eval.after_temperatures=[{','.join(f'{t:g}' for t in TEMPERATURES if t != 1.0)}]",
+    "eval.sample_before=false",
+]
+"""The demo's config on the countdown task, synchronous, four epochs over the training split; greedy held-out
+accuracy every 4 steps (the curve), 64 answers per held-out question after training at T = 1 and at the other
+`TEMPERATURES`."""
+
+
+def final(record_values: Sequence[float], share: float = 0.25) -> float:
+    """The mean of the last `share` of a run's per-step values (a step's value is noisy; the run's end is read
+    from its last quarter)."""
+    tail = list(record_values)[-max(1, round(share * len(record_values))) :]
+    return statistics.fmean(tail)
+
+
+def countdown_metrics(run: Any, levels: Sequence[str]) -> dict[str, float]:
+    """The experiment's numbers of one finished run (`reporting.report.Run`); `levels` are the held-out levels
+    (`L<k>`, data source `countdown/L<k>`), easiest first."""
+    steps, after = run.steps, run.summary["heldout_after"]
+    metrics: dict[str, float] = {
+        "heldout_greedy_accuracy": after["accuracy"],
+        **{f"pass@{k}": after[f"sampled/all/pass@{k}"] for k in KS},
+        "pass@64_two_hardest": statistics.fmean(after[f"sampled/{SOURCE}/{level}/pass@64"] for level in levels[-2:]),
+        **{f"pass@1_T{t:g}": after[_at(t, "all/pass@1")] for t in TEMPERATURES},
+        "coverage": steps[-1].coverage,
+        "distinct_correct_last_quarter": final([s.distinct_correct for s in steps]),
+        "entropy_top20_last_quarter": final([s.learner.get("entropy_top20", float("nan")) for s in steps]),
+        "entropy_last_quarter": final([s.entropy for s in steps]),
+        "all_wrong_fraction": statistics.fmean(s.all_wrong_fraction for s in steps),
+        "zero_advantage_fraction": statistics.fmean(s.zero_advantage_fraction for s in steps),
+        "final_temperature": steps[-1].next_temperature,
+        "rollouts_total": sum(s.rollouts_total for s in steps),
+        "wall_s": run.summary["wall_s"],
+    }
+    for level in levels:
+        for k in (1, 64):
+            metrics[f"pass@{k}/{level}"] = after[f"sampled/{SOURCE}/{level}/pass@{k}"]
+    return metrics
+
+
+def _at(temperature: float, key: str) -> str:
+    """The summary key of a held-out number sampled at `temperature` (T = 1 is the evaluation's own)."""
+    return f"sampled/{key}" if temperature == 1.0 else f"sampled_t{temperature:g}/{key}"
+
+
+def curve(run: Any) -> list[list[float]]:
+    """The run's held-out greedy curve as [steps done, accuracy] pairs."""
+    xs, ys = run.heldout_curve()
+    return [[float(x), float(y)] for x, y in zip(xs, ys, strict=True)]
+
+
+def saturation_step(points: Sequence[Sequence[float]], share: float = 0.9) -> float | None:
+    """The first step at which a curve has `share` of its final gain over its start (None for a curve that
+    gains nothing): issue 25's test that training does not saturate early."""
+    start, end = points[0][1], points[-1][1]
+    if end <= start:
+        return None
+    return next(x for x, y in points if y - start >= share * (end - start))
+
+
+def separations(variants: dict[str, dict[str, Any]], metrics: Sequence[str]) -> list[str]:
+    """Every pair of variants whose 95% intervals on one of `metrics` do not overlap, as lines of text."""
+    lines = []
+    for metric in metrics:
+        for a, b in combinations(variants, 2):
+            ia, ib = variants[a][metric].get("ci95"), variants[b][metric].get("ci95")
+            if ia and ib and (ia[1] < ib[0] or ib[1] < ia[0]):
+                high, low = (a, b) if variants[a][metric]["mean"] > variants[b][metric]["mean"] else (b, a)
+                lines.append(
+                    f"{metric}: {LABELS[high]} {variants[high][metric]['mean']:.3f} > {LABELS[low]} "
+                    f"{variants[low][metric]['mean']:.3f}"
+                )
+    return lines
+
+
+SEPARATION_METRICS = ("pass@64_two_hardest", "coverage", "pass@1", "pass@64", "heldout_greedy_accuracy")
+ROWS = (
+    ("held-out greedy accuracy", "heldout_greedy_accuracy", "{:.3f}"),
+    *((f"held-out pass@{k}, T=1", f"pass@{k}", "{:.3f}") for k in KS),
+    ("held-out pass@64, two hardest levels", "pass@64_two_hardest", "{:.3f}"),
+    *((f"held-out pass@1, T={t:g}", f"pass@1_T{t:g}", "{:.3f}") for t in TEMPERATURES),
+    ("coverage of the training questions", "coverage", "{:.3f}"),
+    ("distinct correct answers a group, last quarter", "distinct_correct_last_quarter", "{:.2f}"),
+    ("entropy of the top-20% tokens, last quarter", "entropy_top20_last_quarter", "{:.3f}"),
+    ("entropy, last quarter", "entropy_last_quarter", "{:.3f}"),
+    ("all-wrong fraction, whole run", "all_wrong_fraction", "{:.3f}"),
+    ("zero-advantage fraction, whole run", "zero_advantage_fraction", "{:.3f}"),
+    ("final temperature", "final_temperature", "{:.3f}"),
+    ("responses in the run", "rollouts_total", "{:.0f}"),
+)
+
+
+def _cell(metric: dict[str, Any], spec: str) -> str:
+    """`mean [lo, hi]`, or n/a."""
+    if metric.get("mean") is None:
+        return "n/a"
+    text = spec.format(metric["mean"])
+    if metric.get("ci95"):
+        text += " [" + ", ".join(spec.format(v) for v in metric["ci95"]) + "]"
+    return text
+
+
+def summarize(metrics: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Per variant and metric: mean, 95% interval and the per-seed values."""
+    return {name: {key: mean_ci95([m[key] for m in runs]) for key in runs[0]} for name, runs in metrics.items()}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The measured tables (means [95% interval] over seeds) and the list of separated pairs; the reading is
+    written by hand below them."""
+    variants = results["variants"]
+    names = list(variants)
+    table = markdown_table(
+        ["metric", *(LABELS[n] for n in names)],
+        [[label, *(_cell(variants[n][key], spec) for n in names)] for label, key, spec in ROWS],
+    )
+    levels = results["levels"]
+    per_level = markdown_table(
+        ["variant", *(f"{level} pass@1 / pass@64" for level in levels)],
+        [
+            [LABELS[n], *(f"{variants[n][f'pass@1/{lv}']['mean']:.3f} / {variants[n][f'pass@64/{lv}']['mean']:.3f}"
+                          for lv in levels)]
+            for n in names
+        ],
+    )  # fmt: skip
+    separated = results["separations"] or ["(none: every pair's intervals overlap on every metric listed)"]
+    saturation = results["grpo_saturation"]
+    lines = [
+        "# Allocators and temperature at equal budget on countdown",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Seeds: {results['seeds']}; config: `{' '.join(results['config'])}`; {results['machine']}; "
+        f"{results['date']}; {results['bench_wall_s'] / 60:.0f} min in all.",
+        "",
+        "Means over seeds with 95% Student-t intervals (per-seed values and curves in countdown.json).",
+        "",
+        *table,
+        "",
+        "Per level, means over seeds (L1 easiest):",
+        "",
+        *per_level,
+        "",
+        "Pairs whose intervals do not overlap, on " + ", ".join(f"`{m}`" for m in SEPARATION_METRICS) + ":",
+        "",
+        *(f"- {line}" for line in separated),
+        "",
+        "GRPO's held-out greedy curve reaches 90% of its final gain at step(s) "
+        f"{saturation['per_seed']} of {saturation['steps']} (issue 25: no earlier than half-way).",
+        "",
+        "Overlay of the first seed's runs: [countdown_report.html](countdown_report.html).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every (seed, variant) pair, write `countdown.json`, `countdown.md` and `countdown_report.html` under
+    `--out` (`bench/results/`), and return the results; runs go to `--runs` (`runs/countdown/`, not committed)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--runs", type=Path, default=Path("runs/countdown"))
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs (with a summary.json) found in --runs")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every variant (after --)")
+    args = parser.parse_args(argv)
+    if "grpo_n8" not in args.variants:
+        parser.error("--variants must include grpo_n8 (the reference of the saturation check)")
+    keep_ray_on_loopback()  # before Ray is imported
+
+    from cluster.build import ray_session
+    from core.config import RayConfig
+    from reporting.report import load_run, write_report
+
+    started = time.perf_counter()
+    config = [*EXPERIMENT_CONFIG, *args.overrides]
+    run_dirs: dict[str, list[Path]] = {name: [] for name in args.variants}
+    with ray_session(RayConfig(), needed_cpus=4):
+        for seed in args.seeds:
+            for name in args.variants:
+                overrides = [*config, *VARIANTS[name]]
+                run_dirs[name].append(train_run(args.runs, f"{name}-seed{seed}", seed, overrides, reuse=args.reuse))
+
+    runs = {name: [load_run(d) for d in dirs] for name, dirs in run_dirs.items()}
+    first = runs[args.variants[0]][0]
+    levels = sorted(
+        {key.split("/")[2] for key in first.summary["heldout_after"] if key.startswith(f"sampled/{SOURCE}")}
+    )
+    metrics = {name: [countdown_metrics(run, levels) for run in variant_runs] for name, variant_runs in runs.items()}
+    grpo_curves = [curve(run) for run in runs["grpo_n8"]]
+    results: dict[str, Any] = {
+        "variants": summarize(metrics),
+        "seeds": args.seeds,
+        "levels": levels,
+        "curves": {
+            name: {str(seed): curve(run) for seed, run in zip(args.seeds, rs, strict=True)} for name, rs in runs.items()
+        },
+        "grpo_saturation": {
+            "per_seed": [saturation_step(points) for points in grpo_curves],
+            "steps": first.summary["steps"],
+        },
+        "config": config,
+        "variant_overrides": {name: VARIANTS[name] for name in args.variants},
+        "machine": machine_line(),
+        "date": time.strftime("%Y-%m-%d"),
+        "bench_wall_s": time.perf_counter() - started,
+        "command": ("python -m bench.countdown " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
+    }
+    results["separations"] = separations(results["variants"], SEPARATION_METRICS)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "countdown.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    (args.out / "countdown.md").write_text(markdown(results), encoding="utf-8")
+    write_report([dirs[0] for dirs in run_dirs.values()], out=args.out / "countdown_report.html")
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The countdown experiment's numbers, computed from run folders: per-run metrics, intervals, separations and
+the saturation check."""
+
+import json
+
+import pytest
+
+from bench.countdown import (
+    KS,
+    TEMPERATURES,
+    VARIANTS,
+    countdown_metrics,
+    markdown,
+    saturation_step,
+    separations,
+    summarize,
+)
+from core.config import AllocatorName
+from launch import compose_run_config
+from reporting.report import load_run
+from tests.support.records import step_record
+
+LEVELS = ["L1", "L2", "L3"]
+
+
+def fake_run(path, hard_pass64=0.2, coverage=(0.2, 0.4, 0.5, 0.6)):
+    """A finished countdown run of four steps whose held-out pass@64 on the hardest levels is `hard_pass64`."""
+    path.mkdir()
+    records = [
+        step_record(
+            step,
+            coverage=c,
+            distinct_correct=1.0 + step,
+            learner={"entropy_top20": 0.5 + step},
+            heldout={"accuracy": 0.1 * step} if step % 2 else {},
+        )
+        for step, c in enumerate(coverage)
+    ]
+    (path / "metrics.jsonl").write_text("\n".join(json.dumps(r.to_log()) for r in records) + "\n")
+    after = {"accuracy": 0.4, **{f"sampled/all/pass@{k}": 0.1 * k**0.5 for k in KS}}
+    for t in TEMPERATURES:
+        if t != 1.0:
+            after[f"sampled_t{t:g}/all/pass@1"] = t / 10
+    for i, level in enumerate(LEVELS):
+        after[f"sampled/countdown/{level}/pass@1"] = 0.5 - 0.2 * i
+        after[f"sampled/countdown/{level}/pass@64"] = 0.9 if i == 0 else hard_pass64
+    summary = {"steps": 4, "heldout_before": {"accuracy": 0.0}, "heldout_after": after, "wall_s": 30.0}
+    (path / "summary.json").write_text(json.dumps(summary))
+    return load_run(path)
+
+
+def test_a_runs_metrics_read_its_summary_and_its_records(tmp_path):
+    metrics = countdown_metrics(fake_run(tmp_path / "run", hard_pass64=0.3), LEVELS)
+    assert metrics["pass@64_two_hardest"] == pytest.approx(0.3)  # mean over L2 and L3
+    assert metrics["pass@1_T0.6"] == pytest.approx(0.06) and metrics["pass@1_T1"] == metrics["pass@1"]
+    assert metrics["coverage"] == 0.6  # the last step's
+    assert metrics["distinct_correct_last_quarter"] == 4.0  # the last of four steps
+    assert metrics["entropy_top20_last_quarter"] == 3.5
+    assert metrics["pass@1/L3"] == pytest.approx(0.1) and metrics["pass@64/L1"] == 0.9
+
+
+def test_pairs_separate_only_when_their_intervals_do_not_overlap(tmp_path):
+    low = [countdown_metrics(fake_run(tmp_path / f"low{i}", hard_pass64=0.1 + 0.01 * i), LEVELS) for i in range(3)]
+    high = [countdown_metrics(fake_run(tmp_path / f"high{i}", hard_pass64=0.5 + 0.01 * i), LEVELS) for i in range(3)]
+    variants = summarize({"grpo_n8": low, "e3_knapsack_n8": high})
+    assert variants["grpo_n8"]["pass@64_two_hardest"]["per_seed"] == pytest.approx([0.1, 0.11, 0.12])
+    lines = separations(variants, ["pass@64_two_hardest", "coverage"])
+    assert lines == ["pass@64_two_hardest: E3 knapsack n=8 0.510 > GRPO n=8 0.110"]  # equal coverage: no line
+    text = markdown(
+        {
+            "variants": variants, "levels": LEVELS, "separations": lines, "command": "python -m bench.countdown",
+            "seeds": [0, 1, 2], "config": [], "machine": "cpu", "date": "today", "bench_wall_s": 60,
+            "grpo_saturation": {"per_seed": [3.0, 3.0, 3.0], "steps": 4},
+        }
+    )  # fmt: skip
+    assert "E3 knapsack n=8 0.510 > GRPO n=8 0.110" in text and "| L3 pass@1 / pass@64" in text
+
+
+def test_saturation_is_the_first_step_with_ninety_percent_of_the_final_gain():
+    assert saturation_step([[0, 0.2], [4, 0.5], [8, 0.62], [12, 0.6], [16, 0.64]]) == 8  # 0.42 >= 0.9 x 0.44
+    assert saturation_step([[0, 0.5], [4, 0.4]]) is None
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_composes_on_the_countdown_task(name):
+    from bench.countdown import EXPERIMENT_CONFIG
+
+    cfg = compose_run_config([*EXPERIMENT_CONFIG, *VARIANTS[name]])
+    assert cfg.data.task == "countdown" and cfg.eval.after_temperatures == [0.6, 1.3]
+    assert cfg.budget.n == int(name.rsplit("_n", 1)[1])
+    if "knapsack" in name:
+        assert cfg.budget.allocator == AllocatorName.knapsack
