@@ -61,7 +61,8 @@ def prepare_task(cfg: RunConfig) -> TaskFiles:
     if data.task in EMBEDDED_TASKS:
         base, ensure_datasets, ensure_base_policy = _embedded_builders(data.task)
         cache = Path(cfg.cache_dir) / data.task
-        splits = ensure_datasets(cache / "data", base.data)
+        given = (data.train_path, data.valid_path, data.test_path)
+        splits = {} if all(given) else ensure_datasets(cache / "data", base.data)  # generated only when needed
         model = Path(cfg.model.path) if cfg.model.path else ensure_base_policy(cache / "base-policy", base)
         pick = lambda given, split: Path(given) if given else splits[split]  # noqa: E731
         return TaskFiles(

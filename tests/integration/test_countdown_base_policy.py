@@ -16,7 +16,7 @@ from tasks.arithmetic.cache import STAMP_FILE
 from tasks.arithmetic.tokenizer import IM_END
 from tasks.countdown import build_base, policy_eval
 from tasks.countdown.build_base import BasePolicyConfig, ensure_base_policy
-from tasks.countdown.generate import CountdownDataConfig
+from tasks.countdown.generate import CountdownDataConfig, ensure_datasets
 
 TINY = BasePolicyConfig(
     data=CountdownDataConfig(train_size=60, valid_size=12, test_size=24),
@@ -71,9 +71,11 @@ def test_training_questions_train_end_to_end(model_dir: Path, ray_cluster, tmp_p
     import launch
     from tests.support.config import run_config
 
+    splits = ensure_datasets(tmp_path / "data", TINY.data)  # the tiny splits: the default ones take a while
     cfg = run_config(
         tmp_path,
         "data.task=countdown",
+        *(f"data.{name}_path={path}" for name, path in splits.items()),
         f"model.path={model_dir}",
         f"cache_dir={tmp_path / 'cache'}",
         "rollout.engine=hf",
@@ -84,6 +86,11 @@ def test_training_questions_train_end_to_end(model_dir: Path, ray_cluster, tmp_p
     run_dir = tmp_path / "smoke-countdown"
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "step" in line][:3] == [0, 1, 2]
+    coverage = [line["reward/coverage"] for line in lines]
+    assert coverage == sorted(coverage) and all(0.0 <= c <= 1.0 for c in coverage)  # solved once, solved for good
+    assert all("learner/entropy_top20" in line for line in lines)
+    # countdown answers have a canonical form: distinct correct answers are counted on steps that solved any
+    assert all(line.get("reward/distinct_correct", 1.0) >= 1.0 for line in lines)
     import pyarrow.parquet as pq
 
     table = pq.read_table(run_dir / "difficulty.parquet")

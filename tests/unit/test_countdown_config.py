@@ -21,3 +21,24 @@ def test_composes_from_the_command_line(tmp_path) -> None:
     )  # fmt: skip
     assert (cfg.data.task, cfg.budget.allocator, cfg.budget.p_window) == ("countdown", "knapsack", 8)
     assert launch.compose_run_config([f"output_dir={tmp_path}"]).budget.p_window == 16
+
+
+def test_an_embedded_task_given_every_file_and_a_model_builds_nothing(tmp_path, monkeypatch) -> None:
+    launch = pytest.importorskip("launch")
+    from tasks.countdown import build_base, generate
+    from tasks.registry import prepare_task
+
+    files = {name: tmp_path / f"{name}.parquet" for name in ("train", "valid", "test")}
+    for path in files.values():
+        path.write_bytes(b"")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    monkeypatch.setattr(generate, "ensure_datasets", lambda *a: pytest.fail("generated the default splits"))
+    monkeypatch.setattr(build_base, "ensure_base_policy", lambda *a: pytest.fail("built the base policy"))
+    cfg = launch.compose_run_config(
+        [f"output_dir={tmp_path}", "data.task=countdown", f"model.path={model}",
+         *(f"data.{name}_path={path}" for name, path in files.items())]
+    )  # fmt: skip
+    resolved = prepare_task(cfg)
+    assert (resolved.train, resolved.valid, resolved.test, resolved.model) == (*files.values(), model)
