@@ -32,6 +32,7 @@ from core.config import BudgetConfig, RewardConfig, TemperatureConfig
 from core.difficulty import DifficultyTable
 from core.messages import LearnerResult, RolloutRequest, ScoredRollout, TemperatureUpdate, TrainBatch
 from core.sampler import EpochSampler
+from core.samples import sample_groups
 from core.step_record import PREVIOUS_CHECKPOINT_PHASE, PhaseTimer, StepRecord, generation_seconds
 from core.temperature import TemperatureController
 from tasks.dataset import Question, dataset_fingerprint
@@ -145,6 +146,8 @@ class Scheduler:
             self.step_count += 1
         heldout = self._heldout_if_due(timer)
         record = self._record(step, issued, scored, stats, result, control, timer, heldout)
+        if self._samples_due(step):
+            self._log_samples(step, issued.drawn, scored, train_batch, result.weights_version - 1)
         self._log(record)  # before the checkpoint: a resume from it never skips this step's record
         self._checkpoint_if_due()
         return record
@@ -318,6 +321,29 @@ class Scheduler:
             coverage=self.table.coverage,
             distinct_correct=distinct_correct_per_group(scored, self._answer_key) if self._answer_key else math.nan,
         )
+
+    def _samples_due(self, step: int) -> bool:
+        """Whether step `step` (0-based) logs a few whole groups: every `samples_every`-th, from the first."""
+        every = self.settings.samples_every
+        return bool(every and self.run_log is not None and step % every == 0)
+
+    def _log_samples(
+        self, step: int, drawn: DrawnQuestions, scored: list[ScoredRollout], batch: TrainBatch, trained: int
+    ) -> None:
+        """Send a few of the step's groups, whole, to the run log (`core.samples`)."""
+        groups = sample_groups(
+            step=step,
+            scored=scored,
+            prompts=["\n".join(m.content for m in q.prompt) for q in drawn.questions],
+            ground_truths=[q.ground_truth for q in drawn.questions],
+            ranks=drawn.ranks,
+            advantages=batch.advantages.tolist(),
+            trained_version=trained,
+            count=self.settings.sample_groups,
+            max_chars=self.settings.sample_chars,
+            seed=request_seed(self.settings.seed, step, 0),
+        )
+        self.run_log.log_samples(step, groups)
 
     def _log(self, record: StepRecord) -> None:
         """Send the record to the run log; at epoch end also the difficulty table and the epoch's records."""

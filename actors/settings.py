@@ -43,6 +43,12 @@ class SchedulerSettings:
     stale_policy: StalePolicy = StalePolicy.wait
     """A rollout older than `max_staleness` versions when its step trains: `wait` keeps it, `drop` generates it
     again with the current weights (`train.stale_policy`)."""
+    samples_every: int = 0
+    """Log a few whole groups every K-th step (`log.samples_every`); 0: never."""
+    sample_groups: int = 4
+    """Groups logged on those steps (`log.sample_groups`)."""
+    sample_chars: int = 2000
+    """Characters of text kept per prompt and response (`log.sample_chars`)."""
     answer_key_fn: str = ""
     """`module:function` giving a completion's answer in canonical form (None when it has none), for counting
     distinct correct answers per group; empty: not counted (the task's, `tasks.registry.ANSWER_KEY_FNS`)."""
@@ -73,5 +79,8 @@ class SchedulerSettings:
             heldout_every=cfg.eval.every_steps,
             max_staleness=cfg.train.max_staleness,
             stale_policy=cfg.train.stale_policy,
+            samples_every=cfg.log.samples_every,
+            sample_groups=cfg.log.sample_groups,
+            sample_chars=cfg.log.sample_chars,
             answer_key_fn=ANSWER_KEY_FNS.get(cfg.data.task, ""),
         )

@@ -393,6 +393,17 @@ class WandbConfig:
 
 
 @dataclass
+class LogConfig:
+    samples_every: int = bounded(10, ge=0)
+    """Every K-th step, a few whole groups go to `samples.jsonl` in the run folder and to the W&B table `samples`
+    (`core/samples.py`: the hardest question of the step, the easiest, the most mixed, then random ones); 0: off."""
+    sample_groups: int = bounded(4, gt=0)
+    """Groups kept on those steps."""
+    sample_chars: int = bounded(2000, gt=0)
+    """Longest response (and prompt) text kept per sample, in characters: a 6,144-token answer is cut to this."""
+
+
+@dataclass
 class RayConfig:
     address: str = ""
     """An existing cluster's address (`auto` inside `ray job submit`); empty: start a local cluster."""
@@ -438,6 +449,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     @property

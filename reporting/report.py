@@ -358,7 +358,8 @@ def _finish(ax: Axes, title: str, xlabel: str, ylabel: str, legend: bool = True)
 
 
 def plot_entropy(runs: Sequence[Run]) -> Figure:
-    """Policy entropy per step (solid) against the controller's target entropy (dashed), per run."""
+    """Policy entropy per step (solid) against the controller's target entropy (dashed), and the mean over the
+    20% highest-entropy tokens (dotted, where logged), per run."""
     fig = _new_figure()
     ax = fig.add_subplot()
     for i, run in enumerate(runs):
@@ -367,6 +368,9 @@ def plot_entropy(runs: Sequence[Run]) -> Figure:
         target = run.values(lambda r: r.target_entropy)
         if np.isfinite(target).any():
             _line(ax, steps, target, color=_colour(i), linestyle="--", label=f"{run.label}: target")
+        top = run.values(lambda r: r.learner.get("entropy_top20"))
+        if np.isfinite(top).any():
+            _line(ax, steps, top, color=_colour(i), linestyle=":", label=f"{run.label}: top-20% tokens")
     _mark_epochs(ax, runs)
     _step_axis(ax, runs)
     _finish(ax, "Entropy against target entropy", "training step", "token entropy of tempered policy (nats)")
@@ -472,6 +476,30 @@ def plot_allocation(runs: Sequence[Run]) -> Figure:
     return fig
 
 
+def plot_staleness(runs: Sequence[Run]) -> Figure:
+    """Generation ahead of training: the share of each step's samples that are 0, 1, ... versions old (left) and
+    the importance ratio's mean and max (right), per run; runs of the synchronous loop log neither."""
+    fig = _new_figure(11.0, 4.5)
+    ages, ratios = fig.subplots(1, 2, sharex=True)
+    for i, run in enumerate(runs):
+        steps = run.step_numbers()
+        oldest = max((len(r.staleness) for r in run.steps), default=0)
+        for age in range(1, oldest):  # the share of samples at least `age` versions old (age 0 is the rest)
+            share = run.values(lambda r, a=age: sum(r.staleness[a:]) / sum(r.staleness) if sum(r.staleness) else None)
+            _line(ages, steps, share, color=_colour(i), linestyle=("-", "--", ":")[min(age - 1, 2)],
+                  label=f"{run.label}: >= {age} old")  # fmt: skip
+        for name, style in (("is_ratio_mean", "-"), ("is_ratio_max", "--")):
+            values = run.values(lambda r, n=name: r.learner.get(n))
+            if np.isfinite(values).any():
+                _line(ratios, steps, values, color=_colour(i), linestyle=style, label=f"{run.label}: {name}")
+    for ax in (ages, ratios):
+        _mark_epochs(ax, runs)
+        _step_axis(ax, runs)
+    _finish(ages, "Samples by age", "training step", "share of the step's samples")
+    _finish(ratios, "Importance ratio (old policy / sampler)", "training step", "ratio")
+    return fig
+
+
 def plot_step_time(runs: Sequence[Run]) -> Figure:
     """Mean seconds per step of each phase, one stacked bar per run; `other` is scheduler overhead."""
     fig = _new_figure(10.0, 1.6 + 0.7 * max(1, len(runs)))
@@ -538,6 +566,14 @@ PLOTS = (
         "(GRPO) is a flat line. Ranks are recomputed and budget bounds widened at every epoch end.",
     ),
     Plot(
+        "staleness",
+        plot_staleness,
+        "With generation ahead of training (train.max_staleness >= 1): the share of each step's samples drawn "
+        "with weights one or more versions older than the policy trained, and the importance ratio of the old "
+        "policy to the sampling engine the off-policy correction weights each token by (1 when on-policy). "
+        "Empty for the synchronous loop.",
+    ),
+    Plot(
         "step_time",
         plot_step_time,
         "Mean wall time per step by phase; 'other' is the step time no phase covers (scheduler overhead).",
@@ -578,7 +614,10 @@ def _table_html(run: Run) -> str:
 
 
 def render_html(runs: Sequence[Run], images: dict[str, bytes]) -> str:
-    """The report page: per-run tables, then each plot as an embedded PNG data URI with its caption."""
+    """The report page: per-run tables, then each plot as an embedded PNG data URI with its caption, then the
+    first run's questions worth a look (`reporting.questions.questions_html`)."""
+    from reporting.questions import questions_html
+
     title = "E3 run report: " + ", ".join(run.label for run in runs)
     partial = [r.label for r in runs if r.skipped_partial_line]
     notes = [f"{label}: skipped a partial last line of metrics.jsonl" for label in partial]
@@ -602,6 +641,7 @@ def render_html(runs: Sequence[Run], images: dict[str, bytes]) -> str:
             "</div>",
             "<h2>Plots</h2>",
             *figures,
+            questions_html(runs[0].run_dir) if runs else "",
             "</body></html>",
         ]
     )
@@ -633,5 +673,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m reporting", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders (runs/<name>), overlaid")
     parser.add_argument("--out", type=Path, help="HTML file to write (default: <first run>/report.html)")
+    parser.add_argument("--question", help="print this question's history in the (first) run instead")
     args = parser.parse_args(argv)
-    print(write_report(args.run_dirs, args.out))
+    from reporting.questions import format_history, question_history
+
+    try:
+        if args.question is not None:
+            print(format_history(question_history(args.run_dirs[0], args.question), args.run_dirs[0]))
+        else:
+            print(write_report(args.run_dirs, args.out))
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        parser.exit(2, f"error: {err.args[0] if isinstance(err, KeyError) else err}\n")

@@ -1,5 +1,6 @@
-"""Where a run's numbers go: `metrics.jsonl`, W&B (offline unless configured), Ray dashboard gauges, and the
-difficulty table at every epoch end. Used by the scheduler only, so there is one writer per run.
+"""Where a run's numbers go: `metrics.jsonl`, W&B (offline unless configured), Ray dashboard gauges, the
+difficulty table at every epoch end, and a few whole groups every `log.samples_every` steps (`samples.jsonl`).
+Used by the scheduler only, so there is one writer per run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from core.config import WandbConfig
 from core.difficulty import DifficultyTable
+from core.samples import SampleGroup, SampleResponse
 from core.step_record import StepRecord
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,19 @@ GAUGES: dict[str, Callable[[StepRecord], float | None]] = {
     "e3_heldout_accuracy": lambda r: r.heldout_accuracy,
 }
 """The Ray gauges set after every step (Prometheus names), and what each shows of the step's record."""
+
+SAMPLES_FILE = "samples.jsonl"
+"""A few whole groups of every `log.samples_every`-th step, one JSON object (`core.samples.SampleGroup`) a line."""
+SAMPLE_COLUMNS = tuple(name for name in SampleResponse.__dataclass_fields__)
+"""The per-response columns of the W&B table `samples` (after the group's own)."""
+
+
+def _step_of(line: str) -> int:
+    """The step of a `samples.jsonl` line; a line cut short by a crash reads as a step past any (a rewind drops it)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
 
 
 def _scalar_items(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -176,6 +191,10 @@ class RunLog:
                 if record.step < step:
                     kept.append((line, record))
             path.write_text("".join(line + "\n" for line, _ in kept), encoding="utf-8")
+        samples = self.run_dir / SAMPLES_FILE
+        if samples.exists():
+            lines = samples.read_text(encoding="utf-8").splitlines()
+            samples.write_text("".join(line + "\n" for line in lines if _step_of(line) < step), encoding="utf-8")
         self.resume = True
         return [record for _, record in kept]
 
@@ -205,6 +224,24 @@ class RunLog:
         if self._wandb is not None and record.step > self._sent.step:
             self._wandb.log(_scalar_items(line), step=record.step)
             self._mark_sent(step=record.step)
+
+    def log_samples(self, step: int, groups: list[SampleGroup]) -> None:
+        """Append the step's logged groups to `samples.jsonl`, one line each, and send them to W&B as the table
+        `samples`, one row per response (unless an earlier attempt of the run sent this step)."""
+        self._open()
+        with open(self.run_dir / SAMPLES_FILE, "a", encoding="utf-8") as out:
+            out.writelines(json.dumps(group.to_json()) + "\n" for group in groups)
+        if self._wandb is not None and step > self._sent.step:
+            import wandb
+
+            rows = [
+                [g.step, g.pick, g.question_id, g.prompt, g.ground_truth, g.rank, g.rollouts,
+                 *(getattr(r, name) for name in SAMPLE_COLUMNS)]
+                for g in groups
+                for r in g.responses
+            ]  # fmt: skip
+            columns = ["step", "pick", "question_id", "prompt", "ground_truth", "rank", "rollouts", *SAMPLE_COLUMNS]
+            self._wandb.log({"samples": wandb.Table(columns=columns, data=rows)}, step=step)
 
     def log_epoch(self, epoch: int, step: int, table: DifficultyTable, records: list[StepRecord]) -> Path:
         """Save the difficulty table (`difficulty.parquet`, plus a copy per epoch) and send epoch views to W&B

@@ -54,8 +54,9 @@ def fake_steps(algo: str, epochs: int = 3, steps_per_epoch: int = 4, batch: int 
                 rollouts_per_question=tuple(int(c) for c in counts),
                 question_ranks=tuple(float(r) for r in ranks),
                 response_length_mean=120.0,
-                learner={"loss": 0.01},
+                learner={"loss": 0.01, "entropy_top20": 2.5 * entropy, "is_ratio_mean": 1.0, "is_ratio_max": 1.3},
                 timing={"step": sum(timing.values()) + 0.05, **timing},
+                staleness=(int(counts.sum()) // 2, int(counts.sum()) - int(counts.sum()) // 2),  # one step ahead
             )
         )
         temperature = next_temperature
@@ -116,7 +117,7 @@ def test_report_embeds_one_real_png_per_plot_and_names_both_runs(two_runs: list[
     assert out == two_runs[0] / "report.html"
     html = out.read_text(encoding="utf-8")
     pngs = embedded_pngs(html)
-    assert len(pngs) == len(PLOTS) == 5
+    assert len(pngs) == len(PLOTS) == 6
     for png in pngs:
         assert_real_plot(png)
     assert "e3-demo (e3)" in html and "grpo-demo (grpo)" in html

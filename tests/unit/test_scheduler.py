@@ -28,6 +28,7 @@ from core.messages import (
     TemperatureUpdate,
     TrainBatch,
 )
+from core.samples import SampleGroup
 from core.step_record import StepRecord, generation_seconds
 from tasks.dataset import ChatMessage, Question
 from tasks.prepare import Split
@@ -130,9 +131,13 @@ class FakeRunLog:
     def __init__(self) -> None:
         self.records: list[StepRecord] = []
         self.epochs: list[tuple[int, int, list[int]]] = []
+        self.samples: dict[int, list[SampleGroup]] = {}
 
     def log_step(self, record: StepRecord) -> None:
         self.records.append(record)
+
+    def log_samples(self, step: int, groups: list[SampleGroup]) -> None:
+        self.samples[step] = groups
 
     def log_epoch(self, epoch: int, step: int, table: DifficultyTable, records: list[StepRecord]) -> None:
         self.epochs.append((epoch, step, [r.step for r in records]))
@@ -238,6 +243,31 @@ def test_after_training_pass_at_k_is_also_measured_at_each_asked_temperature(tmp
     updates = [detail.temperature for part, method, detail in calls.log if method == "set_temperature"]
     restore = scheduler.controller.temperature
     assert updates == [1.0, restore, 0.6, restore, 1.3, restore]  # each sampled at its own, then restored
+
+
+def test_every_kth_step_logs_whole_groups_with_what_each_response_was_sampled_with(tmp_path):
+    scheduler, _, run_log = build(tmp_path, samples_every=2, sample_groups=3, sample_chars=3)
+    records = [scheduler.step() for _ in range(3)]
+
+    assert sorted(run_log.samples) == [0, 2]
+    for step, groups in run_log.samples.items():
+        record = records[step]
+        per_question = dict(zip(record.question_ids, record.rollouts_per_question, strict=True))
+        assert [g.pick for g in groups] == ["hardest", "easiest", "most_mixed"]
+        assert len({g.question_id for g in groups}) == 3
+        for group in groups:
+            assert group.rollouts == len(group.responses) == per_question[group.question_id]
+            assert group.ground_truth == "right" and group.prompt == group.question_id[:3]
+            for response in group.responses:
+                assert response.text == response.text[:3] and response.text_chars == 5  # "right" or "wrong", cut
+                assert response.correct == (response.reward == 1.0)
+                assert (response.temperature, response.staleness) == (record.temperature, 0)
+                assert response.weights_version == record.weights_version - 1
+            rewards = [r.reward for r in group.responses]
+            if len(set(rewards)) == 1:
+                assert all(r.advantage == 0 for r in group.responses)  # GRPO: no signal in a uniform group
+            else:
+                assert all((r.advantage > 0) == r.correct for r in group.responses)
 
 
 def test_records_carry_coverage_and_with_an_answer_key_distinct_correct_answers(tmp_path):
