@@ -370,7 +370,8 @@ class Scheduler:
     def evaluate(self, sample: bool = True, temperatures: tuple[float, ...] = ()) -> dict[str, float]:
         """The current policy on the held-out questions: greedy accuracy (overall, per source) and, when `sample`
         and the plan ask for it, mean@k and pass@k from k sampled answers each (as `sampled/<key>`), at the
-        evaluation temperature and at each of `temperatures` (as `sampled_t<T>/<key>`, e.g. `sampled_t0.6/`)."""
+        evaluation temperature and at each of `temperatures` (as `sampled_t<T>/<key>`, e.g. `sampled_t0.6/`, from
+        `after_temperature_samples` answers a question)."""
         if self.heldout is None:
             return {}
         result = greedy_accuracy(
@@ -380,16 +381,15 @@ class Scheduler:
             max_new_tokens=self.settings.max_new_tokens,
         )
         if self.settings.heldout_samples and sample:
-            sampled = self._sampled_pass_at_k(self.settings.eval_temperature)
+            sampled = self._sampled_pass_at_k(self.settings.eval_temperature, self.settings.heldout_samples)
             result.update({f"sampled/{key}": value for key, value in sampled.items()})
             for temperature in temperatures:
-                sampled = self._sampled_pass_at_k(temperature)
+                sampled = self._sampled_pass_at_k(temperature, self.settings.after_temperature_samples)
                 result.update({f"sampled_t{temperature:g}/{key}": value for key, value in sampled.items()})
         return result
 
-    def _sampled_pass_at_k(self, temperature: float) -> dict[str, float]:
-        """Held-out pass@k and mean@k from `heldout_samples` answers a question sampled at `temperature`."""
-        k = self.settings.heldout_samples
+    def _sampled_pass_at_k(self, temperature: float, k: int) -> dict[str, float]:
+        """Held-out pass@k and mean@k from `k` answers a question sampled at `temperature`."""
         return sampled_pass_at_k(
             rollout_pool=self.rollout_pool,
             scorer=self.scorer,

@@ -32,6 +32,8 @@ class SchedulerSettings:
     """The k of those pass@k and mean@k (each at most `heldout_samples`); empty: 1 and `heldout_samples`."""
     eval_temperature: float = 1.0
     """Sampling temperature of those answers."""
+    after_temperature_samples: int = 16
+    """Answers per held-out question at each extra temperature `evaluate(temperatures=...)` is asked for."""
     checkpoint_dir: str = ""
     """Where `checkpoint()` writes `step_<k>/` folders; empty: no checkpoints."""
     checkpoint_every: int = 0
@@ -74,6 +76,7 @@ class SchedulerSettings:
             heldout_samples=cfg.eval.heldout_samples,
             heldout_ks=cfg.eval.heldout_ks(),
             eval_temperature=cfg.eval.temperature,
+            after_temperature_samples=cfg.eval.after_temperature_samples,
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=cfg.train.checkpoint_every,
             heldout_every=cfg.eval.every_steps,

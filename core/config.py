@@ -368,6 +368,8 @@ class EvalConfig:
     """After training, held-out pass@k and mean@k also at each of these temperatures (`sampled_t<T>/` keys of the
     summary's `heldout_after`): a policy that explores keeps its accuracy across temperatures, a sharpened one
     does not; empty: only at `temperature`."""
+    after_temperature_samples: int = bounded(16, gt=0)
+    """Answers sampled per held-out question at each of `after_temperatures` (pass@1 needs few)."""
     every_steps: int = bounded(0, ge=0)
     """Greedy held-out accuracy after every K-th training step, overall and per source, on that step's line of
     `metrics.jsonl` (and in W&B) as `heldout/accuracy` and `heldout/accuracy/<source>`; 0: only before and after

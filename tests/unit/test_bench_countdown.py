@@ -87,6 +87,7 @@ def test_every_variant_composes_on_the_countdown_task(name):
 
     cfg = compose_run_config([*EXPERIMENT_CONFIG, *VARIANTS[name]])
     assert cfg.data.task == "countdown" and cfg.eval.after_temperatures == [0.6, 1.3]
+    assert cfg.data.max_train_questions // cfg.train.questions_per_step == 16  # steps an epoch
     assert cfg.budget.n == int(name.rsplit("_n", 1)[1])
     if "knapsack" in name:
         assert cfg.budget.allocator == AllocatorName.knapsack

@@ -236,10 +236,14 @@ def test_heldout_evaluation_samples_pass_at_every_configured_k_and_restores_the_
 
 
 def test_after_training_pass_at_k_is_also_measured_at_each_asked_temperature(tmp_path):
-    scheduler, calls, _ = build(tmp_path, heldout_samples=4, heldout_ks=(1, 4))
+    scheduler, calls, _ = build(tmp_path, heldout_samples=4, heldout_ks=(1, 4), after_temperature_samples=2)
     result = scheduler.evaluate(temperatures=(0.6, 1.3))
 
-    assert [result[f"sampled_t{t}/all/pass@4"] for t in (0.6, 1.3)] == [result["sampled/all/pass@4"]] * 2
+    # 2 answers a question at the extra temperatures: pass@1 only (q1's first sample is right: 1/2 over q0, q1)
+    assert [result[f"sampled_t{t}/all/pass@1"] for t in (0.6, 1.3)] == [0.25, 0.25]
+    assert "sampled_t0.6/all/pass@4" not in result and result["sampled/all/pass@4"] == 0.5
+    generated = [detail for part, method, detail in calls.log if method == "generate"]
+    assert [counts[0] for counts in generated] == [4, 2, 2]
     updates = [detail.temperature for part, method, detail in calls.log if method == "set_temperature"]
     restore = scheduler.controller.temperature
     assert updates == [1.0, restore, 0.6, restore, 1.3, restore]  # each sampled at its own, then restored
