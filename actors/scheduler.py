@@ -143,11 +143,12 @@ class Scheduler:
                 control = self._adapt_temperature(result.entropy, step)
             with timer("epoch_end"):
                 self._maybe_recompute(issued.drawn.batch.end_of_epoch, step)
+            if self._samples_due(step):
+                with timer("log_samples"):
+                    self._log_samples(step, issued.drawn, scored, train_batch, result.weights_version - 1)
             self.step_count += 1
         heldout = self._heldout_if_due(timer)
         record = self._record(step, issued, scored, stats, result, control, timer, heldout)
-        if self._samples_due(step):
-            self._log_samples(step, issued.drawn, scored, train_batch, result.weights_version - 1)
         self._log(record)  # before the checkpoint: a resume from it never skips this step's record
         self._checkpoint_if_due()
         return record

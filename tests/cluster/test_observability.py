@@ -63,7 +63,7 @@ def test_gauges_and_wandb_views_read_back(embedded_task, tmp_path):
     port = free_port()
     command = [sys.executable, "launch.py", "+experiment=smoke", f"output_dir={tmp_path}", "run_name=watched",
                "ray.include_dashboard=true", f"ray.metrics_export_port={port}", "wandb.mode=offline",
-               "train.checkpoint_every=1", "train.max_failures=1"]  # fmt: skip
+               "train.checkpoint_every=1", "train.max_failures=1", "log.samples_every=1"]  # fmt: skip
     env = {**node_env(), "RAY_metrics_report_interval_ms": "1000"}  # export every second, not every 10
     log_path = tmp_path / "launch.log"
     scrapes, beyond_loopback, seen, killed = [], {}, {}, []
@@ -120,3 +120,14 @@ def test_gauges_and_wandb_views_read_back(embedded_task, tmp_path):
     assert views["epoch/rollouts_vs_rank_table/nrows"] == sum(len(m.question_ids) for m in steps[: epoch_end.step + 1])
     assert views["epoch/entropy_vs_target_table/_type"] == "table-file"
     assert "epoch/rollouts_hist/_type" in views and views["epoch"] == 0
+
+    # every step logged whole groups, each with as many responses as its question was allocated, once per step
+    # whatever the recovery; W&B holds each step's table of them, one row per response
+    groups = [json.loads(line) for line in (tmp_path / "watched" / "samples.jsonl").read_text().splitlines()]
+    allocated = {m.step: dict(zip(m.question_ids, m.rollouts_per_question, strict=True)) for m in steps}
+    assert sorted({g["step"] for g in groups}) == sorted(allocated)
+    assert all(len(g["responses"]) == allocated[g["step"]][g["question_id"]] for g in groups)
+    assert len({(g["step"], g["question_id"]) for g in groups}) == len(groups)
+    for step in allocated:
+        rows = sum(len(g["responses"]) for g in groups if g["step"] == step)
+        assert logged[step]["samples/_type"] == "table-file" and logged[step]["samples/nrows"] == rows, step
