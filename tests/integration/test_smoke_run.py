@@ -30,7 +30,8 @@ def test_smoke_run_end_to_end(engine, embedded_task, ray_cluster, tmp_path):
 
     assert [m.step for m in steps] == [0, 1, 2]
     for m in steps:
-        assert list(m.step_phases) == STEP_PHASES and m.step_seconds > sum(m.step_phases.values())
+        logged = ["log_samples"] if m.step % cfg.log.samples_every == 0 else []  # a few whole groups, on step 0
+        assert list(m.step_phases) == STEP_PHASES + logged and m.step_seconds > sum(m.step_phases.values())
         assert m.rollouts_total == sum(m.rollouts_per_question) == 4 * 8  # n * B every step
         assert m.n_min <= m.rollouts_min <= m.rollouts_max <= m.n_max
         assert m.weights_version == m.step + 1
@@ -83,6 +84,8 @@ def test_smoke_run_with_generation_one_step_ahead(embedded_task, ray_cluster, tm
                   "train", "wait_ahead", "sync", "temperature", "epoch_end"]  # fmt: skip
         if m.step == 2:  # the last step draws step 3's batch (a checkpoint keeps it) but does not generate it
             phases.remove("submit")
+        if m.step % cfg.log.samples_every == 0:
+            phases.append("log_samples")
         assert list(m.step_phases) == phases
         # pi_old / pi_behaviour: 1 up to rounding on step 0 (the same weights), off 1 once samples are a version old
         assert m.learner["is_ratio_mean"] > 0 and m.learner["is_ratio_max"] >= m.learner["is_ratio_mean"]
