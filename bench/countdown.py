@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -85,10 +86,11 @@ curve); after training, 64 answers per held-out question at T = 1 and 16 at each
 
 
 def final(record_values: Sequence[float], share: float = 0.25) -> float:
-    """The mean of the last `share` of a run's per-step values (a step's value is noisy; the run's end is read
-    from its last quarter)."""
-    tail = list(record_values)[-max(1, round(share * len(record_values))) :]
-    return statistics.fmean(tail)
+    """The mean of the finite values among the last `share` of a run's per-step values (a step's value is noisy;
+    the run's end is read from its last quarter); NaN when none is finite (a step whose groups all failed has no
+    distinct-answer count)."""
+    tail = [v for v in list(record_values)[-max(1, round(share * len(record_values))) :] if math.isfinite(v)]
+    return statistics.fmean(tail) if tail else math.nan
 
 
 def countdown_metrics(run: Any, levels: Sequence[str]) -> dict[str, float]:

@@ -2,6 +2,7 @@
 the saturation check."""
 
 import json
+import math
 
 import pytest
 
@@ -74,6 +75,13 @@ def test_pairs_separate_only_when_their_intervals_do_not_overlap(tmp_path):
         }
     )  # fmt: skip
     assert "E3 knapsack n=8 0.510 > GRPO n=8 0.110" in text and "| L3 pass@1 / pass@64" in text
+
+
+def test_the_last_quarter_skips_steps_without_a_value():
+    from bench.countdown import final
+
+    assert final([9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 1.0, float("nan")]) == 1.0  # the last 2 of 8, the NaN left out
+    assert math.isnan(final([1.0, float("nan")], share=0.5))
 
 
 def test_saturation_is_the_first_step_with_ninety_percent_of_the_final_gain():
