@@ -361,7 +361,8 @@ the CPU's 1e-4, still an order below the 1e-2 gap of sampling from other weights
     reason="needs two CUDA GPUs (NCCL cannot put two ranks on one) and vLLM",
 )
 def test_nccl_sync_generates_with_the_learners_weights_on_gpu(embedded_task, perturbed_policy, ray_cluster, tmp_path):
-    """The same code path as on CPU, with NCCL and CUDA tensors: one learner rank and one vLLM worker, a GPU each."""
+    """The same code path as on CPU, with NCCL and CUDA tensors: one learner rank and one vLLM worker, a GPU each.
+    vLLM backend: `e3_weight_groups` (ours, `actors/engines/vllm_transfer.py`) over NCCL, not vLLM's `nccl_m2n`."""
     _, model, base_model = perturbed_policy
     cfg = run_config(tmp_path, "learner.num_ranks=1", "learner.num_gpus=1", "rollout.num_gpus=1")
     learner = LearnerGroup(str(perturbed_policy[0]), cfg.learner, "float32", seed=0)
@@ -395,7 +396,7 @@ def test_nccl_a_receiver_lost_mid_sync_is_replaced_and_the_learner_survives_on_g
     """NCCL with gloo's failure semantics (`NCCL_FAILURE_SEMANTICS`): a vLLM worker SIGKILLed after its engine
     took the first weight leaves the learner rank blocked in a broadcast; the group's timeout ends the wait with
     an error the rank reports (it is not torn down by NCCL's watchdog), and the pool replaces the worker and
-    syncs it. One learner rank and one worker, a GPU each."""
+    syncs it. One learner rank and one worker, a GPU each. vLLM backend: `e3_weight_groups` over NCCL."""
     cfg = run_config(tmp_path, "learner.num_ranks=1", "learner.num_gpus=1", "rollout.num_gpus=1")
     learner = LearnerGroup(str(perturbed_policy[0]), cfg.learner, "float32", seed=0)
     pool = None
