@@ -42,10 +42,13 @@ VARIANTS: dict[str, list[str]] = {
     "e3_informative_n8": ["algo=e3", "budget.n=8", "temperature.annealing=true", "budget.allocator=informative"],
     "e3_knapsack_n8": ["algo=e3", "budget.n=8", "temperature.annealing=true", "budget.allocator=knapsack"],
     "grpo_n4": ["algo=grpo", "budget.n=4"],
-    "e3_n4": ["algo=e3", "budget.n=4", "temperature.annealing=true"],
-    "e3_knapsack_n4": ["algo=e3", "budget.n=4", "temperature.annealing=true", "budget.allocator=knapsack"],
-}
-"""Each variant's overrides on top of `EXPERIMENT_CONFIG`; the suffix is the mean responses per question."""
+    "e3_n4": ["algo=e3", "budget.n=4", "budget.n_low=2", "budget.n_high=6", "temperature.annealing=true"],
+    "e3_knapsack_n4": ["algo=e3", "budget.n=4", "budget.n_low=2", "budget.n_high=6", "temperature.annealing=true",
+                       "budget.allocator=knapsack"],
+}  # fmt: skip
+"""Each variant's overrides on top of `EXPERIMENT_CONFIG`; the suffix is the mean responses per question. At a
+mean of 4 the bounds widen to 2..6 (the default lower bound, 4, would leave an allocator no room: every question
+would get exactly 4)."""
 
 LABELS = {
     "grpo_n8": "GRPO n=8",

@@ -99,3 +99,5 @@ def test_every_variant_composes_on_the_countdown_task(name):
     assert cfg.budget.n == int(name.rsplit("_n", 1)[1])
     if "knapsack" in name:
         assert cfg.budget.allocator == AllocatorName.knapsack
+    if cfg.algo == "e3" and cfg.budget.allocator != AllocatorName.uniform:  # the allocator has room to move
+        assert cfg.budget.n_low < cfg.budget.n < cfg.budget.n_high
