@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -92,8 +92,24 @@ class RolloutWorker:
 
         Versions never go back: a version below the loaded one is refused, as a stale or reordered update.
         """
+        return self.load_weight_stream(list(state_dict), iter(state_dict.items()), version)
+
+    def load_weight_stream(
+        self, names: Collection[str], weights: Iterable[tuple[str, torch.Tensor]], version: int
+    ) -> int:
+        """Load the policy weights `version` from `weights`, (name, tensor) pairs consumed one at a time, whose names
+        are `names` (Hugging Face names: `Engine.load_weight_stream`); returns the version now loaded. A colocated
+        learner rank streams its gathered parameters through it (`actors/colocated.py`).
+
+        Versions never go back, as for `load_weights`. A stream that fails midway leaves the engine broken:
+        `info()["weights_intact"]` then says False until a complete load.
+        """
         self._check_version(version)
-        self.engine.load_weights(state_dict)
+        try:
+            self.engine.load_weight_stream(names, weights)
+        except Exception:
+            self.weights_intact = False
+            raise
         self.weights_version = version
         self.weights_intact = True
         return self.weights_version

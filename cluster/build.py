@@ -17,11 +17,14 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.colocated import ColocatedRank
+from actors.learner import Learner
 from actors.protocols import RunLogLike
 from actors.reward_scorer import RewardScorer
 from actors.rollout_worker import RolloutWorker
 from actors.scheduler import Scheduler
 from actors.settings import SchedulerSettings
+from cluster.colocated import ColocatedPool
 from cluster.environment import LOOPBACK_ENV, ray_on_loopback, worker_env
 from cluster.learner_group import LearnerGroup
 from cluster.reward_client import RewardScorerClient
@@ -43,12 +46,14 @@ worker or learner rank takes: a node started with 1 of it holds up to 100 of the
 
 
 def required_cpus(cfg: RunConfig) -> float:
-    """Ray CPUs that the run's actors reserve in total."""
-    return (
-        cfg.rollout.num_workers * cfg.rollout.num_cpus
-        + cfg.learner.num_ranks * cfg.learner.num_cpus
-        + 2 * LIGHT_ACTOR_CPUS
-    )
+    """Ray CPUs that the run's actors reserve in total (colocated engines use their learner rank's)."""
+    rollout = 0.0 if cfg.rollout.placement == "colocated" else cfg.rollout.num_workers * cfg.rollout.num_cpus
+    return rollout + cfg.learner.num_ranks * cfg.learner.num_cpus + 2 * LIGHT_ACTOR_CPUS
+
+
+def max_model_len(cfg: RunConfig) -> int:
+    """The longest prompt + response an engine serves."""
+    return cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
 
 
 def start_ray(cfg: RayConfig, needed_cpus: float) -> bool:
@@ -185,7 +190,7 @@ def build_rollout_pool(cfg: RunConfig, model_path: Path, worker_class: type = Ro
         cfg=cfg.rollout,
         dtype=cfg.model.dtype,
         seed=cfg.train.seed,
-        max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        max_model_len=max_model_len(cfg),
         worker_class=worker_class,
         node_resource=cfg.ray.rollout_node_resource,
     )
@@ -228,7 +233,9 @@ def build_cluster(
 
     The scheduler runs on this (the driver's) node; when the learner ranks landed on other nodes, the checkpoint
     folder must be shared with them (`check_shared_folder` refuses the run otherwise). Whatever was started is
-    stopped again when a later part fails."""
+    stopped again when a later part fails. With `rollout.placement=colocated` the learner ranks hold the engines
+    and are the rollout pool too (cluster/colocated.py)."""
+    colocated = cfg.rollout.placement == "colocated"
     started: list = []
     try:
         learner_group = LearnerGroup(
@@ -238,6 +245,8 @@ def build_cluster(
             seed=cfg.train.seed,
             node_resource=cfg.ray.learner_node_resource,
             node_resource_share=NODE_RESOURCE_SHARE,
+            rank_class=ColocatedRank if colocated else Learner,
+            rank_options={"rollout": cfg.rollout, "max_model_len": max_model_len(cfg)} if colocated else {},
         )
         started.append(learner_group)
         here = ray.get_runtime_context().get_node_id()
@@ -246,7 +255,7 @@ def build_cluster(
             check_shared_folder(Path(settings.checkpoint_dir), {**roles, here: "driver and scheduler"})
         scorer = build_scorer(cfg.reward, reward_fn)
         started.append(scorer)
-        rollout_pool = build_rollout_pool(cfg, model_path)
+        rollout_pool = ColocatedPool(learner_group, cfg.rollout) if colocated else build_rollout_pool(cfg, model_path)
         started.append(rollout_pool)
         scheduler = (
             ray.remote(Scheduler)

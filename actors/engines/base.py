@@ -80,6 +80,16 @@ class Engine(ABC):
     def close(self) -> None:
         """Release the engine's memory and process-wide state; the engine cannot be used afterwards."""
 
+    def sleep(self) -> None:
+        """Free the engine's device memory while a colocated learner trains (`actors/colocated.py`); its weights
+        may be lost (vLLM drops them) until the next complete load, and `wake_up` must come before any other call.
+        Here, and on CPU for every engine, nothing: host memory is not the learner's constraint."""
+        return None
+
+    def wake_up(self) -> None:
+        """Take the memory `sleep` freed back (the weights then need a complete load if they were dropped)."""
+        return None
+
     # -- the collective weight transport (`actors/weight_transport.py`): the engine's side of it. vLLM drives
     # these through its own weight-transfer calls (`actors/engines/vllm_transfer.py`); every other engine keeps
     # the groups here and streams what they carry into `load_weight_stream`.

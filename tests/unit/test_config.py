@@ -313,3 +313,35 @@ def test_saved_config_is_plain_and_composes_back(tmp_path):
     saved.write_text(text)
     back = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(saved)))
     assert back == cfg and back.algo is Algo.grpo
+
+
+def test_a_colocated_placement_with_generation_ahead_is_refused_at_composition_naming_both_keys():
+    with pytest.raises(ConfigError) as err:
+        compose_run("rollout.placement=colocated")  # the demo runs one step ahead
+    assert "rollout.placement=colocated with train.max_staleness=1" in str(err.value)
+    assert "set train.max_staleness=0" in str(err.value)
+    cfg = compose_run("rollout.placement=colocated", "train.max_staleness=0")
+    assert cfg.rollout.placement == "colocated"
+
+
+def test_a_colocated_placement_needs_one_engine_per_learner_rank():
+    cfg = RunConfig()
+    cfg.rollout.placement, cfg.learner.num_ranks, cfg.rollout.num_workers = "colocated", 2, 1
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert "rollout.num_workers=1 and learner.num_ranks=2" in str(err.value)
+    assert "set rollout.num_workers=2" in str(err.value)
+    cfg.rollout.num_workers = 2
+    validate(cfg)
+    cfg.learner.num_gpus = 1.0  # one process per rank holds both: the rollout workers' own devices are not used
+    validate(cfg)
+
+
+def test_colocated_engines_reserve_no_resources_of_their_own():
+    from cluster.build import required_cpus
+
+    cfg = RunConfig()
+    cfg.rollout.num_workers, cfg.rollout.num_cpus, cfg.learner.num_cpus = 1, 0.5, 1.0
+    split = required_cpus(cfg)
+    cfg.rollout.placement = "colocated"
+    assert split - required_cpus(cfg) == pytest.approx(0.5)
