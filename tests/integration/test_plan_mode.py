@@ -17,8 +17,8 @@ from tests.support.paper_models import QWEN_1P5B
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "e3"
 
 
-def paper_config(tmp_path: Path, *overrides: str):
-    """The paper's 1.5B recipe with a config-only model directory (config.json, no weights)."""
+def paper_config(tmp_path: Path, *overrides: str, recipe: str = "paper_e3_1p5b"):
+    """A 1.5B recipe (the paper's by default) with a config-only model directory (config.json, no weights)."""
     model = tmp_path / "qwen-1.5b-shape"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({**QWEN_1P5B, "model_type": "qwen2"}))
@@ -26,7 +26,7 @@ def paper_config(tmp_path: Path, *overrides: str):
         raw = compose(
             "config",
             overrides=[
-                "+experiment=paper_e3_1p5b", "mode=plan", f"output_dir={tmp_path}", f"model.path={model}",
+                f"+experiment={recipe}", "mode=plan", f"output_dir={tmp_path}", f"model.path={model}",
                 f"data.train_path={SHARED / 'train_data.parquet'}", f"data.valid_path={SHARED / 'valid_data.parquet'}",
                 *overrides,
             ],
@@ -52,3 +52,25 @@ def test_a_gpu_run_that_does_not_fit_stops_before_anything_starts(tmp_path: Path
     with pytest.raises(ConfigError, match="does not fit its GPUs"):
         launch.train(cfg)
     assert not (tmp_path / cfg.run_name).exists()  # nothing was written: it stopped before the run directory
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs shared/datasets/e3 beside the checkout")
+@pytest.mark.parametrize(
+    ("overrides", "verdict"),
+    [
+        ((), "fits"),
+        (("learner.gpu_memory_gb=48", "rollout.gpu_memory_utilization=0.5", "learner.max_tokens_per_micro_batch=8192"),
+         "fits"),
+        (("learner.gpu_memory_gb=24",), "weights, gradients and AdamW state (float32, sharded) (28.4 GB)"),
+    ],
+)  # fmt: skip
+def test_the_one_gpu_recipe_plans_as_its_file_says_for_80_48_and_24_gb(tmp_path, capsys, overrides, verdict):
+    cfg = paper_config(tmp_path, *overrides, recipe="one_gpu_e3_1p5b")
+    assert cfg.rollout.placement == "colocated" and cfg.learner.num_ranks == cfg.rollout.num_workers == 1
+    problems = launch.print_plan(cfg)
+    out = capsys.readouterr().out
+    assert "colocated, training, engine asleep: total" in out and "colocated, generation: total" in out
+    if verdict == "fits":
+        assert problems == [] and out.rstrip().endswith("fits.")
+    else:
+        assert any(verdict in p for p in problems), problems

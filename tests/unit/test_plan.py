@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.plan import GB, ModelShape, fit_problems, plan_memory
+from cluster.plan import GB, SLEEPING_ENGINE_BYTES, ModelShape, colocated_phases, fit_problems, plan_memory
 from core.config import LearnerConfig
 from tests.support.paper_models import QWEN_1P5B, QWEN_7B
 
@@ -67,3 +67,20 @@ def test_plan_agrees_with_the_learner_benchmark() -> None:
     )
     peak = measured["peak_memory_ratio_after"] * measured["logits_tensor_bytes"]
     assert predicted / 2 <= peak <= predicted * 2, (predicted / GB, peak / GB)
+
+
+def test_colocated_phases_of_one_gpu_hand_computed() -> None:
+    shape = ModelShape.from_config(QWEN_1P5B)
+    learner = LearnerConfig(num_ranks=1, micro_batch_size=4, gradient_checkpointing=True)
+    plan = plan_memory(shape, learner, "bfloat16", max_sequence=8192)
+    phases = colocated_phases(plan, 80 * GB, 0.65)
+    # training: the learner's terms and the sleeping engine's allowance; generation: float32 weights and AdamW's
+    # two moments (12 B/param, gradients freed) beside the engine's share of the GPU
+    assert sum(phases["training, engine asleep"].values()) == plan.learner_total + SLEEPING_ENGINE_BYTES
+    assert plan.learner_resident == 12 * shape.parameters  # 21.3 GB
+    assert sum(phases["generation"].values()) == pytest.approx(12 * shape.parameters + 0.65 * 80 * GB)
+    assert fit_problems(plan, 80 * GB, 0.65, 8192, colocated=True) == []
+    # the split layout would take 0.85 of a rollout GPU; colocated, that share crowds out the learner's state
+    (problem,) = fit_problems(plan, 80 * GB, 0.85, 8192, colocated=True)
+    assert "colocated generation" in problem and "rollout.gpu_memory_utilization to at most 0.73" in problem
+    assert fit_problems(plan, 80 * GB, 0.85, 8192) == []
