@@ -206,7 +206,7 @@ def plan_table(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float
         for phase, terms in colocated_phases(plan, gpu_bytes, gpu_memory_utilization).items():
             lines.append(f"| **colocated, {phase}: total** | **{sum(terms.values()) / GB:.2f}** |")
             lines += [
-                f"| &nbsp; {name} | {value / GB:.2f} |" for name, value in terms.items() if "learner:" not in name
+                f"| &nbsp; {name} | {value / GB:.2f} |" for name, value in terms.items() if name not in plan.learner
             ]
         freed = gpu_memory_utilization * gpu_bytes - SLEEPING_ENGINE_BYTES
         lines.append(f"| colocated: what the engine's sleep frees for training | {freed / GB:.2f} |")
