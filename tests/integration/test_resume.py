@@ -118,8 +118,17 @@ def test_learner_rank_death_names_last_checkpoint_and_resume_command(embedded_ta
     assert named is not None and str(named) in caplog.text
 
 
-def test_killed_learner_rank_heals_and_ends_as_the_uninterrupted_run(straight, ray_cluster, tmp_path, caplog):
-    cfg = run_config(tmp_path, *COMMON, "run_name=healed", "train.checkpoint_every=1", "train.max_failures=2")
+@pytest.mark.parametrize("placement", ["split", "colocated"])
+def test_killed_learner_rank_heals_and_ends_as_the_uninterrupted_run(
+    placement, straight, ray_cluster, tmp_path, caplog
+):
+    """A learner rank's process killed (colocated: the process that also holds the engine, a lost learner rank all
+    the same) heals: the run rebuilds its actors, resumes from its last checkpoint and ends as the uninterrupted
+    (split) run does."""
+    cfg = run_config(
+        tmp_path, *COMMON, "run_name=healed", "train.checkpoint_every=1", "train.max_failures=2",
+        f"rollout.placement={placement}",
+    )  # fmt: skip
     first_checkpoint = tmp_path / "healed" / "checkpoints" / "step_1"
     killed: list[int] = []
 
