@@ -3,35 +3,13 @@ plan does not fit stops before Ray or any actor starts, naming what does not fit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize
 
 import launch
 from core.config import ConfigError
-from tests.support.config import run_config
-from tests.support.paper_models import QWEN_1P5B
-
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "e3"
-
-
-def paper_config(tmp_path: Path, *overrides: str, recipe: str = "paper_e3_1p5b"):
-    """A 1.5B recipe (the paper's by default) with a config-only model directory (config.json, no weights)."""
-    model = tmp_path / "qwen-1.5b-shape"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({**QWEN_1P5B, "model_type": "qwen2"}))
-    with initialize(version_base="1.3", config_path="../../conf"):
-        raw = compose(
-            "config",
-            overrides=[
-                f"+experiment={recipe}", "mode=plan", f"output_dir={tmp_path}", f"model.path={model}",
-                f"data.train_path={SHARED / 'train_data.parquet'}", f"data.valid_path={SHARED / 'valid_data.parquet'}",
-                *overrides,
-            ],
-        )  # fmt: skip
-    return launch.to_run_config(raw)
+from tests.support.config import SHARED, paper_config, run_config
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs shared/datasets/e3 beside the checkout")
