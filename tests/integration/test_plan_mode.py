@@ -3,13 +3,16 @@ plan does not fit stops before Ray or any actor starts, naming what does not fit
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 import launch
+from cluster.plan import memory_plan
 from core.config import ConfigError
 from tests.support.config import SHARED, paper_config, run_config
+from tests.support.paper_models import QWEN_1P5B
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs shared/datasets/e3 beside the checkout")
@@ -52,3 +55,14 @@ def test_the_one_gpu_recipe_plans_as_its_file_says_for_80_48_and_24_gb(tmp_path,
         assert problems == [] and out.rstrip().endswith("fits.")
     else:
         assert any(verdict in p for p in problems), problems
+
+
+def test_the_one_gpu_countdown_recipe_composes_colocated_and_fits_80_gb(tmp_path):
+    model = tmp_path / "qwen-1.5b-shape"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({**QWEN_1P5B, "model_type": "qwen2"}))
+    cfg = launch.compose_run_config(["+experiment=one_gpu_e3_countdown_1p5b", "mode=plan", f"model.path={model}"])
+    assert (cfg.data.task, cfg.rollout.placement, cfg.train.max_staleness) == ("countdown", "colocated", 0)
+    plan, problems = memory_plan(cfg, model)
+    assert problems == [] and plan.tokens_per_micro_batch == 4 * 1280  # micro_batch_size x the longest sequence
+    assert memory_plan(cfg, model)[0].learner_resident == pytest.approx(12 * 1.777e9, rel=1e-3)
