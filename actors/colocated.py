@@ -9,7 +9,8 @@ The weight handover (`take_learner_weights`) needs no transport: the rank stream
 parameter by parameter, each gathered from the FSDP2 shards (an all-gather over the ranks, every rank in the same
 order; with one rank the local tensor is the whole one) and cast to the publish dtype; the engine copies it into
 its own tensors. At most one gathered parameter exists beside the engine's weights: the largest, Qwen2.5's
-151,936 x 1,536 embedding, is 0.47 GB in bf16; never a second copy of the policy.
+151,936 x 1,536 embedding, is 0.93 GB gathered in float32 and 0.47 GB cast to bf16; never a second copy of the
+policy.
 
 Memory on one GPU: the engine sleeps while the learner trains (`Engine.sleep`: vLLM's sleep mode level 2 frees
 its weights and KV cache; the transformers engine moves its weights to the host) and wakes before it generates or
@@ -59,8 +60,9 @@ class ColocatedRank(Learner):
         self._weights_lost = False  # set by a sleep (the engine may drop its weights), cleared by a complete load
 
     def setup(self) -> None:
-        """Set the learner rank up (`Learner.setup`, collective), then build the engine on the same devices; the
-        engine holds the weights of `model_path`, version 0, as the learner does."""
+        """Set the learner rank up (`Learner.setup`, collective), then build the engine on the same devices (with
+        vLLM's sleep mode on GPU); the engine holds the weights of `model_path`, version 0, as the learner does.
+        Collective too: with several ranks, vLLM builds its own groups over the learner's process group."""
         super().setup()
         self.worker = RolloutWorker(
             self.model_path,
@@ -69,6 +71,7 @@ class ColocatedRank(Learner):
             seed=self.seed,
             max_model_len=self.max_model_len,
             name=f"rollout-{self.rank}",
+            sleep_mode=True,
         )
 
     # ---------------------------------------------------------------------------- the learner's side
@@ -82,12 +85,22 @@ class ColocatedRank(Learner):
             torch.cuda.empty_cache()
         return metrics
 
+    def load(self, path: str) -> None:
+        """`Learner.load` (a resume, or a heal), with the engine asleep meanwhile: restoring AdamW's state allocates
+        the gradients and both moments (16 B/param), which must not meet the awake engine's share of the GPU. The
+        sync that follows a restore wakes the engine and hands it the restored weights."""
+        self._sleep()
+        super().load(path)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def shutdown(self) -> None:
-        """Leave the process group, then release the engine."""
-        super().shutdown()
+        """Release the engine (vLLM tears its groups down, over the learner's process group), then leave the process
+        group."""
         worker, self.worker = self.worker, None
         if worker is not None:
             worker.close()
+        super().shutdown()
 
     # ------------------------------------------------------------------------------ the worker's side
 
@@ -115,7 +128,8 @@ class ColocatedRank(Learner):
         (collective: every rank calls it, as after each training step); returns the version now loaded."""
         worker = self._awake_worker()
         names = [name for name, _ in self._parameter_order()]
-        loaded = worker.load_weight_stream(names, self._gathered_parameters(), version)
+        with torch.no_grad():
+            loaded = worker.load_weight_stream(names, self._gathered_parameters(), version)
         self._weights_lost = False
         return loaded
 
@@ -127,9 +141,8 @@ class ColocatedRank(Learner):
 
     def _gathered_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(Hugging Face name, full tensor in the publish dtype) of every parameter, gathered one at a time."""
-        with torch.no_grad():
-            for name, param in self._parameter_order():
-                yield name, _dim0_sharded(name, param).full_tensor().to(self.dtype)
+        for name, param in self._parameter_order():
+            yield name, _dim0_sharded(name, param).full_tensor().detach().to(self.dtype)
 
     def _sleep(self) -> None:
         if not self._asleep:

@@ -35,9 +35,11 @@ class RolloutWorker:
         max_model_len: int,
         name: str = "rollout-0",
         temperature: float = 1.0,
+        sleep_mode: bool = False,
     ) -> None:
         """Build the engine `config.engine` names (`auto`: vLLM when it imports, else transformers) on
-        `model_path`, with `config.torch_threads` intra-op threads. Sampling starts at `temperature`."""
+        `model_path`, with `config.torch_threads` intra-op threads. Sampling starts at `temperature`.
+        `sleep_mode`: the engine will be put to sleep between generations (a colocated rank's, actors/colocated.py)."""
         if max_model_len < 2:
             raise ValueError(f"RolloutWorker {name}: max_model_len={max_model_len} < 2")
         _check_temperature(temperature, f"RolloutWorker {name}")
@@ -47,7 +49,9 @@ class RolloutWorker:
         self.temperature_step: int | None = None
         self.weights_version = 0
         self.weights_intact = True  # False once a streamed load failed midway: the engine then needs replacing
-        self.engine: Engine = create_engine(config, model_path, dtype=dtype, seed=seed, max_model_len=max_model_len)
+        self.engine: Engine = create_engine(
+            config, model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, sleep_mode=sleep_mode
+        )
 
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
         """One `Rollout` per request, in order, each with `num_samples` completions.

@@ -18,7 +18,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from cluster.learner_group import ACTOR_NAME, LearnerGroup
-from cluster.rollout_pool import RolloutPool
+from cluster.rollout_pool import RolloutPool, is_lost
 from cluster.weight_sync import WeightSource, wait_all
 from core.config import RolloutConfig
 
@@ -34,6 +34,8 @@ class HandoverTransport:
         """Have every rank in `workers` (all of the group's: the handover gathers over them) load its policy into
         its engine as `version`, under one deadline; returns the error of each rank that did not (none: all did).
         `source` is those same ranks, as the learner group."""
+        if sorted(workers) != list(range(len(workers))):
+            raise ValueError(f"the colocated handover needs every rank at once, got ranks {sorted(workers)}")
         refs = {i: rank.take_learner_weights.remote(version) for i, rank in workers.items()}
         values, errors = wait_all(refs, timeout_s)
         errors.update({i: RuntimeError(f"loaded version {v}") for i, v in values.items() if v != version})
@@ -57,6 +59,24 @@ class ColocatedPool(RolloutPool):
             transport=HandoverTransport(),
             worker_name=ACTOR_NAME.replace("{rank}", "{index}"),
         )
+
+    def _sync(self, indices: set[int]) -> None:
+        """Hand the current weights over on every rank at once (the gathers need them all), once: a rank lost is
+        raised as `_replace` raises it, any other failure as itself. Never a retry on some ranks only, whose gathers
+        would wait on the others until the deadline."""
+        if self._weights_ref is not None:  # a state dict through the object store (`load_weights`)
+            super()._sync(indices)
+            return
+        workers = dict(enumerate(self.workers))
+        errors = self.transport.push(self._source, workers, self._version, self.sync_timeout_s)
+        if not errors:
+            return
+        for index, error in sorted(errors.items()):
+            if is_lost(error):
+                self._replace(index, error, restore_weights=False)
+        raise RuntimeError(
+            f"colocated weight handover to version {self._version} failed on ranks {sorted(errors)}: {errors}"
+        ) from next(iter(errors.values()))
 
     def _replace(self, index: int, error: Exception, restore_weights: bool) -> None:
         """A colocated rank is a learner rank: never replaced alone. Raises it as a lost actor (the run heals)."""

@@ -13,8 +13,10 @@ holds in turn:
   weights and KV cache; CUDA graphs and allocator pools stay: `SLEEPING_ENGINE_BYTES`, an allowance, unmeasured);
 - while the engine generates, what the learner keeps between steps (float32 weights and AdamW's two moments,
   sharded, 12 B/param: the gradients are freed after each step, activations and logits handed back to the
-  device), and the engine's `rollout.gpu_memory_utilization` share of the GPU (its weights, activations and KV
-  cache). vLLM sizes the KV cache from that share, so the share must leave the learner's 12 B/param.
+  device), the engine's `rollout.gpu_memory_utilization` share of the GPU (its weights, activations and KV
+  cache), and the handover's transient (the largest parameter gathered in float32 and cast). vLLM sizes the KV
+  cache from that share, so the share must leave the learner's 12 B/param and the transient. Not counted, on
+  either side: the CUDA context and the NCCL and cuBLAS workspaces (a few hundred MB each), so leave a GB or two.
 
 Activations are an estimate, not a measurement: per token and decoder layer a Qwen2/Llama block keeps about
 `ACTIVATION_HIDDEN_COPIES` hidden-sized and `ACTIVATION_INTERMEDIATE_COPIES` intermediate-sized tensors for its
@@ -39,6 +41,7 @@ BYTES = {"float32": 4, "bfloat16": 2}
 SLEEPING_ENGINE_BYTES = 1.0 * GB
 """What a colocated vLLM engine still holds asleep (CUDA graphs, allocator pools): an allowance, not a measurement."""
 RESIDENT_TERM = "learner between steps: float32 weights and AdamW state (sharded)"
+HANDOVER_TERM = "handover: the largest parameter gathered (float32) and cast"
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class MemoryPlan:
     tokens_per_micro_batch: int
     learner_resident: float = 0.0
     """What a learner GPU keeps between steps: float32 weights and AdamW's two moments (gradients are freed)."""
+    handover_bytes: float = 0.0
+    """A colocated handover's transient: the largest parameter gathered in float32 and its cast."""
 
     @property
     def learner_total(self) -> float:
@@ -133,7 +138,15 @@ def plan_memory(shape: ModelShape, learner: Any, dtype: str, max_sequence: int) 
     weights = params * compute
     kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * compute
     rollout_terms = {"weights": float(weights), "kv cache bytes per token": float(kv_per_token)}
-    return MemoryPlan(learner_terms, rollout_terms, float(weights), tokens, learner_resident=12 * params / ranks)
+    largest = shape.vocab * shape.hidden  # the embedding (or the untied head): the largest parameter
+    return MemoryPlan(
+        learner_terms,
+        rollout_terms,
+        float(weights),
+        tokens,
+        learner_resident=12 * params / ranks,
+        handover_bytes=float(largest * (4 + compute)),
+    )
 
 
 def colocated_phases(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization: float) -> dict[str, dict[str, float]]:
@@ -145,6 +158,7 @@ def colocated_phases(plan: MemoryPlan, gpu_bytes: float, gpu_memory_utilization:
             RESIDENT_TERM: plan.learner_resident,
             "engine: rollout.gpu_memory_utilization x GPU (weights, activations, KV cache)": gpu_memory_utilization
             * gpu_bytes,
+            HANDOVER_TERM: plan.handover_bytes,
         },
     }
 
@@ -159,10 +173,11 @@ def fit_problems(
     if colocated:
         generation = sum(colocated_phases(plan, gpu_bytes, gpu_memory_utilization)["generation"].values())
         if generation > gpu_bytes:
-            most = max(0.0, 1 - plan.learner_resident / gpu_bytes)
+            most = max(0.0, 1 - (plan.learner_resident + plan.handover_bytes) / gpu_bytes)
             problems.append(
                 f"colocated generation: the learner keeps {plan.learner_resident / GB:.1f} GB ({RESIDENT_TERM}) "
-                f"beside the engine's {gpu_memory_utilization:.2f} x {gpu_bytes / GB:.1f} GB: "
+                f"and the handover needs {plan.handover_bytes / GB:.1f} GB beside the engine's "
+                f"{gpu_memory_utilization:.2f} x {gpu_bytes / GB:.1f} GB: "
                 f"{generation / GB:.1f} GB > {gpu_bytes / GB:.1f} GB; set rollout.gpu_memory_utilization to at most "
                 f"{math.floor(most * 100) / 100:.2f} (or raise learner.num_ranks)"
             )

@@ -129,7 +129,7 @@ class RolloutPool:
             values, errors = wait_all(refs, self.timeout_s)
             answers.update(values)
             for w, error in errors.items():
-                if not _is_lost(error):
+                if not is_lost(error):
                     raise error
                 if self.workers[w] is pending.actors[w]:  # still the actor that failed: replace it
                     kept = self._kept.get(pending.version) if pending.version is not None else None
@@ -259,7 +259,7 @@ class RolloutPool:
             values, errors = wait_all(refs, timeout_s)
             answers.update(values)
             for w, error in errors.items():
-                if not _is_lost(error):
+                if not is_lost(error):
                     raise error
                 self._replace(w, error, restore_weights=True)
             pending = {w: pending[w] for w in errors}
@@ -279,7 +279,7 @@ class RolloutPool:
             if not errors:
                 return
             for w, error in errors.items():
-                if _is_lost(error) or not self._intact(w):
+                if is_lost(error) or not self._intact(w):
                     self._replace(w, error, restore_weights=False)  # the next round brings it to the version
             pending = set(errors)
         raise RuntimeError(
@@ -337,6 +337,6 @@ def _wait_dead(actor: Any, timeout_s: float = KILL_WAIT_S) -> None:
     log.warning("a killed rollout worker was still not dead after %.0f s", timeout_s)
 
 
-def _is_lost(error: Exception) -> bool:
+def is_lost(error: Exception) -> bool:
     """Whether `error` means the worker's process is gone or hung (not an error the worker raised itself)."""
     return isinstance(error, (RayActorError, GetTimeoutError))

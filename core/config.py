@@ -544,6 +544,11 @@ def _training_pair_errors(cfg: RunConfig) -> list[str]:
                 "generates on the learner's devices, between its steps, so generation cannot run ahead of training; "
                 "set train.max_staleness=0 or rollout.placement=split"
             )
+        if learner.num_gpus > 1:
+            errors.append(
+                f"rollout.placement=colocated with learner.num_gpus={learner.num_gpus}: a colocated rank's engine "
+                "runs on the process's first GPU, the rank's learner on it too; set learner.num_gpus to at most 1"
+            )
         if rollout.num_workers != learner.num_ranks:
             errors.append(
                 f"rollout.placement=colocated with rollout.num_workers={rollout.num_workers} and "

@@ -30,8 +30,11 @@ def resolve_engine_name(requested: str, cpu_kv_cache_gib: int = 1) -> str:
     return "vllm"
 
 
-def create_engine(config: RolloutConfig, model_path: str, dtype: str, seed: int, max_model_len: int) -> Engine:
-    """Build the engine `config.engine` names (resolving `auto`) on the model at `model_path`."""
+def create_engine(
+    config: RolloutConfig, model_path: str, dtype: str, seed: int, max_model_len: int, sleep_mode: bool = False
+) -> Engine:
+    """Build the engine `config.engine` names (resolving `auto`) on the model at `model_path`; with `sleep_mode`,
+    one that `Engine.sleep` can free (vLLM's sleep mode, on GPU)."""
     name = resolve_engine_name(config.engine, config.cpu_kv_cache_gib)
     if name == "vllm":
         from actors.engines.vllm_engine import VllmEngine
@@ -43,7 +46,7 @@ def create_engine(config: RolloutConfig, model_path: str, dtype: str, seed: int,
             max_model_len=max_model_len,
             gpu_memory_utilization=config.gpu_memory_utilization,
             cpu_kv_cache_gib=config.cpu_kv_cache_gib,
-            sleep_mode=config.placement == "colocated",
+            sleep_mode=sleep_mode,
         )
     from actors.engines.hf_engine import HfEngine
 

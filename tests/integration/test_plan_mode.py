@@ -40,7 +40,7 @@ def test_a_gpu_run_that_does_not_fit_stops_before_anything_starts(tmp_path: Path
     ("overrides", "verdict"),
     [
         ((), "fits"),
-        (("learner.gpu_memory_gb=48", "rollout.gpu_memory_utilization=0.5", "learner.max_tokens_per_micro_batch=8192"),
+        (("learner.gpu_memory_gb=48", "rollout.gpu_memory_utilization=0.45", "learner.max_tokens_per_micro_batch=8192"),
          "fits"),
         (("learner.gpu_memory_gb=24",), "weights, gradients and AdamW state (float32, sharded) (28.4 GB)"),
     ],

@@ -133,6 +133,22 @@ def test_colocated_smoke_run_samples_the_newest_weights_and_matches_the_split_ru
     assert summary["heldout_after"] == pytest.approx(split_summary["heldout_after"], rel=1e-5)
 
 
+def test_colocated_run_on_two_ranks_gathers_each_ranks_shards_into_both_engines(embedded_task, ray_cluster, tmp_path):
+    """Two colocated ranks, vLLM in each beside the learner's process group: every handover gathers each parameter
+    from both ranks' shards, so both engines (the pool balances every step's requests over the two) sample with the
+    whole, newest policy from step 1 on: the mismatch covers every token, whichever rank sampled it."""
+    cfg = run_config(
+        tmp_path, "rollout.engine=vllm", "run_name=colocated-2", "rollout.placement=colocated",
+        "learner.num_ranks=2", "rollout.num_workers=2",
+    )  # fmt: skip
+    launch.train(cfg)
+    steps = read_metrics(tmp_path / "colocated-2")
+    assert [m.step for m in steps] == [0, 1, 2]
+    for m in steps:
+        assert m.weights_version == m.step + 1 and m.rollouts_total == 32
+        assert m.learner["logprob_mismatch"] < 1e-4, (m.step, m.learner["logprob_mismatch"])
+
+
 def test_smoke_run_with_generation_one_step_ahead(embedded_task, ray_cluster, tmp_path):
     """`train.max_staleness=1` with TIS: step t + 1's batch generates while step t trains; every step after the
     first trains on samples one version old, with the temperature set two steps before, and the correction's

@@ -345,3 +345,10 @@ def test_colocated_engines_reserve_no_resources_of_their_own():
     split = required_cpus(cfg)
     cfg.rollout.placement = "colocated"
     assert split - required_cpus(cfg) == pytest.approx(0.5)
+
+
+def test_a_colocated_rank_takes_at_most_one_gpu():
+    cfg = RunConfig()
+    cfg.rollout.placement, cfg.learner.num_gpus, cfg.rollout.num_gpus = "colocated", 2.0, 2.0
+    with pytest.raises(ConfigError, match="rollout.placement=colocated with learner.num_gpus=2.0"):
+        validate(cfg)

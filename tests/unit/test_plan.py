@@ -78,9 +78,10 @@ def test_colocated_phases_of_one_gpu_hand_computed() -> None:
     # two moments (12 B/param, gradients freed) beside the engine's share of the GPU
     assert sum(phases["training, engine asleep"].values()) == plan.learner_total + SLEEPING_ENGINE_BYTES
     assert plan.learner_resident == 12 * shape.parameters  # 21.3 GB
-    assert sum(phases["generation"].values()) == pytest.approx(12 * shape.parameters + 0.65 * 80 * GB)
+    handover = 151936 * 1536 * (4 + 2)  # the embedding gathered in float32 and cast to bf16: 1.4 GB
+    assert sum(phases["generation"].values()) == pytest.approx(12 * shape.parameters + 0.65 * 80 * GB + handover)
     assert fit_problems(plan, 80 * GB, 0.65, 8192, colocated=True) == []
     # the split layout would take 0.85 of a rollout GPU; colocated, that share crowds out the learner's state
     (problem,) = fit_problems(plan, 80 * GB, 0.85, 8192, colocated=True)
-    assert "colocated generation" in problem and "rollout.gpu_memory_utilization to at most 0.73" in problem
+    assert "colocated generation" in problem and "rollout.gpu_memory_utilization to at most 0.71" in problem
     assert fit_problems(plan, 80 * GB, 0.85, 8192) == []
