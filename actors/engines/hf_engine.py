@@ -5,7 +5,7 @@ own `torch.Generator` (seeded `seeds[i] + j` for sample j of prompt i, as vLLM d
 greedy step pick it. So prompts share batched `generate` calls, yet each sample depends only on its prompt,
 seed, temperature and weights: the same request gives the same completions in any batch, on any worker (up to
 floating-point rounding of batched matmuls; bit-for-bit on the same batch and machine). The log-prob of each
-token comes from the raw logits `generate` returns, as log_softmax(logits / T).
+token is log_softmax(logits / T) of the raw logits, taken step by step (`TokenLogprobs`).
 
 The checkpoint's own sampling defaults (top-k, top-p, repetition penalty...) are dropped: the engine samples
 from exactly the tempered distribution whose log-probs it reports.
@@ -49,6 +49,37 @@ class SeededSampler(LogitsProcessor):
         )
         chosen = torch.full_like(scores, float("-inf"))
         return chosen.scatter_(1, picks[:, None], 0.0)
+
+
+class TokenLogprobs(LogitsProcessor):
+    """Records each generated token's log-prob under softmax(logits / T) (T = 1 when greedy), one step at a time.
+
+    It runs first, on the raw logits. A step's log-softmax is kept only until the next step shows which token was
+    chosen (the last column of `input_ids`), then gathered: one [rows, V] float32 tensor at a time, where keeping
+    every step's logits would hold rows x new tokens x V (1.9 TB for 512 responses of 6,144 tokens at V = 151,936).
+    """
+
+    def __init__(self, temperature: float, vocab_size: int) -> None:
+        """For sampling at `temperature` (0: greedy) over the first `vocab_size` logits."""
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.vocab_size = vocab_size
+        self._steps: list[torch.Tensor] = []
+        self._last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Gather the previous step's choice, keep this step's log-softmax; the scores pass unchanged."""
+        if self._last is not None:
+            self._steps.append(self._last.gather(1, input_ids[:, -1:]).squeeze(1))
+        self._last = torch.log_softmax(scores[:, : self.vocab_size].float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """[rows, steps]: every step's log-prob, the last step's chosen token `last_tokens` [rows] included."""
+        if self._last is None:
+            raise RuntimeError("TokenLogprobs.finish: generate ran no step")
+        self._steps.append(self._last.gather(1, last_tokens[:, None]).squeeze(1))
+        self._last = None
+        return torch.stack(self._steps, dim=1)
 
 
 class HfEngine(Engine):
@@ -130,7 +161,8 @@ class HfEngine(Engine):
         for r, (prompt, _) in enumerate(rows):
             input_ids[r, width - len(prompt) :] = torch.tensor(prompt)
             attention_mask[r, width - len(prompt) :] = 1
-        processors = LogitsProcessorList()
+        recorder = TokenLogprobs(temperature, self._vocab_size)
+        processors = LogitsProcessorList([recorder])
         if temperature > 0:
             generators = [torch.Generator(self._device).manual_seed(seed) for _, seed in rows]
             processors.append(SeededSampler(temperature, generators))
@@ -143,14 +175,11 @@ class HfEngine(Engine):
                 max_new_tokens=max_new_tokens,
                 eos_token_id=sorted(self._eos_ids),
                 pad_token_id=self._pad_id,
-                output_logits=True,
                 return_dict_in_generate=True,
             ),
         )
         tokens = out.sequences[:, width:].cpu()
-        logits = torch.stack(out.logits, dim=1).float().cpu()[:, :, : self._vocab_size]
-        logprobs = torch.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
-        token_logprobs = logprobs.gather(-1, tokens[:, :, None]).squeeze(-1)
+        token_logprobs = recorder.finish(out.sequences[:, -1]).cpu()
         return [
             self._completion(tokens[r].tolist(), token_logprobs[r].tolist(), max_new_tokens) for r in range(len(rows))
         ]
