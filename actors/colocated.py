@@ -28,32 +28,19 @@ import torch
 
 from actors.learner import Learner, _dim0_sharded
 from actors.rollout_worker import RolloutWorker
-from core.config import LearnerConfig, RolloutConfig
+from core.config import RolloutConfig
 from core.messages import Completion, Rollout, RolloutRequest, TemperatureUpdate
 
 
 class ColocatedRank(Learner):
     """One learner rank and its rollout engine in one process; see the module docstring."""
 
-    def __init__(
-        self,
-        model_path: str,
-        config: LearnerConfig,
-        dtype: str,
-        seed: int,
-        rank: int,
-        world_size: int,
-        master_addr: str,
-        master_port: int,
-        *,
-        rollout: RolloutConfig,
-        max_model_len: int,
-    ) -> None:
-        """The `Learner`'s arguments, and the engine's: `rollout` (its engine, memory share, KV cache) and the
-        longest prompt + response it serves. The engine uses the learner's `torch_threads`: one process, one
-        thread pool."""
-        super().__init__(model_path, config, dtype, seed, rank, world_size, master_addr, master_port)
-        self.rollout_config = dataclasses.replace(rollout, torch_threads=config.torch_threads)
+    def __init__(self, *learner_args: Any, rollout: RolloutConfig, max_model_len: int, **learner_kwargs: Any) -> None:
+        """The `Learner`'s arguments as it takes them (model_path, config, dtype, seed, rank, world_size,
+        master_addr, master_port), and the engine's: `rollout` (its engine, memory share, KV cache) and the longest
+        prompt + response it serves. The engine uses the learner's `torch_threads`: one process, one thread pool."""
+        super().__init__(*learner_args, **learner_kwargs)
+        self.rollout_config = dataclasses.replace(rollout, torch_threads=self.config.torch_threads)
         self.max_model_len = max_model_len
         self.worker: RolloutWorker | None = None
         self._asleep = False
@@ -129,7 +116,7 @@ class ColocatedRank(Learner):
         worker = self._awake_worker()
         names = [name for name, _ in self._parameter_order()]
         with torch.no_grad():
-            loaded = worker.load_weight_stream(names, self._gathered_parameters(), version)
+            loaded = worker.load_weight_stream(names, self.gathered_parameters(), version)
         self._weights_lost = False
         return loaded
 
@@ -137,12 +124,13 @@ class ColocatedRank(Learner):
         """`RolloutWorker.info`, with the placement and whether the engine sleeps."""
         return {**self._require_worker().info(), "placement": "colocated", "asleep": self._asleep}
 
-    # ------------------------------------------------------------------------------------- internals
-
-    def _gathered_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(Hugging Face name, full tensor in the publish dtype) of every parameter, gathered one at a time."""
+    def gathered_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(Hugging Face name, full tensor in the publish dtype) of every parameter, gathered one at a time from the
+        ranks' shards, in `_parameter_order` (collective: every rank iterates it whole, in step)."""
         for name, param in self._parameter_order():
             yield name, _dim0_sharded(name, param).full_tensor().detach().to(self.dtype)
+
+    # ------------------------------------------------------------------------------------- internals
 
     def _sleep(self) -> None:
         if not self._asleep:

@@ -43,6 +43,7 @@ import torch
 import transformers
 
 from bench.machine import machine_line
+from bench.output import write_results
 from bench.random_policy import PolicyShape, random_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,20 +260,21 @@ def train_check(rank: Any, sizes: CheckSizes, learner_cfg: Any, params: int, cud
 
 
 def handover_check(rank: Any, cuda: bool) -> dict[str, Any]:
-    """The in-process handover of the trained weights (version 2) and a check that the engine now holds them."""
+    """The in-process handover of the trained weights (version 2) and a check that the engine now holds every one of
+    them, bit for bit."""
     started = time.perf_counter()
     version = rank.take_learner_weights(2)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     engine_state = rank.worker.engine._model.state_dict()
-    checked = 0
-    for name, param in rank._parameter_order()[:3] + rank._parameter_order()[-2:]:
-        full = param.full_tensor().to(rank.dtype)
-        if not torch.equal(engine_state[name].to(full.device), full):
-            raise RuntimeError(f"handover: the engine's {name} differs from the learner's")
-        checked += 1
-    bytes_moved = sum(p.numel() for _, p in rank._parameter_order()) * rank.dtype.itemsize
+    checked = bytes_moved = 0
+    with torch.no_grad():
+        for name, full in rank.gathered_parameters():
+            if not torch.equal(engine_state[name].to(full.device), full):
+                raise RuntimeError(f"handover: the engine's {name} differs from the learner's")
+            checked += 1
+            bytes_moved += full.numel() * full.element_size()
     return {"version": version, "seconds": round(seconds, 3), "bytes": bytes_moved, "tensors_checked": checked}
 
 
@@ -343,10 +345,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "wall_s": round(time.time() - started, 1),
         **result,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    (args.out / "gpu_check.md").write_text(markdown(doc), encoding="utf-8")
-    print(markdown(doc))
+    write_results(args.out, "gpu_check", doc, markdown(doc))
     return doc
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.machine import machine_line
+from bench.output import write_results
 from bench.weight_sync import RAY_CPUS, SIZES, build_policy
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,10 +39,8 @@ def _engine_load_seconds(rank) -> float:
     weights from tensors already gathered in this process."""
     import torch
 
-    from actors.learner import _dim0_sharded
-
     with torch.no_grad():
-        state = {name: _dim0_sharded(name, p).full_tensor().to(rank.dtype) for name, p in rank._parameter_order()}
+        state = dict(rank.gathered_parameters())
     start = time.perf_counter()
     rank.worker.engine.load_weights(state)
     return time.perf_counter() - start
@@ -213,10 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     doc = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "handover.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    (args.out / "handover.md").write_text(markdown(doc), encoding="utf-8")
-    print(markdown(doc))
+    write_results(args.out, "handover", doc, markdown(doc))
     return doc
 
 

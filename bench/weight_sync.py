@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.machine import machine_line
+from bench.output import write_results
 from bench.random_policy import PolicyShape, save_random_policy
 
 if TYPE_CHECKING:
@@ -294,10 +295,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
     doc = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "weight_sync.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    (args.out / "weight_sync.md").write_text(markdown(doc), encoding="utf-8")
-    print(markdown(doc))
+    write_results(args.out, "weight_sync", doc, markdown(doc))
     return doc
 
 

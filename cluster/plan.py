@@ -169,9 +169,13 @@ def fit_problems(
     """What does not fit a GPU of `gpu_bytes`, each with the config key that would fix it; empty if it fits. With
     `colocated`, a learner rank and its engine share each GPU (`colocated_phases`): each phase must fit."""
     problems = []
-    learner_total = plan.learner_total + (SLEEPING_ENGINE_BYTES if colocated else 0.0)
+    learner_total = plan.learner_total
     if colocated:
-        generation = sum(colocated_phases(plan, gpu_bytes, gpu_memory_utilization)["generation"].values())
+        phases = {
+            name: sum(terms.values())
+            for name, terms in colocated_phases(plan, gpu_bytes, gpu_memory_utilization).items()
+        }
+        learner_total, generation = phases["training, engine asleep"], phases["generation"]
         if generation > gpu_bytes:
             most = max(0.0, 1 - (plan.learner_resident + plan.handover_bytes) / gpu_bytes)
             problems.append(
