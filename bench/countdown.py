@@ -34,6 +34,7 @@ from bench.machine import machine_line
 from bench.runs import SYNCHRONOUS, train_run
 from cluster.environment import keep_ray_on_loopback
 from reporting.markdown import markdown_table
+from tasks.countdown.policy_eval import MAX_NEW_TOKENS
 
 VARIANTS: dict[str, list[str]] = {
     "grpo_n8": ["algo=grpo", "budget.n=8"],
@@ -71,6 +72,7 @@ TEMPERATURES = (0.6, 1.0, 1.3)
 EXPERIMENT_CONFIG = [
     *SYNCHRONOUS,
     "data.task=countdown",
+    f"rollout.max_new_tokens={MAX_NEW_TOKENS}",
     "data.max_train_questions=256",
     "data.valid_size=120",
     "train.questions_per_step=16",

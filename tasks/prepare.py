@@ -3,12 +3,14 @@ with their prompt token ids, checked against the model's position range."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, DataConfig, RunConfig
+from tasks.arithmetic.cache import BUILD_REPORT_FILE
 from tasks.dataset import Question, filter_by_prompt_length, load_questions
 from tasks.prompts import encode_prompts
 from tasks.registry import TaskFiles, prepare_task
@@ -56,6 +58,7 @@ def prepare_inputs(cfg: RunConfig) -> RunInputs:
 
     files = prepare_task(cfg)
     check_fits_model(cfg, files.model)
+    warn_on_short_responses(cfg, files.model)
     return RunInputs(files=files, tokenizer=AutoTokenizer.from_pretrained(files.model))
 
 
@@ -77,6 +80,22 @@ def load_split(path: Path, tokenizer: Any, data: DataConfig, limit: int = 0) -> 
     if limit:
         kept, prompts = kept[:limit], prompts[:limit]
     return Split(questions=kept, prompt_token_ids=prompts)
+
+
+def warn_on_short_responses(cfg: RunConfig, model_path: Path) -> None:
+    """Warn, naming `rollout.max_new_tokens`, when an embedded base policy's build report says its warm-start
+    responses ran longer than that (its answers would be cut off); say nothing for any other model."""
+    report = model_path / BUILD_REPORT_FILE
+    longest = json.loads(report.read_text()).get("longest_response_tokens") if report.is_file() else None
+    if longest is not None and cfg.rollout.max_new_tokens < longest:
+        log.warning(
+            "rollout.max_new_tokens=%d is shorter than the longest warm-start response of %s (%d tokens): many "
+            "answers will be cut off; set rollout.max_new_tokens=%d or more",
+            cfg.rollout.max_new_tokens,
+            model_path,
+            longest,
+            longest,
+        )
 
 
 def check_fits_model(cfg: RunConfig, model_path: Path) -> None:

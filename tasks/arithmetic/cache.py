@@ -20,6 +20,9 @@ from types import ModuleType
 from typing import Any
 
 STAMP_FILE = "build_stamp.json"
+BUILD_REPORT_FILE = "build_report.json"
+"""What a base-policy build writes beside the weights (its measurements; the countdown one also its longest
+warm-start response, `longest_response_tokens`)."""
 
 
 def config_key(config: Any, modules: Iterable[ModuleType]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,14 +27,16 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2ForCaus
 
 from tasks.arithmetic import cache, sft, tokenizer
 from tasks.arithmetic.build_base import deterministic_torch, model_config
-from tasks.countdown import expression, generate, policy_eval, problems, reward, solver
+from tasks.arithmetic.cache import BUILD_REPORT_FILE
+from tasks.countdown import expression, generate, policy_eval, problems, reward, search, solver
 from tasks.countdown.generate import CountdownDataConfig, ensure_datasets
 from tasks.countdown.problems import Puzzle, worked_solution
 
-BUILD_REPORT_FILE = "build_report.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / ".cache" / "countdown" / "data"
 """Where the countdown task keeps its dataset splits (gitignored)."""
+RESPONSE_FORMATS = ("search", "worked")
+"""The warm-start response formats (:attr:`BasePolicyConfig.response_format`)."""
 DEFAULT_MODEL_DIR = REPO_ROOT / ".cache" / "countdown" / "base-policy"
 """Where the countdown task keeps its base policy (gitignored)."""
 
@@ -62,8 +65,14 @@ class BasePolicyConfig:
     """Longest sequence (prompt + response) the model handles."""
     sft_pool_per_level: int = 1000
     """Distinct warm-start puzzles drawn per level (fewer where a level has fewer left)."""
+    response_format: str = "search"
+    """What a warm-start response shows: ``search`` (attempts checked against the target until one reaches it,
+    :mod:`tasks.countdown.search`) or ``worked`` (one solution's steps, :func:`problems.worked_solution`)."""
+    max_steps: int = 12
+    """``search``: most steps in a response (six attempts on three numbers, four on four; then it answers with
+    its nearest miss). Fits ``policy_eval.MAX_NEW_TOKENS``."""
     solutions_per_puzzle: int = 4
-    """Most distinct integer-step solutions of a warm-start puzzle that become examples."""
+    """Responses per warm-start puzzle: distinct search traces, or distinct integer-step worked solutions."""
     sft_level_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
     """Relative share of each of ``data.levels`` in warm-start batches, in that order; empty: equal shares."""
     sft_steps: int = 1000
@@ -97,7 +106,12 @@ class BasePolicyConfig:
             raise ValueError(f"BasePolicyConfig.sft_level_weights must be >= 0, not all 0: {self.sft_level_weights}")
         if not 0.0 <= self.stop_accuracy <= 1.0:
             raise ValueError(f"BasePolicyConfig.stop_accuracy must be in [0, 1], got {self.stop_accuracy}")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise ValueError(
+                f"BasePolicyConfig.response_format must be one of {RESPONSE_FORMATS}, got {self.response_format!r}"
+            )
         counts = ("sft_steps", "batch_size", "num_threads", "sft_pool_per_level", "num_layers", "solutions_per_puzzle")
+        counts += ("max_steps",)
         for name in counts + ("probe_every", "probe_per_level", "hidden_size", "num_heads", "num_kv_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BasePolicyConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -114,7 +128,8 @@ class BasePolicyConfig:
 
 def ensure_base_policy(out_dir: Path, config: BasePolicyConfig) -> Path:
     """The base policy for ``config`` in ``out_dir``, built only when the config or the code changed."""
-    modules = [expression, solver, reward, problems, generate, tokenizer, sft, policy_eval, sys.modules[__name__]]
+    modules = [expression, solver, reward, problems, search, generate, tokenizer, sft, policy_eval]
+    modules.append(sys.modules[__name__])
     key = cache.config_key(config, modules)
     return cache.ensure_built(Path(out_dir), key, lambda tmp: build_base_policy(tmp, config), asdict(config))
 
@@ -134,9 +149,15 @@ def warm_start_puzzles(config: BasePolicyConfig) -> tuple[dict[int, list[Puzzle]
     return pools, probe_set
 
 
-def training_responses(puzzle: Puzzle, limit: int) -> list[str]:
-    """The worked solutions of up to ``limit`` distinct integer-step solutions of ``puzzle``."""
-    return [worked_solution(tree) for tree in puzzle.integer_solutions()[:limit]]
+def training_responses(puzzle: Puzzle, config: BasePolicyConfig) -> list[str]:
+    """The warm-start responses of ``puzzle``: up to ``config.solutions_per_puzzle`` distinct search traces
+    (seeded by the config's seed and the question) or worked solutions of distinct solutions."""
+    limit = config.solutions_per_puzzle
+    if config.response_format == "worked":
+        return [worked_solution(tree) for tree in puzzle.integer_solutions()[:limit]]
+    rng = random.Random(f"trace/{config.seed}/{puzzle.question}")
+    traces = [search.search_trace(puzzle.numbers, puzzle.target, rng, config.max_steps) for _ in range(limit)]
+    return list(dict.fromkeys(traces))
 
 
 def chat_text(question: str, response: str) -> str:
@@ -178,7 +199,7 @@ def build_base_policy(out_dir: Path, config: BasePolicyConfig) -> dict[str, Any]
     with deterministic_torch(config.seed, config.num_threads) as generator:
         pools, probe_set = warm_start_puzzles(config)
         responses = {
-            level: [(p.question, r) for p in pool for r in training_responses(p, config.solutions_per_puzzle)]
+            level: [(p.question, r) for p in pool for r in training_responses(p, config)]
             for level, pool in pools.items()
         }
         data_seconds = time.perf_counter() - start
@@ -214,6 +235,7 @@ def build_base_policy(out_dir: Path, config: BasePolicyConfig) -> dict[str, Any]
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(hf_tokenizer),
         "sft_examples": {f"L{level}": len(pairs) for level, pairs in examples.items()},
+        "longest_response_tokens": max(len(e.response_ids) for pairs in examples.values() for e in pairs),
         "data_seconds": round(data_seconds, 2),
         "sft_seconds": round(sft_seconds, 2),
         "build_seconds": round(time.perf_counter() - start, 2),

@@ -19,7 +19,9 @@ from tasks.arithmetic.policy_eval import generate
 from tasks.countdown.expression import canonical_key
 from tasks.countdown.reward import extract_expression, parse_ground_truth, solves
 
-MAX_NEW_TOKENS = 64
+MAX_NEW_TOKENS = 160
+"""Longest sampled response; the default base policy's longest search trace (134 tokens) fits
+(:mod:`tasks.countdown.search`)."""
 
 
 @dataclass(frozen=True)

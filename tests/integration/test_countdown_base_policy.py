@@ -96,3 +96,18 @@ def test_training_questions_train_end_to_end(model_dir: Path, ray_cluster, tmp_p
     table = pq.read_table(run_dir / "difficulty.parquet")
     assert "recent" in table.column_names
     assert all(row.startswith("countdown-") for row in table["question_id"].to_pylist())
+
+
+def test_a_response_budget_shorter_than_the_warm_start_traces_is_warned_about(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tasks.prepare import warn_on_short_responses
+    from tests.support.config import run_config
+
+    longest = json.loads((model_dir / build_base.BUILD_REPORT_FILE).read_text())["longest_response_tokens"]
+    assert longest > 8
+    with caplog.at_level("WARNING", logger="tasks.prepare"):
+        warn_on_short_responses(run_config(tmp_path, f"rollout.max_new_tokens={longest}"), model_dir)
+        assert not caplog.records
+        warn_on_short_responses(run_config(tmp_path, "rollout.max_new_tokens=8"), model_dir)
+    assert len(caplog.records) == 1 and f"rollout.max_new_tokens={longest}" in caplog.records[0].getMessage()
