@@ -84,13 +84,17 @@ def load_split(path: Path, tokenizer: Any, data: DataConfig, limit: int = 0) -> 
 
 def warn_on_short_responses(cfg: RunConfig, model_path: Path) -> None:
     """Warn, naming `rollout.max_new_tokens`, when an embedded base policy's build report says its warm-start
-    responses ran longer than that (its answers would be cut off); say nothing for any other model."""
-    report = model_path / BUILD_REPORT_FILE
-    longest = json.loads(report.read_text()).get("longest_response_tokens") if report.is_file() else None
-    if longest is not None and cfg.rollout.max_new_tokens < longest:
+    responses ran longer than that (its answers would be cut off); say nothing for any other model, or for a
+    report that cannot be read."""
+    try:
+        longest = json.loads((model_path / BUILD_REPORT_FILE).read_text()).get("longest_response_tokens")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(longest, int) and cfg.rollout.max_new_tokens < longest:
         log.warning(
             "rollout.max_new_tokens=%d is shorter than the longest warm-start response of %s (%d tokens): many "
-            "answers will be cut off; set rollout.max_new_tokens=%d or more",
+            "answers will be cut off; set rollout.max_new_tokens=%d or more (and data.max_prompt_tokens low enough "
+            "that both fit the model's positions)",
             cfg.rollout.max_new_tokens,
             model_path,
             longest,

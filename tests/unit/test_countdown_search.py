@@ -35,6 +35,13 @@ def replay(numbers: tuple[int, ...], line: str) -> tuple[int, bool]:
     return left[0], missed
 
 
+def operation_values(tree) -> list[int]:
+    """The value of every operation in ``tree``."""
+    if isinstance(tree, int):
+        return []
+    return [*operation_values(tree.left), *operation_values(tree.right), int(evaluate(tree))]
+
+
 def puzzles(level: int, count: int) -> list[Puzzle]:
     return list(itertools.islice(unique_puzzles(level, "search-test"), count))
 
@@ -55,6 +62,9 @@ def test_traces_check_every_attempt_and_answer_with_the_reaching_one(level: int)
         assert sorted(leaves(answer)) == sorted(puzzle.numbers)
         reached = not results[-1][1]
         assert is_correct(trace, puzzle.ground_truth) == reached
+        if reached:  # the answer is the reaching attempt: its operations make the values that attempt's steps made
+            steps = attempts[-1].split(",")
+            assert sorted(operation_values(answer)) == sorted(int(step.rsplit("=", 1)[1]) for step in steps)
         if not reached:
             assert len(attempts) == allowed
             nearest = min(abs(value - puzzle.target) for value, _ in results)
