@@ -71,8 +71,9 @@ class BasePolicyConfig:
     """What a warm-start response shows: ``search`` (attempts checked against the target until one reaches it,
     :mod:`tasks.countdown.search`) or ``worked`` (one solution's steps, :func:`problems.worked_solution`)."""
     max_steps: int = 12
-    """``search``: most steps in a response (six attempts on three numbers, four on four; then it answers with
-    its nearest miss). Fits ``policy_eval.MAX_NEW_TOKENS``."""
+    """``search``: most steps in a response (six attempts on three numbers, four on four, and at least one attempt;
+    then it answers with its nearest miss). The build refuses responses longer than ``policy_eval.MAX_NEW_TOKENS``,
+    which the probe and ``eval_base`` would cut off."""
     solutions_per_puzzle: int = 4
     """Responses per warm-start puzzle: distinct search traces, or distinct integer-step worked solutions."""
     sft_level_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
@@ -170,7 +171,7 @@ def chat_text(question: str, response: str) -> str:
 
 
 def sft_example(hf_tokenizer: PreTrainedTokenizerBase, question: str, response: str) -> sft.SftExample:
-    """The warm-start example of one (question, worked solution): the chat prompt, then the response and eos."""
+    """The warm-start example of one (question, response): the chat prompt, then the response and eos."""
     response_ids = hf_tokenizer(response, add_special_tokens=False)["input_ids"]
     return sft.SftExample(tuple(sft.prompt_ids(hf_tokenizer, question)), (*response_ids, hf_tokenizer.eos_token_id))
 
@@ -211,6 +212,12 @@ def build_base_policy(out_dir: Path, config: BasePolicyConfig) -> dict[str, Any]
         hf_tokenizer = tokenizer.save_tokenizer(trained, out_dir, config.max_position_embeddings)
         model = Qwen2ForCausalLM(model_config(config, len(hf_tokenizer), hf_tokenizer))
         examples = {level: [sft_example(hf_tokenizer, q, r) for q, r in pairs] for level, pairs in responses.items()}
+        longest = max(len(e.response_ids) for pairs in examples.values() for e in pairs)
+        if longest > policy_eval.MAX_NEW_TOKENS:
+            raise ValueError(
+                f"a warm-start response takes {longest} tokens, more than the {policy_eval.MAX_NEW_TOKENS} the "
+                f"policy samples (policy_eval.MAX_NEW_TOKENS): lower BasePolicyConfig.max_steps"
+            )
         schedule = sft.SftSchedule(
             steps=config.sft_steps,
             batch_size=config.batch_size,
@@ -238,7 +245,7 @@ def build_base_policy(out_dir: Path, config: BasePolicyConfig) -> dict[str, Any]
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(hf_tokenizer),
         "sft_examples": {f"L{level}": len(pairs) for level, pairs in examples.items()},
-        "longest_response_tokens": max(len(e.response_ids) for pairs in examples.values() for e in pairs),
+        "longest_response_tokens": longest,
         "data_seconds": round(data_seconds, 2),
         "sft_seconds": round(sft_seconds, 2),
         "build_seconds": round(time.perf_counter() - start, 2),

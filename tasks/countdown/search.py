@@ -4,7 +4,7 @@ A 1M-parameter policy trained on worked solutions alone (:func:`tasks.countdown.
 plan its first step: it solved fewer easiest-level puzzles (0.07) than a uniformly random expression does (0.13;
 ``bench/results/countdown_base.md``). A search trace shows what it can learn instead: an *attempt* combines two of
 the numbers left at random until two are left, finishes with the operation that comes nearest the target, and the
-line says ``no`` when it missed. Attempts repeat, never the same one twice, until one reaches the target or the
+line says ``no`` when it missed. Attempts repeat, never with the same steps twice, until one reaches the target or the
 response's ``max_steps`` are spent (an attempt on ``n`` numbers takes ``n - 1`` steps: 12 steps are six attempts on
 three numbers, four on four); then the answer line renders the reaching attempt, or the nearest miss::
 

@@ -111,3 +111,13 @@ def test_a_response_budget_shorter_than_the_warm_start_traces_is_warned_about(
         assert not caplog.records
         warn_on_short_responses(run_config(tmp_path, "rollout.max_new_tokens=8"), model_dir)
     assert len(caplog.records) == 1 and f"rollout.max_new_tokens={longest}" in caplog.records[0].getMessage()
+
+
+def test_a_build_whose_responses_outrun_the_sampling_budget_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(policy_eval, "MAX_NEW_TOKENS", 10)
+    out = tmp_path / "base"
+    out.mkdir()
+    with pytest.raises(ValueError, match="max_steps"):
+        build_base.build_base_policy(out, TINY)
