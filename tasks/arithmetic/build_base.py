@@ -30,6 +30,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from tasks.arithmetic import cache, generate, policy_eval, problems, reward, sft, tokenizer
+from tasks.arithmetic.cache import BUILD_REPORT_FILE
 from tasks.arithmetic.generate import ArithmeticDataConfig, ensure_datasets
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "ensure_datasets",
 ]
 
-BUILD_REPORT_FILE = "build_report.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / ".cache" / "arithmetic" / "data"
 """Where the demo keeps the dataset splits (gitignored); callers pass directories explicitly."""

@@ -115,8 +115,8 @@ class BasePolicyConfig:
                 f"BasePolicyConfig.response_format must be one of {RESPONSE_FORMATS}, got {self.response_format!r}"
             )
         counts = ("sft_steps", "batch_size", "num_threads", "sft_pool_per_level", "num_layers", "solutions_per_puzzle")
-        counts += ("max_steps",)
-        for name in counts + ("probe_every", "probe_per_level", "hidden_size", "num_heads", "num_kv_heads"):
+        counts += ("max_steps", "probe_every", "probe_per_level", "hidden_size", "num_heads", "num_kv_heads")
+        for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"BasePolicyConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -132,8 +132,18 @@ class BasePolicyConfig:
 
 def ensure_base_policy(out_dir: Path, config: BasePolicyConfig) -> Path:
     """The base policy for ``config`` in ``out_dir``, built only when the config or the code changed."""
-    modules = [expression, solver, reward, problems, search, generate, tokenizer, sft, policy_eval]
-    modules.append(sys.modules[__name__])
+    modules = [
+        expression,
+        solver,
+        reward,
+        problems,
+        search,
+        generate,
+        tokenizer,
+        sft,
+        policy_eval,
+        sys.modules[__name__],
+    ]
     key = cache.config_key(config, modules)
     return cache.ensure_built(Path(out_dir), key, lambda tmp: build_base_policy(tmp, config), asdict(config))
 

@@ -65,7 +65,7 @@ def test_traces_check_every_attempt_and_answer_with_the_reaching_one(level: int)
         if reached:  # the answer is the reaching attempt: its operations make the values that attempt's steps made
             steps = attempts[-1].split(",")
             assert sorted(operation_values(answer)) == sorted(int(step.rsplit("=", 1)[1]) for step in steps)
-        if not reached:
+        else:
             assert len(attempts) == allowed
             nearest = min(abs(value - puzzle.target) for value, _ in results)
             assert abs(evaluate(answer) - puzzle.target) == nearest
