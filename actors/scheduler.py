@@ -226,6 +226,7 @@ class Scheduler:
             self.settings.pad_token_id,
             length_bias_mu=self.reward_config.length_bias_mu,
             length_bias_threshold=self.reward_config.length_bias_threshold,
+            sequence_mean=self.settings.loss_aggregation == "sequence_mean",
         )
 
     def _sync_weights(self, version: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.config import RunConfig, StalePolicy
+from core.config import LossAggregation, RunConfig, StalePolicy
 from core.sampler import EpochSampler
 from tasks.registry import ANSWER_KEY_FNS
 
@@ -51,6 +51,8 @@ class SchedulerSettings:
     """Groups logged on those steps (`log.sample_groups`)."""
     sample_chars: int = 2000
     """Characters of text kept per prompt and response (`log.sample_chars`)."""
+    loss_aggregation: LossAggregation = LossAggregation.token_mean
+    """How the loss weighs the responses' tokens (`learner.loss_aggregation`): the batch's advantages carry it."""
     answer_key_fn: str = ""
     """`module:function` giving a completion's answer in canonical form (None when it has none), for counting
     distinct correct answers per group; empty: not counted (the task's, `tasks.registry.ANSWER_KEY_FNS`)."""
@@ -71,6 +73,7 @@ class SchedulerSettings:
             total_steps=total_steps,
             max_new_tokens=cfg.rollout.max_new_tokens,
             seed=cfg.train.seed,
+            loss_aggregation=cfg.learner.loss_aggregation,
             pad_token_id=pad_token_id,
             vocab_size=vocab_size,
             heldout_samples=cfg.eval.heldout_samples,

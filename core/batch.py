@@ -42,6 +42,7 @@ def build_train_batch(
     pad_token_id: int,
     length_bias_mu: float = 0.0,
     length_bias_threshold: float = 0.1,
+    sequence_mean: bool = False,
 ) -> tuple[TrainBatch, BatchStats]:
     """Turn one step's scored groups into a right-padded `TrainBatch` and its statistics.
 
@@ -49,7 +50,8 @@ def build_train_batch(
     pass `DifficultyTable.index_ranks`, ties broken by table order, so that `rank <= threshold` selects exactly the
     easiest `threshold` fraction of the questions (E3_SPEC section 5) whatever the tie policy. Each question's
     samples form one GRPO group for the advantages. Samples keep the temperature stamped
-    on their rollout, and the sampler's per-token log-probs are kept for the learner's mismatch metric.
+    on their rollout, and the sampler's per-token log-probs are kept for the learner's mismatch metric. With
+    `sequence_mean` the advantages are scaled by `sequence_mean_scale` (`learner.loss_aggregation`).
     """
     if len(scored) != len(length_bias_ranks):
         raise ValueError(f"build_train_batch: {len(scored)} scored groups but {len(length_bias_ranks)} ranks")
@@ -74,6 +76,7 @@ def build_train_batch(
 
     shaped = length_bias(rewards, correct, lengths, sample_ranks, length_bias_mu, length_bias_threshold)
     advantages = group_advantages(shaped, group_ids)
+    trained_advantages = advantages * sequence_mean_scale(lengths) if sequence_mean else advantages
 
     width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
     n = len(prompts)
@@ -93,7 +96,7 @@ def build_train_batch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         response_mask=response_mask,
-        advantages=torch.as_tensor(advantages, dtype=torch.float32),
+        advantages=torch.as_tensor(trained_advantages, dtype=torch.float32),
         temperatures=torch.tensor(temperatures, dtype=torch.float32),
         sampler_logprobs=logprobs,
     )
@@ -108,6 +111,17 @@ def build_train_batch(
         truncated_fraction=float(np.mean(truncated)),
     )
     return batch, stats
+
+
+def sequence_mean_scale(lengths: Sequence[int]) -> np.ndarray:
+    """Per response, the factor `tokens / (responses * length)` that turns the learner's token mean into a
+    sequence mean: with advantages scaled by it, `sum_i sum_t A_i s_i ratio_it / tokens` is
+    `1/n sum_i 1/|o_i| sum_t A_i ratio_it`. The PPO clip and the dual clip only look at the advantage's sign and
+    scale with it, so the loss is exactly the sequence mean (with one optimizer step a training step; with
+    several, each mini-batch divides by its own tokens, so it holds for the step as a whole only on average). An
+    empty response counts as one token."""
+    counts = np.maximum(np.asarray(lengths, dtype=np.float64), 1.0)
+    return (counts.sum() / (len(counts) * counts)).astype(np.float32)
 
 
 def pack_micro_batches(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:

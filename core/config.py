@@ -119,6 +119,13 @@ class OffPolicyCorrection(Choice):
     icepop = "icepop"
 
 
+class LossAggregation(Choice):
+    """How the policy loss weighs the tokens of the step's responses."""
+
+    token_mean = "token_mean"
+    sequence_mean = "sequence_mean"
+
+
 class WandbMode(Choice):
     """Where W&B logs go."""
 
@@ -249,6 +256,12 @@ class LearnerConfig:
     `min(r, tis_cap)` (truncated importance sampling), `icepop` weights it by `r` itself while
     `icepop_low <= r <= icepop_high` and by 0 outside (the token drops out of the gradient); either weight is
     detached, a coefficient of the token's loss; `none` trains on the tokens as they are (core/grpo.py)."""
+    loss_aggregation: LossAggregation = LossAggregation.token_mean
+    """`token_mean` (E3_SPEC §4, verl's default): every response token of the step weighs the same, so a long
+    response weighs more than a short one; `sequence_mean` (the GRPO paper's `1/G sum_i 1/|o_i| sum_t`): every
+    response weighs the same, its tokens sharing its weight. Where failed responses run longer than correct ones
+    (countdown's search traces: 73 tokens against 41), `token_mean` pushes down more than it pushes up. Applied to
+    the advantages (`core.batch.sequence_mean_scale`), exact with one optimizer step a training step."""
     tis_cap: float = bounded(2.0, gt=0)
     """TIS: the largest importance weight a token gets (the truncation C; 2 as published for TIS)."""
     icepop_low: float = bounded(0.5, gt=0, lt=1)

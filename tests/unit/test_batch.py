@@ -41,6 +41,26 @@ def test_layout_advantages_and_stats():
     assert stats.response_length_mean == pytest.approx(9 / 6)
 
 
+def test_sequence_mean_gives_every_response_the_same_weight_whatever_its_length():
+    from core.grpo import policy_loss
+
+    # one group: a short correct response (1 token) and a long wrong one (5 tokens), advantages +-0.7071
+    groups = [scored("a", (5,), [(7,), (8, 9, 10, 11, 12)], [1.0, 0.0])]
+    gradients = {}
+    for sequence_mean in (False, True):
+        batch, stats = build_train_batch(groups, length_bias_ranks=[0.5], pad_token_id=0, sequence_mean=sequence_mean)
+        assert stats.zero_advantage_fraction == 0.0
+        mask = batch.response_mask[:, 1:]
+        logprobs = torch.full(mask.shape, -0.5, requires_grad=True)
+        loss, _ = policy_loss(logprobs, logprobs.detach(), batch.advantages, mask, normalizer=batch.num_response_tokens)
+        loss.backward()
+        gradients[sequence_mean] = [logprobs.grad[row][mask[row].bool()].sum().item() for row in range(2)]
+    # token mean: each response's pull is its advantage times its share of the 6 tokens, so the long one wins
+    assert gradients[False] == pytest.approx([-0.70710 / 6, 0.70710 * 5 / 6], abs=1e-5)
+    # sequence mean: 1/2 sum_i A_i (each response's tokens share its weight): equal and opposite pulls
+    assert gradients[True] == pytest.approx([-0.70710 / 2, 0.70710 / 2], abs=1e-5)
+
+
 def test_length_bias_shapes_easy_correct_rewards_only():
     groups = [scored("easy", (1,), [(2, 3, 4, 5), (2,)], [1.0, 0.0]), scored("hard", (1,), [(2, 3), (2,)], [1.0, 0.0])]
     _, plain = build_train_batch(groups, length_bias_ranks=[0.05, 0.9], pad_token_id=0)

@@ -6,17 +6,18 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from actors.scheduler import ROLLOUT_WEIGHTS, Scheduler
 from actors.settings import SchedulerSettings
 from core.allocators import ALLOCATORS, QuestionStats
-from core.config import BudgetConfig, RewardConfig, TemperatureConfig
+from core.config import BudgetConfig, LossAggregation, RewardConfig, TemperatureConfig
 from core.difficulty import DifficultyTable
 from core.messages import (
     Completion,
@@ -159,7 +160,12 @@ def split(n: int = QUESTIONS) -> Split:
 
 
 def build(
-    tmp_path: Path, checkpoint_every: int = 0, budget: BudgetConfig | None = None, **plan_fields: Any
+    tmp_path: Path,
+    checkpoint_every: int = 0,
+    budget: BudgetConfig | None = None,
+    pool_class: type = FakePool,
+    learner_class: type = FakeLearner,
+    **plan_fields: Any,
 ) -> tuple[Scheduler, Calls, FakeRunLog]:
     calls, run_log = Calls(), FakeRunLog()
     settings = SchedulerSettings(
@@ -173,8 +179,8 @@ def build(
         budget=budget or BudgetConfig(n=4, n_low=2, n_high=6, n_update=2),
         temperature=TemperatureConfig(),
         reward=RewardConfig(),
-        rollout_pool=FakePool(calls),
-        learner_group=FakeLearner(calls),
+        rollout_pool=pool_class(calls),
+        learner_group=learner_class(calls),
         scorer=FakeScorer(calls),
         heldout=split(2),
         run_log=run_log,
@@ -652,3 +658,35 @@ def test_generation_seconds_sum_a_workers_calls_and_take_the_longest_worker():
     rollouts = [rollout("w0", 2.0), rollout("w0", 2.0), rollout("w0", 0.5), rollout("w1", 2.25)]
     assert generation_seconds(rollouts) == 2.5
     assert math.isnan(generation_seconds([rollout("w0", 0.0)]))  # fakes that do not measure
+
+
+class LongWrongPool(FakePool):
+    """Wrong answers run three tokens longer than right ones (as countdown's failed search traces do)."""
+
+    def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
+        def longer(c: Completion) -> Completion:
+            return c if c.text == "right" else Completion((7, 8, 9, 9, 9), (-0.1,) * 5, c.text, "stop")
+
+        return [replace(r, completions=tuple(map(longer, r.completions))) for r in super().generate(requests)]
+
+
+class BatchKeepingLearner(FakeLearner):
+    def train(self, batch: TrainBatch, weights_version: int) -> LearnerResult:
+        self.batch = batch
+        return super().train(batch, weights_version)
+
+
+def test_sequence_mean_scales_each_responses_advantage_by_its_share_of_the_tokens(tmp_path):
+    batches = {}
+    for aggregation in LossAggregation:
+        scheduler, *_ = build(
+            tmp_path / aggregation.value, pool_class=LongWrongPool, learner_class=BatchKeepingLearner,
+            loss_aggregation=aggregation,
+        )  # fmt: skip
+        scheduler.step()
+        batches[aggregation.value] = scheduler.learner_group.batch
+    token_mean, sequence_mean = batches["token_mean"], batches["sequence_mean"]
+    lengths = token_mean.response_mask.sum(dim=1)
+    assert set(lengths.tolist()) == {2.0, 5.0} and bool((token_mean.advantages != 0).any())
+    expected = token_mean.advantages * lengths.sum() / (len(lengths) * lengths)  # tokens / (responses * length)
+    assert torch.allclose(sequence_mean.advantages, expected, rtol=1e-6)
