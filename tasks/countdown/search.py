@@ -3,21 +3,24 @@
 A 1M-parameter policy trained on worked solutions alone (:func:`tasks.countdown.problems.worked_solution`) cannot
 plan its first step: it solved fewer easiest-level puzzles (0.07) than a uniformly random expression does (0.13;
 ``bench/results/countdown_base.md``). A search trace shows what it can learn instead: an *attempt* combines two of
-the numbers left at random until two are left, finishes with the operation that comes nearest the target, and the
-line says ``no`` when it missed. Attempts repeat, never with the same steps twice, until one reaches the target or the
-response's ``max_steps`` are spent (an attempt on ``n`` numbers takes ``n - 1`` steps: 12 steps are six attempts on
-three numbers, four on four); then the answer line renders the reaching attempt, or the nearest miss::
+the numbers left at random until two are left, finishes with the operation that comes nearest the target, then
+copies the target beside its result (``vs 25``) and says ``no`` when they differ. Attempts repeat, never with the same
+steps twice, until one reaches the target or the response's ``max_steps`` are spent (an attempt on ``n`` numbers takes
+``n - 1`` steps: 10 steps are five attempts on three numbers, three on four); then the answer line renders the last
+attempt, the one that reached the target if any did::
 
-    8*3=24,24-5=19 no
-    8-5=3,3*3=9 no
-    8-3=5,5*5=25
+    8*3=24,24-5=19 vs 25 no
+    8-5=3,3*3=9 vs 25 no
+    8-3=5,5*5=25 vs 25
     Answer: (8-3)*5
 
 Every step is a positive integer: subtraction takes the smaller from the larger, division only when it divides.
-Checking an attempt is local (compare the last result with the target), choosing one is chance, so sampling finds
-answers at a rate that grows with the number of attempts a response holds: the easy levels are within reach of one
-response and the hard ones of many, the edge of competence where RL adds pass@k. Attempts are random, so the
-solutions a policy finds this way are diverse.
+The copied target makes the check local: ``no`` compares two numbers side by side, where a policy that had to look
+back at the prompt said ``no`` after 54% of the attempts that reached the target. The answer is always the attempt
+just above it, so rendering it is local too. Choosing an attempt is chance, so sampling finds answers at a rate
+that grows with the number of attempts a response holds: the easy levels are within reach of one response and the
+hard ones of many, the edge of competence where RL adds pass@k. Attempts are random, so the solutions a policy finds
+this way are diverse.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 from tasks.countdown.expression import Node, Tree, render
 from tasks.countdown.reward import ANSWER_PREFIX
 
+CHECK = "vs"
+"""What stands between an attempt's result and the copied target."""
 MISS = "no"
 """What ends an attempt line that missed the target."""
 
@@ -41,8 +46,8 @@ class Attempt:
     value: int
 
     def line(self, target: int) -> str:
-        """The attempt as a trace line: the steps, comma-separated, then `` no`` when it misses ``target``."""
-        text = ",".join(self.steps)
+        """The attempt as a trace line: the steps, comma-separated, `` vs <target>``, then `` no`` when it misses."""
+        text = f"{','.join(self.steps)} {CHECK} {target}"
         return text if self.value == target else f"{text} {MISS}"
 
 
@@ -84,8 +89,8 @@ def attempts_allowed(sources: int, max_steps: int) -> int:
 
 def search_trace(numbers: tuple[int, ...], target: int, rng: random.Random, max_steps: int) -> str:
     """A search-trace response for the puzzle (module docstring): distinct random attempts until one reaches
-    ``target`` or :func:`attempts_allowed` miss, then the answer line (the reaching attempt's expression, else the
-    nearest miss's). Deterministic for a given ``rng`` state."""
+    ``target`` or :func:`attempts_allowed` miss, then the answer line (the last attempt's expression: the reaching
+    one, if any). Deterministic for a given ``rng`` state."""
     if max_steps < 1:
         raise ValueError(f"search_trace: max_steps must be >= 1, got {max_steps}")
     max_attempts = attempts_allowed(len(numbers), max_steps)
@@ -99,8 +104,7 @@ def search_trace(numbers: tuple[int, ...], target: int, rng: random.Random, max_
         attempts.append(attempt)
         if attempt.value == target or len(attempts) == max_attempts:
             break
-    answer = attempts[-1] if attempts[-1].value == target else min(attempts, key=lambda a: abs(a.value - target))
-    return "\n".join([*(a.line(target) for a in attempts), f"{ANSWER_PREFIX} {render(answer.tree)}"])
+    return "\n".join([*(a.line(target) for a in attempts), f"{ANSWER_PREFIX} {render(attempts[-1].tree)}"])
 
 
-__all__ = ["MISS", "Attempt", "attempts_allowed", "integer_steps", "random_attempt", "search_trace"]
+__all__ = ["CHECK", "MISS", "Attempt", "attempts_allowed", "integer_steps", "random_attempt", "search_trace"]
