@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from tasks.countdown.reward import ANSWER_PREFIX, is_correct
+from tasks.countdown.reward import ANSWER_PREFIX, format_ground_truth, is_correct
 from tasks.countdown.search import CHECK, MISS, integer_steps
 
 STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")
@@ -79,8 +79,7 @@ def replay_response(numbers: tuple[int, ...], target: int, text: str, counts: Co
     """Count one response's errors into ``counts`` (see the module docstring for the names)."""
     lines = [line for line in text.strip().split("\n") if line and not line.startswith(ANSWER_PREFIX)]
     counts["responses"] += 1
-    ground_truth = " ".join(map(str, numbers)) + f" -> {target}"
-    correct = is_correct(text, ground_truth)
+    correct = is_correct(text, format_ground_truth(numbers, target))
     counts["correct"] += correct
     last_clean_hit = False
     for line in lines:
