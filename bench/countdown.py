@@ -2,6 +2,7 @@
 
     python -m bench.countdown                        # every variant x 3 seeds, the experiment's config (below)
     python -m bench.countdown --seeds 0 1 2 3 4 --variants grpo_n8 e3_knapsack_n8
+    python -m bench.countdown --levels 2 3 4         # train and evaluate on those levels' puzzles only
 
 Variants (`VARIANTS`): at a mean of 8 responses a question, GRPO (uniform budget, fixed T), +TS (the adaptive
 temperature only), E3 (all three parts) and E3 with the `informative` or the `knapsack` allocator; at a mean of 4,
@@ -14,6 +15,10 @@ questions solved at least once), distinct correct answers per group, the entropy
 the all-wrong and zero-advantage fractions; and each run's held-out greedy curve. Means, 95% Student-t intervals
 and per-seed values go to `bench/results/countdown.json` and `.md`, the first seed's runs overlaid in
 `countdown_report.html`. Which pairs separate (non-overlapping intervals) is listed in the Markdown.
+
+`--levels` keeps only those levels' puzzles of the default training and validation splits (`level_subset`: a
+subset keeps the splits disjoint and free of warm-start puzzles), so a step's budget goes to the levels where the
+number of responses decides whether a group finds a success.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from bench.machine import machine_line
 from bench.runs import SYNCHRONOUS, train_run
 from cluster.environment import keep_ray_on_loopback
 from reporting.markdown import markdown_table
+from tasks.arithmetic.generate import SCHEMA, level_ranks
 from tasks.countdown.policy_eval import MAX_NEW_TOKENS
+from tasks.countdown.problems import LEVELS
 
 VARIANTS: dict[str, list[str]] = {
     "grpo_n8": ["algo=grpo", "budget.n=8"],
@@ -89,6 +96,36 @@ EXPERIMENT_CONFIG = [
 2 cores: 256 training questions (about 43 a level), 16 a step, three epochs (48 steps of 128 responses at a mean
 n of 8, 64 at 4); greedy held-out accuracy on 120 validation puzzles (about 20 a level) every 4 steps (the
 curve); after training, 64 answers per held-out question at T = 1 and 16 at each other of `TEMPERATURES`."""
+
+
+def level_subset(split_path: Path, levels: Sequence[int], out_path: Path) -> Path:
+    """Write to `out_path` the rows of the countdown split file `split_path` whose level is one of `levels`, in
+    file order, with `rank` recomputed among them; returns `out_path`. Raises ValueError naming the file when no
+    row has one of `levels`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [row for row in pq.read_table(split_path).to_pylist() if row["extra_info"]["level"] in set(levels)]
+    if not rows:
+        raise ValueError(f"{split_path}: no row has a level in {sorted(levels)}")
+    for row, rank in zip(rows, level_ranks([row["extra_info"]["level"] for row in rows]), strict=True):
+        row["rank"] = rank
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), out_path)
+    return out_path
+
+
+def level_overrides(levels: Sequence[int], out_dir: Path) -> list[str]:
+    """The overrides that train and evaluate on `levels` only: subsets of the default countdown training and
+    validation splits (built first if missing), written under `out_dir`."""
+    from tasks.countdown.build_base import DEFAULT_DATA_DIR, BasePolicyConfig
+    from tasks.countdown.generate import ensure_datasets
+
+    splits = ensure_datasets(DEFAULT_DATA_DIR, BasePolicyConfig().data)
+    tag = "-".join(map(str, sorted(levels)))
+    train = level_subset(splits["train"], levels, out_dir / f"train-L{tag}.parquet")
+    valid = level_subset(splits["valid"], levels, out_dir / f"valid-L{tag}.parquet")
+    return [f"data.train_path={train.resolve()}", f"data.valid_path={valid.resolve()}"]
 
 
 def final(record_values: Sequence[float], share: float = 0.25) -> float:
@@ -248,10 +285,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--runs", type=Path, default=Path("runs/countdown"))
     parser.add_argument("--reuse", action="store_true", help="keep finished runs (with a summary.json) found in --runs")
+    parser.add_argument("--levels", type=int, nargs="+", help="train and evaluate on these levels only")
     parser.add_argument("overrides", nargs="*", help="config overrides for every variant (after --)")
     args = parser.parse_args(argv)
     if "grpo_n8" not in args.variants:
         parser.error("--variants must include grpo_n8 (the reference of the saturation check)")
+    unknown = sorted(set(args.levels or ()) - set(LEVELS))
+    if unknown:
+        parser.error(f"--levels {unknown}: unknown; the countdown levels are {sorted(LEVELS)}")
     keep_ray_on_loopback()  # before Ray is imported
 
     from cluster.build import ray_session
@@ -259,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from reporting.report import load_run, write_report
 
     started = time.perf_counter()
-    config = [*EXPERIMENT_CONFIG, *args.overrides]
+    data = level_overrides(args.levels, args.runs / "data") if args.levels else []
+    config = [*EXPERIMENT_CONFIG, *data, *args.overrides]
     run_dirs: dict[str, list[Path]] = {name: [] for name in args.variants}
     with ray_session(RayConfig(), needed_cpus=4):
         for seed in args.seeds:

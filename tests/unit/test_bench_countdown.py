@@ -11,6 +11,7 @@ from bench.countdown import (
     TEMPERATURES,
     VARIANTS,
     countdown_metrics,
+    level_subset,
     markdown,
     saturation_step,
     separations,
@@ -101,3 +102,28 @@ def test_every_variant_composes_on_the_countdown_task(name):
         assert cfg.budget.allocator == AllocatorName.knapsack
     if cfg.algo == "e3" and cfg.budget.allocator != AllocatorName.uniform:  # the allocator has room to move
         assert cfg.budget.n_low < cfg.budget.n < cfg.budget.n_high
+
+
+def test_a_level_subset_keeps_those_levels_rows_in_order_and_ranks_them_afresh(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tasks.countdown.generate import CountdownDataConfig, write_splits
+
+    full = write_splits(CountdownDataConfig(seed=3, train_size=60, valid_size=12, test_size=0), tmp_path / "full")
+    subset = level_subset(full["train"], [2, 4], tmp_path / "sub" / "train.parquet")
+    rows, kept = pq.read_table(full["train"]).to_pylist(), pq.read_table(subset).to_pylist()
+    expected = [row["id"] for row in rows if row["extra_info"]["level"] in (2, 4)]
+    assert [row["id"] for row in kept] == expected and len(expected) == 20  # 10 a level, file order
+    ranks = {row["extra_info"]["level"]: row["rank"] for row in kept}
+    assert ranks == {2: pytest.approx(4.5 / 20), 4: pytest.approx(14.5 / 20)}  # mean position of each tie group
+    assert pq.read_schema(subset) == pq.read_schema(full["train"])
+    with pytest.raises(ValueError, match=r"train.parquet: no row has a level in \[7\]"):
+        level_subset(full["train"], [7], tmp_path / "none.parquet")
+
+
+def test_unknown_levels_are_refused_before_any_run_starts(capsys):
+    from bench.countdown import main
+
+    with pytest.raises(SystemExit):
+        main(["--levels", "2", "9", "--runs", "/nonexistent"])
+    assert "--levels [9]: unknown; the countdown levels are [1, 2, 3, 4, 5, 6]" in capsys.readouterr().err
