@@ -1,13 +1,19 @@
 """Measure a countdown policy against issue 25 §1's targets: pass@1 per level, pass@64 on the hardest level,
 distinct valid expressions among 16 samples on solved puzzles; all from samples at T = 1.
 
+Beside the distinct count it gives its reference at the policy's own accuracy (``if_uniform_over_solutions``): the
+count expected if each solved puzzle's correct samples, as many as the policy drew, were spread uniformly at
+random over that puzzle's distinct solutions (:func:`uniform_distinct_reference`). A puzzle with one solution has
+one distinct answer however diverse the policy is, so the reference says how much of the target is reachable.
+
 CLI: ``python -m tasks.countdown.eval_base [--model DIR] [--per-level N] [--samples 64] [--json-out FILE]``.
 Without ``--model`` it evaluates (building it first if needed) the default base policy, on the first
 ``--per-level`` test puzzles of each level. It prints one line per level, the verdict on each target and, as its
 last line, one JSON object (also written to ``--json-out``)::
 
     {"per_level": {"<level>": {"puzzles": n, "pass@1": x, "pass@8": y, "pass@64": z}, ...},
-     "distinct_on_solved": {"mean": d, "puzzles": m, "first_samples": 16}, "targets": {...}, ...}
+     "distinct_on_solved": {"mean": d, "puzzles": m, "first_samples": 16, "if_uniform_over_solutions": r},
+     "targets": {...}, ...}
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from tasks.countdown.policy_eval import (
     pass_at_k_by_level,
     sample_and_score,
 )
+from tasks.countdown.reward import parse_ground_truth
+from tasks.countdown.solver import solve
 
 DISTINCT_SAMPLES = 16
 
@@ -45,6 +53,18 @@ def first_per_level(rows: list[dict], per_level: int) -> list[dict]:
             taken[level] += 1
             kept.append(row)
     return kept
+
+
+def uniform_distinct_reference(scored: list[ScoredPuzzle], solution_counts: list[int], first: int) -> float:
+    """Over the puzzles the first ``first`` samples solve: the mean of ``s (1 - (1 - 1/s)^k)``, the expected number
+    of distinct solutions among ``k`` draws uniform over a puzzle's ``s`` solutions, with ``k`` the correct samples
+    the policy drew among its first ``first`` (0.0 when none is solved)."""
+    expected = [
+        s * (1 - (1 - 1 / s) ** k)
+        for puzzle, s in zip(scored, solution_counts, strict=True)
+        if (k := sum(puzzle.correct[:first]))
+    ]
+    return sum(expected) / len(expected) if expected else 0.0
 
 
 def targets(per_level: dict[str, dict[str, float]], distinct: float) -> dict[str, dict[str, Any]]:
@@ -63,8 +83,9 @@ def targets(per_level: dict[str, dict[str, float]], distinct: float) -> dict[str
     return {name: {"value": round(value, 4), "met": bool(met)} for name, (value, met) in checks.items()}
 
 
-def summarize(scored: list[ScoredPuzzle], samples: int) -> dict[str, Any]:
-    """The result object of the CLI (module docstring) from the scored puzzles."""
+def summarize(scored: list[ScoredPuzzle], samples: int, solution_counts: list[int] | None = None) -> dict[str, Any]:
+    """The result object of the CLI (module docstring) from the scored puzzles and, for the distinct count's
+    reference, each puzzle's number of distinct solutions."""
     ks = [k for k in (1, 8, 16, 64) if k <= samples]
     by_k = {k: pass_at_k_by_level(scored, k) for k in ks}
     counts: dict[int, int] = defaultdict(int)
@@ -79,6 +100,9 @@ def summarize(scored: list[ScoredPuzzle], samples: int) -> dict[str, Any]:
         "per_level": per_level,
         "distinct_on_solved": {"mean": round(distinct, 4), "puzzles": solved, "first_samples": DISTINCT_SAMPLES},
     }
+    if solution_counts is not None:
+        reference = uniform_distinct_reference(scored, solution_counts, min(DISTINCT_SAMPLES, samples))
+        result["distinct_on_solved"]["if_uniform_over_solutions"] = round(reference, 4)
     if samples >= 64:
         result["targets"] = targets(per_level, distinct)
     return result
@@ -117,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     seconds = time.perf_counter() - start
     result = {
-        **summarize(scored, args.samples),
+        **summarize(
+            scored, args.samples, [len(solve(*parse_ground_truth(row["reward_model"]["ground_truth"]))) for row in rows]
+        ),
         "puzzles": len(rows),
         "samples": args.samples,
         "temperature": args.temperature,

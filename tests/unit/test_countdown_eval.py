@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.countdown.eval_base import first_per_level, summarize, targets
+from tasks.countdown.eval_base import first_per_level, summarize, targets, uniform_distinct_reference
 from tasks.countdown.policy_eval import (
     accuracy_by_level,
     mean_distinct_on_solved,
@@ -58,3 +58,16 @@ def test_first_per_level_keeps_file_order() -> None:
     rows = [{"extra_info": {"level": level}, "i": i} for i, level in enumerate([1, 2, 1, 1, 2])]
     assert [r["i"] for r in first_per_level(rows, 2)] == [0, 1, 2, 4]
     assert len(first_per_level(rows, 0)) == 5
+
+
+def test_the_distinct_reference_spreads_the_policys_correct_samples_uniformly_over_the_solutions() -> None:
+    four = score_samples(["Answer: (3*7)-(5-8)"] * 2 + ["x"] * 2, TRUTH, level=4)  # 2 correct of 4; 4 solutions
+    one = score_samples(["Answer: (3*7)-(5-8)"] * 3 + ["x"], TRUTH, level=6)  # 3 correct, as if of 1 solution
+    never = score_samples(["x"] * 4, TRUTH, level=6)
+    # two draws over four solutions: 4 (1 - (3/4)^2) = 1.75 distinct expected; one solution: 1 whatever the draws
+    assert uniform_distinct_reference([four, one, never], [4, 1, 4], first=4) == pytest.approx((1.75 + 1) / 2)
+    assert uniform_distinct_reference([four], [4], first=1) == pytest.approx(1.0)  # one draw: one distinct
+    assert uniform_distinct_reference([never], [4], first=4) == 0.0
+    result = summarize([four, one], 4, solution_counts=[4, 1])
+    assert result["distinct_on_solved"]["if_uniform_over_solutions"] == pytest.approx(1.375)
+    assert "if_uniform_over_solutions" not in summarize([four], 4)["distinct_on_solved"]
