@@ -24,6 +24,7 @@ number of responses decides whether a group finds a success.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -196,6 +197,28 @@ def separations(variants: dict[str, dict[str, Any]], metrics: Sequence[str]) -> 
     return lines
 
 
+def paired_separations(variants: dict[str, dict[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """Every pair of variants whose per-seed differences on one of `metrics` have a 95% Student-t interval that
+    excludes zero: the paired comparison, since at one seed every variant sees the same questions in the same
+    order (more seeds than one needed). Each as `metric`, `higher`, `lower` and the difference's `mean`, `ci95`,
+    `per_seed` (higher minus lower)."""
+    found = []
+    for metric in metrics:
+        for a, b in combinations(variants, 2):
+            diffs = [
+                x - y for x, y in zip(variants[a][metric]["per_seed"], variants[b][metric]["per_seed"], strict=True)
+            ]
+            diff = mean_ci95(diffs)
+            if diff["ci95"] and (diff["ci95"][0] > 0 or diff["ci95"][1] < 0):
+                high, low = (a, b) if diff["mean"] > 0 else (b, a)
+                sign = 1 if high == a else -1
+                found.append({
+                    "metric": metric, "higher": high, "lower": low, "mean": sign * diff["mean"],
+                    "ci95": sorted(sign * v for v in diff["ci95"]), "per_seed": [sign * v for v in diffs],
+                })  # fmt: skip
+    return found
+
+
 SEPARATION_METRICS = ("pass@64_two_hardest", "coverage", "pass@1", "pass@64", "heldout_greedy_accuracy")
 ROWS = (
     ("held-out greedy accuracy", "heldout_greedy_accuracy", "{:.3f}"),
@@ -247,13 +270,18 @@ def markdown(results: dict[str, Any]) -> str:
         ],
     )  # fmt: skip
     separated = results["separations"] or ["(none: every pair's intervals overlap on every metric listed)"]
+    paired = [
+        f"{p['metric']}: {LABELS[p['higher']]} - {LABELS[p['lower']]} = {p['mean']:+.3f} "
+        f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+        for p in results.get("paired_separations", [])
+    ] or ["(none)"]
     saturation = results["grpo_saturation"]
     lines = [
         "# Allocators and temperature at equal budget on countdown",
         "",
         f"Command: `{results['command']}`  ",
         f"Seeds: {results['seeds']}; config: `{' '.join(results['config'])}`; {results['machine']}; "
-        f"{results['date']}; {results['bench_wall_s'] / 60:.0f} min in all.",
+        f"{results['date']}; {results.get('runs_wall_s', results['bench_wall_s']) / 60:.0f} min of runs.",
         "",
         "Means over seeds with 95% Student-t intervals (per-seed values and curves in countdown.json).",
         "",
@@ -266,6 +294,11 @@ def markdown(results: dict[str, Any]) -> str:
         "Pairs whose intervals do not overlap, on " + ", ".join(f"`{m}`" for m in SEPARATION_METRICS) + ":",
         "",
         *(f"- {line}" for line in separated),
+        "",
+        "Pairs whose per-seed differences (same seed, same questions in the same order) have a 95% interval that "
+        "excludes zero, on the same metrics:",
+        "",
+        *(f"- {line}" for line in paired),
         "",
         "GRPO's held-out greedy curve reaches 90% of its final gain at step(s) "
         f"{saturation['per_seed']} of {saturation['steps']} (issue 25: no earlier than half-way).",
@@ -284,7 +317,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--runs", type=Path, default=Path("runs/countdown"))
-    parser.add_argument("--reuse", action="store_true", help="keep finished runs (with a summary.json) found in --runs")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep finished runs (with a summary.json) found in --runs; when all are, only summarize them (no Ray)",
+    )
     parser.add_argument("--levels", type=int, nargs="+", help="train and evaluate on these levels only")
     parser.add_argument("overrides", nargs="*", help="config overrides for every variant (after --)")
     args = parser.parse_args(argv)
@@ -303,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = level_overrides(args.levels, args.runs / "data") if args.levels else []
     config = [*EXPERIMENT_CONFIG, *data, *args.overrides]
     run_dirs: dict[str, list[Path]] = {name: [] for name in args.variants}
-    with ray_session(RayConfig(), needed_cpus=4):
+    finished = all((args.runs / f"{n}-seed{s}" / "summary.json").is_file() for s in args.seeds for n in args.variants)
+    with contextlib.nullcontext() if args.reuse and finished else ray_session(RayConfig(), needed_cpus=4):
         for seed in args.seeds:
             for name in args.variants:
                 overrides = [*config, *VARIANTS[name]]
@@ -332,9 +370,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_line(),
         "date": time.strftime("%Y-%m-%d"),
         "bench_wall_s": time.perf_counter() - started,
+        "runs_wall_s": sum(m["wall_s"] for variant in metrics.values() for m in variant),
         "command": ("python -m bench.countdown " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
     }
     results["separations"] = separations(results["variants"], SEPARATION_METRICS)
+    results["paired_separations"] = paired_separations(results["variants"], SEPARATION_METRICS)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "countdown.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     (args.out / "countdown.md").write_text(markdown(results), encoding="utf-8")

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from bench.ablation import mean_ci95
 from bench.countdown import (
     KS,
     TEMPERATURES,
@@ -13,6 +14,7 @@ from bench.countdown import (
     countdown_metrics,
     level_subset,
     markdown,
+    paired_separations,
     saturation_step,
     separations,
     summarize,
@@ -73,9 +75,12 @@ def test_pairs_separate_only_when_their_intervals_do_not_overlap(tmp_path):
             "variants": variants, "levels": LEVELS, "separations": lines, "command": "python -m bench.countdown",
             "seeds": [0, 1, 2], "config": [], "machine": "cpu", "date": "today", "bench_wall_s": 60,
             "grpo_saturation": {"per_seed": [3.0, 3.0, 3.0], "steps": 4},
+            "paired_separations": [{"metric": "coverage", "higher": "e3_knapsack_n8", "lower": "grpo_n8",
+                                    "mean": 0.02, "ci95": [0.01, 0.03], "per_seed": [0.01, 0.02, 0.03]}],
         }
     )  # fmt: skip
     assert "E3 knapsack n=8 0.510 > GRPO n=8 0.110" in text and "| L3 pass@1 / pass@64" in text
+    assert "- coverage: E3 knapsack n=8 - GRPO n=8 = +0.020 [+0.010, +0.030]" in text
 
 
 def test_the_last_quarter_skips_steps_without_a_value():
@@ -127,3 +132,22 @@ def test_unknown_levels_are_refused_before_any_run_starts(capsys):
     with pytest.raises(SystemExit):
         main(["--levels", "2", "9", "--runs", "/nonexistent"])
     assert "--levels [9]: unknown; the countdown levels are [1, 2, 3, 4, 5, 6]" in capsys.readouterr().err
+
+
+def test_paired_differences_separate_a_pair_whose_intervals_overlap_but_whose_every_seed_agrees():
+    # seeds differ far more than the variants do, and every seed puts e3 0.02-0.04 above grpo
+    grpo, e3 = [0.40, 0.60, 0.50, 0.70], [0.43, 0.62, 0.54, 0.72]
+    variants = {
+        "grpo_n8": {"coverage": {"per_seed": grpo}},
+        "e3_n8": {"coverage": {"per_seed": e3}},
+        "e3_knapsack_n8": {"coverage": {"per_seed": [0.45, 0.55, 0.50, 0.75]}},  # above and below grpo
+    }
+    found = paired_separations(variants, ["coverage"])
+    assert [(p["higher"], p["lower"]) for p in found] == [("e3_n8", "grpo_n8")]
+    assert found[0]["mean"] == pytest.approx(0.0275) and found[0]["per_seed"] == pytest.approx([0.03, 0.02, 0.04, 0.02])
+    low, high = found[0]["ci95"]
+    assert 0 < low < 0.0275 < high
+    summarized = {name: {"coverage": mean_ci95(v["coverage"]["per_seed"])} for name, v in variants.items()}
+    assert separations(summarized, ["coverage"]) == []  # unpaired intervals overlap
+    mirrored = paired_separations({"e3_n8": variants["e3_n8"], "grpo_n8": variants["grpo_n8"]}, ["coverage"])
+    assert [(p["higher"], p["lower"], p["ci95"]) for p in mirrored] == [("e3_n8", "grpo_n8", found[0]["ci95"])]
