@@ -152,6 +152,7 @@ def countdown_metrics(run: Any, levels: Sequence[str]) -> dict[str, float]:
         "entropy_last_quarter": final([s.entropy for s in steps]),
         "all_wrong_fraction": statistics.fmean(s.all_wrong_fraction for s in steps),
         "zero_advantage_fraction": statistics.fmean(s.zero_advantage_fraction for s in steps),
+        "rollouts_to_never_solved": rollouts_to_never_solved(run),
         "final_temperature": steps[-1].next_temperature,
         "rollouts_total": sum(s.rollouts_total for s in steps),
         "wall_s": run.summary["wall_s"],
@@ -160,6 +161,21 @@ def countdown_metrics(run: Any, levels: Sequence[str]) -> dict[str, float]:
         for k in (1, 64):
             metrics[f"pass@{k}/{level}"] = after[f"sampled/{SOURCE}/{level}/pass@{k}"]
     return metrics
+
+
+def rollouts_to_never_solved(run: Any) -> float:
+    """The mean rollouts a step gave each question the run never solved (correct 0 in its final difficulty table,
+    `difficulty.parquet`): what an allocator spends where coverage could still grow; NaN without the table or
+    without such a question."""
+    import pyarrow.parquet as pq
+
+    path = Path(run.run_dir) / "difficulty.parquet"
+    if not path.is_file():
+        return math.nan
+    never = {row["question_id"] for row in pq.read_table(path, columns=["question_id", "correct"]).to_pylist()
+             if row["correct"] == 0}  # fmt: skip
+    given = [n for s in run.steps for q, n in zip(s.question_ids, s.rollouts_per_question, strict=True) if q in never]
+    return statistics.fmean(given) if given else math.nan
 
 
 def _at(temperature: float, key: str) -> str:
@@ -231,6 +247,7 @@ ROWS = (
     ("entropy, last quarter", "entropy_last_quarter", "{:.3f}"),
     ("all-wrong fraction, whole run", "all_wrong_fraction", "{:.3f}"),
     ("zero-advantage fraction, whole run", "zero_advantage_fraction", "{:.3f}"),
+    ("rollouts a step to a question never solved", "rollouts_to_never_solved", "{:.2f}"),
     ("final temperature", "final_temperature", "{:.3f}"),
     ("responses in the run", "rollouts_total", "{:.0f}"),
 )

@@ -4,6 +4,8 @@ the saturation check."""
 import json
 import math
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from bench.ablation import mean_ci95
@@ -35,6 +37,7 @@ def fake_run(path, hard_pass64=0.2, coverage=(0.2, 0.4, 0.5, 0.6)):
             step,
             coverage=c,
             distinct_correct=1.0 + step,
+            rollouts_per_question=(6, 2),
             learner={"entropy_top20": 0.5 + step},
             heldout={"accuracy": 0.1 * step} if step % 2 else {},
         )
@@ -49,6 +52,8 @@ def fake_run(path, hard_pass64=0.2, coverage=(0.2, 0.4, 0.5, 0.6)):
         after[f"sampled/countdown/{level}/pass@1"] = 0.5 - 0.2 * i
         after[f"sampled/countdown/{level}/pass@64"] = 0.9 if i == 0 else hard_pass64
     summary = {"steps": 4, "heldout_before": {"accuracy": 0.0}, "heldout_after": after, "wall_s": 30.0}
+    table = {"question_id": ["q0", "q1"], "correct": [0, 3]}  # q0 never solved; every step gives it 6 rollouts
+    pq.write_table(pa.table(table), path / "difficulty.parquet")
     (path / "summary.json").write_text(json.dumps(summary))
     return load_run(path)
 
@@ -61,6 +66,9 @@ def test_a_runs_metrics_read_its_summary_and_its_records(tmp_path):
     assert metrics["distinct_correct_last_quarter"] == 4.0  # the last of four steps
     assert metrics["entropy_top20_last_quarter"] == 3.5
     assert metrics["pass@1/L3"] == pytest.approx(0.1) and metrics["pass@64/L1"] == 0.9
+    assert metrics["rollouts_to_never_solved"] == 6.0  # q0's, not the mean over both questions
+    (tmp_path / "run" / "difficulty.parquet").unlink()
+    assert math.isnan(countdown_metrics(load_run(tmp_path / "run"), LEVELS)["rollouts_to_never_solved"])
 
 
 def test_pairs_separate_only_when_their_intervals_do_not_overlap(tmp_path):
