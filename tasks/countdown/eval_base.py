@@ -6,7 +6,7 @@ count expected if each solved puzzle's correct samples, as many as the policy dr
 random over that puzzle's distinct solutions (:func:`uniform_distinct_reference`). A puzzle with one solution has
 one distinct answer however diverse the policy is, so the reference says how much of the target is reachable.
 
-CLI: ``python -m tasks.countdown.eval_base [--model DIR] [--per-level N] [--samples 64] [--json-out FILE]``.
+CLI: ``python -m tasks.countdown.eval_base [--model DIR] [--per-level N | --first N] [--samples 64] [--json-out FILE]``.
 Without ``--model`` it evaluates (building it first if needed) the default base policy, on the first
 ``--per-level`` test puzzles of each level. It prints one line per level, the verdict on each target and, as its
 last line, one JSON object (also written to ``--json-out``)::
@@ -53,6 +53,16 @@ def first_per_level(rows: list[dict], per_level: int) -> list[dict]:
             taken[level] += 1
             kept.append(row)
     return kept
+
+
+def select_rows(rows: list[dict], per_level: int, first: int | None = None) -> list[dict]:
+    """The rows to evaluate: the first ``first`` rows when it is given (the held-out set of a run whose
+    ``data.valid_size`` is ``first``), else :func:`first_per_level`."""
+    if first is not None:
+        if first < 1:
+            raise ValueError(f"--first must be >= 1, got {first}")
+        return rows[:first]
+    return first_per_level(rows, per_level)
 
 
 def uniform_distinct_reference(scored: list[ScoredPuzzle], solution_counts: list[int], first: int) -> float:
@@ -115,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="dataset directory")
     parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
     parser.add_argument("--per-level", type=int, default=86, help="puzzles per level (0: all; 86 x 6 = 516)")
+    parser.add_argument(
+        "--first", type=int, help="instead of --per-level: the split's first N rows, as a run's data.valid_size takes"
+    )
     parser.add_argument("--samples", type=int, default=64, help="samples per puzzle at T=1")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     config = BasePolicyConfig()
     model_dir = args.model if args.model is not None else ensure_base_policy(DEFAULT_MODEL_DIR, config)
     split_path = ensure_datasets(args.data, config.data)[args.split]
-    rows = first_per_level(pq.read_table(split_path).to_pylist(), args.per_level)
+    rows = select_rows(pq.read_table(split_path).to_pylist(), args.per_level, args.first)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     torch.manual_seed(args.seed)

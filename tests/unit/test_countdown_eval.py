@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.countdown.eval_base import first_per_level, summarize, targets, uniform_distinct_reference
+from tasks.countdown.eval_base import first_per_level, select_rows, summarize, targets, uniform_distinct_reference
 from tasks.countdown.policy_eval import (
     accuracy_by_level,
     mean_distinct_on_solved,
@@ -58,6 +58,10 @@ def test_first_per_level_keeps_file_order() -> None:
     rows = [{"extra_info": {"level": level}, "i": i} for i, level in enumerate([1, 2, 1, 1, 2])]
     assert [r["i"] for r in first_per_level(rows, 2)] == [0, 1, 2, 4]
     assert len(first_per_level(rows, 0)) == 5
+    assert [r["i"] for r in select_rows(rows, 2, first=2)] == [0, 1]  # a run's held-out set: the first rows
+    assert select_rows(rows, 2) == first_per_level(rows, 2)
+    with pytest.raises(ValueError, match="--first must be >= 1"):
+        select_rows(rows, 2, first=0)
 
 
 def test_the_distinct_reference_spreads_the_policys_correct_samples_uniformly_over_the_solutions() -> None:
