@@ -42,3 +42,14 @@ def test_an_embedded_task_given_every_file_and_a_model_builds_nothing(tmp_path, 
     )  # fmt: skip
     resolved = prepare_task(cfg)
     assert (resolved.train, resolved.valid, resolved.test, resolved.model) == (*files.values(), model)
+
+
+def test_the_countdown_preset_sets_the_lengths_its_base_policy_answers_in(tmp_path) -> None:
+    launch = pytest.importorskip("launch")
+    from tasks.countdown.policy_eval import MAX_NEW_TOKENS
+
+    for overrides in (["+experiment=countdown"], ["+experiment=[smoke,countdown]"]):
+        cfg = launch.compose_run_config([*overrides, f"output_dir={tmp_path}"])
+        assert cfg.data.task == "countdown"
+        assert (cfg.rollout.max_new_tokens, cfg.data.max_prompt_tokens) == (MAX_NEW_TOKENS, 64)
+    assert launch.compose_run_config(["+experiment=[smoke,countdown]", f"output_dir={tmp_path}"]).train.max_steps == 3
