@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 """In a checkpoint folder, written last: `{"files": {relative path: size in bytes}}` of every other file."""
 
+WEIGHTS_FILE = "model.safetensors"
+"""A policy's weights in its folder: the learner's `policy/` of a checkpoint, a queued version's `v<version>/`
+(written by the rollout pool's `save_weights`), an embedded base policy's folder."""
+
 STEP_PREFIX = "step_"
-LEGACY_FILES = ("scheduler.json", "difficulty.parquet", "policy/model.safetensors", "policy/optimizer.pt")
+LEGACY_FILES = ("scheduler.json", "difficulty.parquet", f"policy/{WEIGHTS_FILE}", "policy/optimizer.pt")
 """What every checkpoint written before manifests holds: such a folder is taken when all of them are there (its
 sizes cannot be checked), so that a run checkpointed by an older version still resumes."""
 

@@ -41,7 +41,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from actors.checkpoint_files import fsync_tree
+from actors.checkpoint_files import WEIGHTS_FILE, fsync_tree
 from actors.weight_transport import (
     BucketLayout,
     TensorSpec,
@@ -58,7 +58,6 @@ from core.grpo import off_policy_weights, policy_loss
 from core.logprobs import ResponseHead
 from core.messages import TrainBatch
 
-MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 TIED_HEAD, TIED_EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
@@ -556,7 +555,7 @@ class Learner:
         if self.rank == 0:
             folder = Path(path)
             folder.mkdir(parents=True, exist_ok=True)
-            save_file(model_state, str(folder / MODEL_FILE))
+            save_file(model_state, str(folder / WEIGHTS_FILE))
             torch.save(optimizer_state, folder / OPTIMIZER_FILE)
             copy_model_files(Path(self.model_path), folder)
             fsync_tree(folder)
@@ -570,17 +569,17 @@ class Learner:
         model, optimizer = self._require_setup()
         folder = Path(path)
         # Rank 0 says whether the files are there, so that all ranks fail together rather than some hang.
-        found = self.rank == 0 and all((folder / name).is_file() for name in (MODEL_FILE, OPTIMIZER_FILE))
+        found = self.rank == 0 and all((folder / name).is_file() for name in (WEIGHTS_FILE, OPTIMIZER_FILE))
         present = torch.tensor([int(found)], device=self.device)
         dist.broadcast(present, src=0)
         if not present.item():
             raise FileNotFoundError(
-                f"Learner.load: checkpoint folder {str(folder)!r} lacks {MODEL_FILE} or {OPTIMIZER_FILE}"
+                f"Learner.load: checkpoint folder {str(folder)!r} lacks {WEIGHTS_FILE} or {OPTIMIZER_FILE}"
             )
         model_state: dict[str, torch.Tensor] = {}
         optimizer_state: dict = {}
         if self.rank == 0:
-            model_state = load_file(str(folder / MODEL_FILE))
+            model_state = load_file(str(folder / WEIGHTS_FILE))
             optimizer_state = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
             if _ties_embeddings(model):
                 model_state[TIED_HEAD] = model_state[TIED_EMBEDDING]

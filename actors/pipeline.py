@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.checkpoint_files import WEIGHTS_FILE
 from actors.protocols import LearnerGroupLike, RolloutPoolLike
 from core.config import StalePolicy
 from core.messages import LearnerResult, Rollout, RolloutRequest, TemperatureUpdate, TrainBatch
@@ -26,8 +27,6 @@ from core.step_record import PhaseTimer
 from tasks.dataset import Question
 
 log = logging.getLogger(__name__)
-WEIGHTS_FILE = "model.safetensors"
-"""The file of a queued version's weights in its checkpoint folder `v<version>/`."""
 
 
 @dataclass(frozen=True)

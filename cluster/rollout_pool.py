@@ -25,6 +25,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from actors.checkpoint_files import WEIGHTS_FILE
 from cluster.weight_sync import CollectiveTransport, ObjectStoreTransport, WeightSource, wait_all
 from core.balance import balance
 from core.messages import Completion, Rollout, RolloutRequest, TemperatureUpdate
@@ -36,8 +37,6 @@ MAX_SYNC_ROUNDS = 4
 HOUR_S = 3600.0
 KILL_WAIT_S = 30.0
 """Longest wait for a killed worker to be reported dead (its name free for the replacement)."""
-WEIGHTS_FILE = "model.safetensors"
-"""The file `save_weights` writes and `load_policy` reads in its folder."""
 ROLLOUT_NAME = "e3/rollout-{index}"
 """The Ray name of rollout worker `index` (a replacement takes the name of the worker it replaces)."""
 

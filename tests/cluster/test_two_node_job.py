@@ -11,7 +11,7 @@ import json
 import pytest
 from ray.util.state import list_actors, list_nodes
 
-from actors.learner import MODEL_FILE
+from actors.checkpoint_files import WEIGHTS_FILE
 from cluster.environment import REPO_ROOT
 from reporting.report import load_run
 from tests.support.nodes import wait_for_nodes
@@ -56,7 +56,7 @@ def test_smoke_job_on_two_nodes_lands_its_outputs_where_asked(two_node_cluster, 
     assert "probe at step" not in job.logs  # the base policy was not built again
 
     assert [m.step for m in load_run(run_dir).steps] == [0, 1, 2]
-    assert (run_dir / "checkpoints" / "step_3" / "policy" / MODEL_FILE).is_file()
+    assert (run_dir / "checkpoints" / "step_3" / "policy" / WEIGHTS_FILE).is_file()
     assert (run_dir / "summary.json").is_file() and (run_dir / "report.html").is_file()
 
     actors = list_actors(address=two_node_cluster.nodes.dashboard_url, detail=True, limit=1000)
