@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import machine_line
-from bench.runs import SYNCHRONOUS, train_run
+from bench.runs import RESULTS, SYNCHRONOUS, train_run
 from cluster.environment import keep_ray_on_loopback
 from reporting.markdown import markdown_table
 
 ALGOS = ("grpo", "e3")
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_metrics(run_dir: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import machine_line
-from bench.runs import SYNCHRONOUS, train_run
+from bench.runs import SYNCHRONOUS, grid_arguments, train_grid
 from cluster.environment import keep_ray_on_loopback
 from reporting.markdown import markdown_table
 
@@ -80,8 +80,6 @@ The base policy's pass@k is sampled once, in the first run (`main`).
 
 RANK_BINS = 4
 """Equal difficulty-rank bins of the allocation profile, the quarters of [0, 1] (rank 0: easiest, 1: hardest)."""
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 """Student-t 0.975 quantiles for 1..10 degrees of freedom (the 95% interval of a mean over 2..11 seeds)."""
@@ -290,34 +288,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     `runs/ablation/` (`--runs`, not committed).
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--reuse", action="store_true", help="keep finished runs (with a summary.json) found in --runs")
-    parser.add_argument("overrides", nargs="*", help="config overrides for every variant (after --)")
+    grid_arguments(parser, list(VARIANTS), Path("runs/ablation"))
     args = parser.parse_args(argv)
     if "grpo" not in args.variants:
         parser.error("--variants must include grpo (the efficiency figure's reference)")
     keep_ray_on_loopback()  # before Ray is imported
 
-    from cluster.build import ray_session
-    from core.config import RayConfig
     from reporting.report import load_run, write_report
 
     started = time.perf_counter()
     config = [*ABLATION_CONFIG, *args.overrides]
-    run_dirs: dict[str, list[Path]] = {name: [] for name in args.variants}
-    with ray_session(RayConfig(), needed_cpus=4):
-        for seed in args.seeds:
-            for name in args.variants:
-                first = not any(run_dirs.values())
-                overrides = [
-                    *config,
-                    *VARIANTS[name],
-                    *(["eval.sample_before=true"] if first else []),  # the base policy's pass@k, once
-                ]
-                run_dirs[name].append(train_run(args.runs, f"{name}-seed{seed}", seed, overrides, reuse=args.reuse))
+    run_dirs = train_grid(
+        args.runs,
+        args.seeds,
+        {name: [*config, *VARIANTS[name]] for name in args.variants},
+        reuse=args.reuse,
+        first_only=["eval.sample_before=true"],  # the base policy's pass@k, once
+    )
 
     runs = {name: [load_run(d) for d in dirs] for name, dirs in run_dirs.items()}
     results: dict[str, Any] = summarize(runs)

@@ -24,7 +24,6 @@ number of responses decides whether a group finds a success.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import statistics
@@ -35,9 +34,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from bench.ablation import RESULTS, mean_ci95
+from bench.ablation import mean_ci95
 from bench.machine import machine_line
-from bench.runs import SYNCHRONOUS, train_run
+from bench.runs import SYNCHRONOUS, grid_arguments, train_grid
 from cluster.environment import keep_ray_on_loopback
 from reporting.markdown import markdown_table
 from tasks.arithmetic.generate import SCHEMA, level_ranks
@@ -330,17 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run every (seed, variant) pair, write `countdown.json`, `countdown.md` and `countdown_report.html` under
     `--out` (`bench/results/`), and return the results; runs go to `--runs` (`runs/countdown/`, not committed)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--runs", type=Path, default=Path("runs/countdown"))
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="keep finished runs (with a summary.json) found in --runs; when all are, only summarize them (no Ray)",
-    )
+    grid_arguments(parser, list(VARIANTS), Path("runs/countdown"))
     parser.add_argument("--levels", type=int, nargs="+", help="train and evaluate on these levels only")
-    parser.add_argument("overrides", nargs="*", help="config overrides for every variant (after --)")
     args = parser.parse_args(argv)
     if "grpo_n8" not in args.variants:
         parser.error("--variants must include grpo_n8 (the reference of the saturation check)")
@@ -349,20 +339,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--levels {unknown}: unknown; the countdown levels are {sorted(LEVELS)}")
     keep_ray_on_loopback()  # before Ray is imported
 
-    from cluster.build import ray_session
-    from core.config import RayConfig
     from reporting.report import load_run, write_report
 
     started = time.perf_counter()
     data = level_overrides(args.levels, args.runs / "data") if args.levels else []
     config = [*EXPERIMENT_CONFIG, *data, *args.overrides]
-    run_dirs: dict[str, list[Path]] = {name: [] for name in args.variants}
-    finished = all((args.runs / f"{n}-seed{s}" / "summary.json").is_file() for s in args.seeds for n in args.variants)
-    with contextlib.nullcontext() if args.reuse and finished else ray_session(RayConfig(), needed_cpus=4):
-        for seed in args.seeds:
-            for name in args.variants:
-                overrides = [*config, *VARIANTS[name]]
-                run_dirs[name].append(train_run(args.runs, f"{name}-seed{seed}", seed, overrides, reuse=args.reuse))
+    variants = {name: [*config, *VARIANTS[name]] for name in args.variants}
+    run_dirs = train_grid(args.runs, args.seeds, variants, reuse=args.reuse)
 
     runs = {name: [load_run(d) for d in dirs] for name, dirs in run_dirs.items()}
     first = runs[args.variants[0]][0]
