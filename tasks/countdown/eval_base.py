@@ -6,10 +6,12 @@ count expected if each solved puzzle's correct samples, as many as the policy dr
 random over that puzzle's distinct solutions (:func:`uniform_distinct_reference`). A puzzle with one solution has
 one distinct answer however diverse the policy is, so the reference says how much of the target is reachable.
 
-CLI: ``python -m tasks.countdown.eval_base [--model DIR] [--per-level N | --first N] [--samples 64] [--json-out FILE]``.
-Without ``--model`` it evaluates (building it first if needed) the default base policy, on the first
-``--per-level`` test puzzles of each level. It prints one line per level, the verdict on each target and, as its
-last line, one JSON object (also written to ``--json-out``)::
+CLI: ``python -m tasks.countdown.eval_base [--model DIR] [--split S | --file F] [--per-level N | --first N]
+[--samples 64] [--json-out FILE]``. Without ``--model`` it evaluates (building it first if needed) the default base
+policy, on the first ``--per-level`` test puzzles of each level; ``--file`` takes another file's puzzles (with
+``--first 120``, the held-out set of a run whose ``data.valid_path`` it is) and gives no verdict on the targets.
+It prints one line per level, the verdict on each target and, as its last line, one JSON object (also written to
+``--json-out``)::
 
     {"per_level": {"<level>": {"puzzles": n, "pass@1": x, "pass@8": y, "pass@64": z}, ...},
      "distinct_on_solved": {"mean": d, "puzzles": m, "first_samples": 16, "if_uniform_over_solutions": r},
@@ -124,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, help=f"model directory (default: build {DEFAULT_MODEL_DIR})")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="dataset directory")
     parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    parser.add_argument(
+        "--file",
+        type=Path,
+        help="instead of --data's --split: this countdown Parquet file (a run's data.valid_path); no targets verdict",
+    )
     parser.add_argument("--per-level", type=int, default=86, help="puzzles per level (0: all; 86 x 6 = 516)")
     parser.add_argument(
         "--first", type=int, help="instead of --per-level: the split's first N rows, as a run's data.valid_size takes"
@@ -137,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     config = BasePolicyConfig()
     model_dir = args.model if args.model is not None else ensure_base_policy(DEFAULT_MODEL_DIR, config)
-    split_path = ensure_datasets(args.data, config.data)[args.split]
+    if args.file is not None and not args.file.is_file():
+        parser.error(f"--file {args.file}: no such file")
+    split_path = args.file if args.file is not None else ensure_datasets(args.data, config.data)[args.split]
     rows = select_rows(pq.read_table(split_path).to_pylist(), args.per_level, args.first)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         args.temperature,
     )
     seconds = time.perf_counter() - start
-    result = {
+    result: dict[str, Any] = {
         **summarize(
             scored, args.samples, [len(solve(*parse_ground_truth(row["reward_model"]["ground_truth"]))) for row in rows]
         ),
@@ -164,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         "model": str(model_dir),
         "seconds": round(seconds, 1),
     }
+    if args.file is not None:
+        result.pop("targets", None)  # the targets are on the default splits' easiest and hardest levels
     print(f"{len(rows)} puzzles of {split_path}, {args.samples} samples each at T={args.temperature}, {seconds:.1f} s")
     for level, values in result["per_level"].items():
         print(f"level {level}: " + "  ".join(f"{name} {value}" for name, value in values.items()))

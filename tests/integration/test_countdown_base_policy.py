@@ -121,3 +121,23 @@ def test_a_build_whose_responses_outrun_the_sampling_budget_is_refused(
     out.mkdir()
     with pytest.raises(ValueError, match="max_steps"):
         build_base.build_base_policy(out, TINY)
+
+
+def test_eval_base_measures_a_runs_held_out_file_without_the_targets_verdict(model_dir: Path, tmp_path: Path) -> None:
+    """`eval_base --file` on a level subset (what `bench.countdown --levels` trains on): those levels only, the
+    file's first rows, no verdict (the targets are on the default splits' easiest and hardest levels)."""
+    from bench.countdown import level_subset
+    from tasks.countdown import eval_base
+
+    splits = ensure_datasets(tmp_path / "data", TINY.data)
+    subset = level_subset(splits["valid"], [2, 3], tmp_path / "valid-L2-3.parquet")
+    out = tmp_path / "result.json"
+    eval_base.main(
+        ["--model", str(model_dir), "--file", str(subset), "--first", "3", "--samples", "64", "--threads", "1",
+         "--json-out", str(out)]
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["puzzles"] == 3 and result["split"] == str(subset) and "targets" not in result
+    assert set(result["per_level"]) <= {"2", "3"}
+    with pytest.raises(SystemExit):
+        eval_base.main(["--model", str(model_dir), "--file", str(tmp_path / "missing.parquet")])
