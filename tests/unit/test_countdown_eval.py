@@ -52,6 +52,8 @@ def test_summary_and_targets() -> None:
     result = summarize(scored, 64)
     assert result["per_level"]["1"] == {"puzzles": 1, "pass@1": 1.0, "pass@8": 1.0, "pass@16": 1.0, "pass@64": 1.0}
     assert result["distinct_on_solved"]["mean"] == 1.0 and "targets" in result
+    some = [score_samples(["x"] * 23 + ["Answer: (3*7)-(5-8)"], TRUTH, 1), score_samples(["x"] * 24, TRUTH, 1)]
+    assert summarize(some, 24)["per_level"]["1"]["pass@24"] == 0.5  # pass@samples: the share any sample solves
 
 
 def test_first_per_level_keeps_file_order() -> None:
