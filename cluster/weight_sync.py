@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import ray
-from ray.exceptions import GetTimeoutError
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.weight_transport import BucketLayout
 
@@ -174,8 +174,8 @@ class CollectiveTransport:
         then are killed, which frees the others (their connections close), and the learner is then waited for. A
         learner rank that reports a transport error (it could not form its group, or left it: a worker died or
         hung meanwhile) is logged and the groups are rebuilt on the next push; a learner rank that raises or is
-        lost is not a worker's fault: that raises. Returns the workers' values and errors, and the learner ranks'
-        transport errors, by rank."""
+        lost is not a worker's fault: that raises, a lost one as a `RayActorError` (which the run heals from).
+        Returns the workers' values and errors, and the learner ranks' transport errors, by rank."""
         keyed: dict[Any, ray.ObjectRef] = {("worker", i): ref for i, ref in worker_refs.items()}
         keyed.update({("learner", r): ref for r, ref in enumerate(learner_refs)})
         values, errors = wait_all(keyed, timeout_s)
@@ -189,6 +189,9 @@ class CollectiveTransport:
             values.update(late_values)
             errors = {key: error for key, error in errors.items() if key[0] == "worker"} | late_errors
         learner_errors = {key: error for key, error in errors.items() if key[0] == "learner"}
+        lost = {key[1]: error for key, error in learner_errors.items() if isinstance(error, RayActorError)}
+        if lost:  # as a lost actor, so that the run heals (cluster.recovery): an exception's cause is not pickled
+            raise RayActorError(error_msg=f"weight transport: learner ranks {sorted(lost)} lost: {lost}")
         if learner_errors:
             raise RuntimeError(f"weight transport: the learner failed: {learner_errors}") from next(
                 iter(learner_errors.values())
