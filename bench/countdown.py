@@ -19,6 +19,11 @@ and per-seed values go to `bench/results/countdown.json` and `.md`, the first se
 `--levels` keeps only those levels' puzzles of the default training and validation splits (`level_subset`: a
 subset keeps the splits disjoint and free of warm-start puzzles), so a step's budget goes to the levels where the
 number of responses decides whether a group finds a success.
+
+Coverage counts questions solved at least once, so more draws alone raise it. Read it against the untrained base
+policy with GRPO's draws over the run: `python -m tasks.countdown.eval_base --file <the run's training file>
+--first 256 --samples 24` (8 a question in each of 3 epochs) gives its pass@24, the coverage of no learning
+(`bench/results/countdown_levels.md`).
 """
 
 from __future__ import annotations
