@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json-out", type=Path, help="also write the result object here")
     args = parser.parse_args(argv)
+    if args.file is not None and not args.file.is_file():
+        parser.error(f"--file {args.file}: no such file")
     torch.set_num_threads(args.threads)
     config = BasePolicyConfig()
     model_dir = args.model if args.model is not None else ensure_base_policy(DEFAULT_MODEL_DIR, config)
-    if args.file is not None and not args.file.is_file():
-        parser.error(f"--file {args.file}: no such file")
     split_path = args.file if args.file is not None else ensure_datasets(args.data, config.data)[args.split]
     rows = select_rows(pq.read_table(split_path).to_pylist(), args.per_level, args.first)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
