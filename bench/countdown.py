@@ -45,7 +45,6 @@ from bench.runs import SYNCHRONOUS, grid_arguments, train_grid
 from cluster.environment import keep_ray_on_loopback
 from reporting.markdown import markdown_table
 from tasks.arithmetic.generate import SCHEMA, level_ranks
-from tasks.countdown.policy_eval import MAX_NEW_TOKENS
 from tasks.countdown.problems import LEVELS
 
 VARIANTS: dict[str, list[str]] = {
@@ -83,9 +82,7 @@ TEMPERATURES = (0.6, 1.0, 1.3)
 
 EXPERIMENT_CONFIG = [
     *SYNCHRONOUS,
-    "data.task=countdown",
-    "data.max_prompt_tokens=64",  # countdown prompts take about 20 tokens; the base policy holds 256 in all
-    f"rollout.max_new_tokens={MAX_NEW_TOKENS}",
+    "+experiment=countdown",  # the task, with the prompt and response lengths its base policy answers in
     "data.max_train_questions=256",
     "data.valid_size=120",
     "train.questions_per_step=16",

@@ -24,6 +24,7 @@ from bench.countdown import (
 from core.config import AllocatorName
 from launch import compose_run_config
 from reporting.report import load_run
+from tasks.countdown.policy_eval import MAX_NEW_TOKENS
 from tests.support.records import step_record
 
 LEVELS = ["L1", "L2", "L3"]
@@ -109,6 +110,7 @@ def test_every_variant_composes_on_the_countdown_task(name):
 
     cfg = compose_run_config([*EXPERIMENT_CONFIG, *VARIANTS[name]])
     assert cfg.data.task == "countdown" and cfg.eval.after_temperatures == [0.6, 1.3]
+    assert (cfg.rollout.max_new_tokens, cfg.data.max_prompt_tokens) == (MAX_NEW_TOKENS, 64)  # the preset's lengths
     assert cfg.data.max_train_questions // cfg.train.questions_per_step == 16  # steps an epoch
     assert cfg.budget.n == int(name.rsplit("_n", 1)[1])
     if "knapsack" in name:
